@@ -1,0 +1,246 @@
+"""Metric writers (JSONL + TensorBoard event files, no TensorFlow), console lines, train-metric averaging.
+
+``MetricWriter(workdir)`` writes:
+  - ``workdir/metrics.jsonl``: one JSON object per ``write_scalars`` call, ``{"step": s, name: value, ...}``;
+  - ``workdir/images/<name>_<step>[_<i>].png`` for ``write_images``;
+  - ``workdir/text.jsonl`` (``write_text``) and ``workdir/hparams.json`` (``write_hparams``);
+  - TensorBoard event files in ``workdir`` with all of the above (scalars, images, text, hparams).
+Only the primary process should write: pass ``enabled=jax.process_index() == 0``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metrics as clu_metrics
+from clu import parameter_overview as clu_overview
+from PIL import Image
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary
+from tensorboard.plugins.text import metadata as text_metadata
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from scene3d.core import tree as tree_lib
+
+
+def _scalar(name: str, value) -> float | int:
+    arr = np.asarray(value)
+    if arr.size != 1:
+        raise ValueError(f"write_scalars: {name!r} has shape {arr.shape}; expected a scalar")
+    v = arr.reshape(()).item()
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return v
+    raise ValueError(f"write_scalars: {name!r} has dtype {arr.dtype}; expected a number")
+
+
+def _as_images(name: str, value) -> np.ndarray:
+    """uint8 HW, HWC or NHWC (C in 1, 3, 4) -> NHWC."""
+    arr = np.asarray(value)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"write_images: {name!r} has dtype {arr.dtype}; expected uint8 (convert with "
+                         "np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8))")
+    if arr.ndim == 2:
+        arr = arr[None, :, :, None]
+    elif arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"write_images: {name!r} has shape {np.asarray(value).shape}; expected HW, HWC or NHWC "
+                         "with C in (1, 3, 4)")
+    return arr
+
+
+def _png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "image"
+
+
+def _hparam_value(v):
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
+
+
+class MetricWriter:
+    """Scalars, images, text and hparams to JSONL/PNG files and TensorBoard event files in ``workdir``."""
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool = True):
+        self.workdir = os.fspath(workdir)
+        self.enabled = bool(enabled)
+        self._events = None
+        self._jsonl = None
+        if self.enabled:
+            os.makedirs(self.workdir, exist_ok=True)
+            self._events = EventFileWriter(self.workdir, flush_secs=30)
+            self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+
+    def _event(self, step: int, values: list[summary_pb2.Summary.Value]):
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))
+        self._events.add_event(event)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        if not self.enabled or not scalars:
+            return
+        host = jax.device_get(dict(scalars))
+        values = {str(k): _scalar(k, v) for k, v in host.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._event(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
+
+    def write_images(self, step: int, images: Mapping[str, Any]):
+        """``{name: uint8 HW/HWC/NHWC}``; a batch becomes PNGs ``<name>_<step>_<i>.png`` and tags ``name/i``."""
+        if not self.enabled or not images:
+            return
+        image_dir = os.path.join(self.workdir, "images")
+        os.makedirs(image_dir, exist_ok=True)
+        values = []
+        for name, value in images.items():
+            batch = _as_images(name, jax.device_get(value))
+            single = np.asarray(value).ndim < 4
+            for i, img in enumerate(batch):
+                data = _png(img)
+                suffix = "" if single else f"_{i}"
+                with open(os.path.join(image_dir, f"{_safe_filename(name)}_{int(step):08d}{suffix}.png"), "wb") as f:
+                    f.write(data)
+                tag = name if single else f"{name}/{i}"
+                h, w, c = img.shape
+                values.append(summary_pb2.Summary.Value(tag=tag, image=summary_pb2.Summary.Image(
+                    height=h, width=w, colorspace=c, encoded_image_string=data)))
+        self._event(step, values)
+
+    def write_text(self, step: int, texts: Mapping[str, str]):
+        if not self.enabled or not texts:
+            return
+        with open(os.path.join(self.workdir, "text.jsonl"), "a") as f:
+            f.write(json.dumps({"step": int(step), **{k: str(v) for k, v in texts.items()}}) + "\n")
+        values = []
+        for name, text in texts.items():
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[str(text).encode()],
+                                            tensor_shape=tensor_shape_pb2.TensorShapeProto())
+            values.append(summary_pb2.Summary.Value(
+                tag=name, tensor=tensor, metadata=text_metadata.create_summary_metadata(name, "")))
+        self._event(step, values)
+
+    def write_hparams(self, hparams: Mapping[str, Any]):
+        """Flat ``{name: bool | int | float | str}``; other values are written as their str."""
+        if not self.enabled:
+            return
+        clean = {str(k): _hparam_value(v) for k, v in hparams.items()}
+        with open(os.path.join(self.workdir, "hparams.json"), "w") as f:
+            json.dump(clean, f, indent=2, sort_keys=True)
+        summary = hparams_summary.hparams_pb(clean)
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+
+    def flush(self):
+        if self.enabled:
+            self._jsonl.flush()
+            self._events.flush()
+
+    def close(self):
+        if self.enabled and self._events is not None:
+            self._jsonl.close()
+            self._events.close()
+            self._events = None
+            self.enabled = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Console
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``4m32s``, ``2h05m``, ``3d04h``; ``?`` for unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def _fmt(v) -> str:
+    v = np.asarray(v).item() if hasattr(v, "shape") else v
+    if isinstance(v, float):
+        return f"{v:.4g}" if v == 0 or 1e-3 <= abs(v) < 1e5 else f"{v:.3e}"
+    return str(v)
+
+
+def console_line(step: int, total: int, metrics: Mapping[str, Any] | None = None,
+                 rates: Mapping[str, float] | None = None) -> str:
+    """``step 120/1000 | loss 0.1234 | 3.21 steps/s | 205 ex/s | ETA 4m32s``.
+
+    ``rates`` is a ``Chrono.tick`` dict; metrics whose name starts with ``perf/`` are left out (they are rates).
+    """
+    parts = [f"step {int(step)}/{int(total)}"]
+    for k, v in (metrics or {}).items():
+        if not k.startswith("perf/"):
+            parts.append(f"{k} {_fmt(v)}")
+    if rates:
+        if "steps_per_sec" in rates:
+            parts.append(f"{rates['steps_per_sec']:.2f} steps/s")
+        if "examples_per_sec" in rates:
+            parts.append(f"{rates['examples_per_sec']:.0f} ex/s")
+        if "eta_sec" in rates:
+            parts.append(f"ETA {format_duration(rates['eta_sec'])}")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Aggregation and parameter tables
+
+
+class Accumulator:
+    """Averages named metrics between log steps with ``clu.metrics.Average`` (stays on device until ``result``).
+
+    ``add({"loss": x, ...})`` each step; ``result()`` returns ``{name: float}`` means and resets. A non-scalar
+    value contributes all its elements.
+    """
+
+    def __init__(self):
+        self._metrics: dict[str, clu_metrics.Average] = {}
+
+    def add(self, metrics: Mapping[str, Any]):
+        for k, v in metrics.items():
+            m = clu_metrics.Average.from_model_output(jax.numpy.asarray(v, dtype=jax.numpy.float32))
+            self._metrics[k] = self._metrics[k].merge(m) if k in self._metrics else m
+
+    def result(self, reset: bool = True) -> dict[str, float]:
+        out = {k: float(v) for k, v in jax.device_get({k: m.compute() for k, m in self._metrics.items()}).items()}
+        if reset:
+            self._metrics = {}
+        return out
+
+    def __len__(self):
+        return len(self._metrics)
+
+
+def parameter_overview(params, *, include_stats: bool = False, max_lines: int | None = None) -> str:
+    """clu's parameter table (name, shape, size[, mean, std]) for an nnx.State or any pytree of arrays."""
+    pure = tree_lib.to_pure_dict(params)
+    if include_stats:
+        pure = jax.tree.map(np.asarray, jax.device_get(pure))
+    return clu_overview.get_parameter_overview(pure, include_stats=include_stats, max_lines=max_lines)
