@@ -1,0 +1,711 @@
+"""Readers, writers and converters between camera file formats and the scene3d convention.
+
+Ours: OpenCV camera axes (x right, y down, z forward), 4x4 camera-to-world, intrinsics normalised by image size
+(see `scene3d.geometry.cameras`). Each format has `read_*` returning our convention and `write_*` going back:
+
+- NeRF / instant-ngp `transforms.json` (OpenGL c2w: x right, y up, z backward)     read/write_transforms_json
+- LLFF `poses_bounds.npy` (c2w rotation columns [down, right, back], (h, w, f))   read/write_llff
+- COLMAP `cameras`, `images`, `points3D` in .bin and .txt (world-to-camera qvec+t)  read/write_colmap_*
+- RealEstate10K pose files (normalised intrinsics, 3x4 world-to-camera)             read/write_re10k
+- 3DGS (INRIA) `cameras.json` (c2w rotation + camera centre, fx fy in pixels)       read/write_3dgs_cameras
+
+Readers use numpy (float64) and the world frame of the file unchanged. Lens distortion is not applied by our
+pinhole model: readers return it separately. Malformed files raise ValueError naming the file and the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import struct
+from typing import Optional
+
+import numpy as np
+
+from scene3d.geometry.cameras import Cameras, invert_rigid, make_c2w
+from scene3d.geometry.so3 import matrix_to_quat, quat_to_matrix
+
+_FLIP_YZ = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+# ------------------------------------------------------------------------------------------ axis conversions
+
+
+def opengl_to_opencv(c2w):
+    """OpenGL/NeRF c2w (x right, y up, z back) <-> OpenCV c2w: flip the camera y and z axes (an involution)."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"opengl_to_opencv: expected (..., 4, 4), got {c2w.shape}")
+    return c2w @ _FLIP_YZ
+
+
+opencv_to_opengl = opengl_to_opencv
+
+
+def llff_to_opencv(pose):
+    """LLFF (..., 3, 4) [down, right, back | t] camera-to-world -> OpenCV (..., 4, 4) c2w."""
+    pose = np.asarray(pose, dtype=np.float64)
+    if pose.shape[-2:] != (3, 4):
+        raise ValueError(f"llff_to_opencv: expected (..., 3, 4), got {pose.shape}")
+    R = np.stack([pose[..., 1], pose[..., 0], -pose[..., 2]], -1)
+    return make_c2w(R, pose[..., 3])
+
+
+def opencv_to_llff(c2w):
+    """OpenCV (..., 4, 4) c2w -> LLFF (..., 3, 4) [down, right, back | t]."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.shape[-2:] != (4, 4):
+        raise ValueError(f"opencv_to_llff: expected (..., 4, 4), got {c2w.shape}")
+    return np.stack([c2w[..., :3, 1], c2w[..., :3, 0], -c2w[..., :3, 2], c2w[..., :3, 3]], -1)
+
+
+def _shared_size(hs, ws, path):
+    hs, ws = set(int(round(h)) for h in hs), set(int(round(w)) for w in ws)
+    if len(hs) != 1 or len(ws) != 1:
+        raise ValueError(f"{path}: views have different image sizes (heights {sorted(hs)}, widths {sorted(ws)}); "
+                         "Cameras needs one size: split the views by size")
+    return hs.pop(), ws.pop()
+
+
+# --------------------------------------------------------------------------------------- transforms.json
+
+
+@dataclasses.dataclass
+class TransformsData:
+    """Result of `read_transforms_json`: cameras of the frames whose images exist, in file order."""
+
+    cameras: Cameras
+    file_paths: list  # as written in the json
+    skipped: list  # file_paths of frames whose image file is absent
+    distortion: dict  # k1 k2 k3 k4 p1 p2 ... as given (not applied)
+    meta: dict  # remaining top-level keys (aabb_scale, scale, offset, ...)
+
+    @property
+    def num_skipped(self):
+        return len(self.skipped)
+
+
+_INTR_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y")
+_DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye")
+
+
+def _resolve_image(root: pathlib.Path, file_path: str):
+    p = root / file_path
+    if p.is_file():
+        return p
+    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):  # NeRF-synthetic style paths without extension
+        q = p.with_name(p.name + ext)
+        if q.is_file():
+            return q
+    return None
+
+
+def read_transforms_json(path, check_files: bool = True) -> TransformsData:
+    """Read a NeRF / instant-ngp transforms.json into OpenCV c2w and normalised intrinsics.
+
+    Intrinsics come from fl_x/fl_y/cx/cy/w/h or camera_angle_x (and camera_angle_y), top level or per frame
+    (per-frame values win). cx, cy default to the image centre; w, h default to the first image's size.
+    With `check_files`, frames whose image file is absent are skipped and listed in `.skipped`.
+    """
+    path = pathlib.Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+        raise ValueError(f"{path}: expected a JSON object with a 'frames' list")
+    root = path.parent
+    c2ws, intrs, sizes, kept, skipped = [], [], [], [], []
+    for i, frame in enumerate(meta["frames"]):
+        fp = frame.get("file_path")
+        if fp is None:
+            raise ValueError(f"{path}: frames[{i}] has no 'file_path'")
+        if "transform_matrix" not in frame:
+            raise ValueError(f"{path}: frames[{i}] ({fp}) has no 'transform_matrix' (expected a 4x4 list)")
+        img = _resolve_image(root, fp)
+        if check_files and img is None:
+            skipped.append(fp)
+            continue
+        m = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        if m.shape == (3, 4):
+            m = np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]], 0)
+        if m.shape != (4, 4):
+            raise ValueError(f"{path}: frames[{i}].transform_matrix has shape {m.shape}, expected (4, 4)")
+        spec = {k: frame.get(k, meta.get(k)) for k in _INTR_KEYS}
+        w, h = spec["w"], spec["h"]
+        if w is None or h is None:
+            if img is None:
+                raise ValueError(f"{path}: frames[{i}]: no 'w'/'h' and image {fp} not found to read its size")
+            from PIL import Image
+            with Image.open(img) as im:
+                w, h = im.size
+        w, h = float(w), float(h)
+        fx, fy = spec["fl_x"], spec["fl_y"]
+        if fx is None:
+            if spec["camera_angle_x"] is None:
+                raise ValueError(f"{path}: frames[{i}]: neither 'fl_x' nor 'camera_angle_x' given")
+            fx = 0.5 * w / math.tan(0.5 * float(spec["camera_angle_x"]))
+        if fy is None:
+            fy = 0.5 * h / math.tan(0.5 * float(spec["camera_angle_y"])) if spec["camera_angle_y"] is not None \
+                else fx
+        cx = w / 2 if spec["cx"] is None else float(spec["cx"])
+        cy = h / 2 if spec["cy"] is None else float(spec["cy"])
+        c2ws.append(opengl_to_opencv(m))
+        intrs.append([float(fx) / w, float(fy) / h, cx / w, cy / h])
+        sizes.append((h, w))
+        kept.append(fp)
+    if not kept:
+        raise ValueError(f"{path}: no frames with existing images ({len(skipped)} skipped)")
+    H, W = _shared_size([s[0] for s in sizes], [s[1] for s in sizes], path)
+    distortion = {k: meta[k] for k in _DIST_KEYS if k in meta}
+    rest = {k: v for k, v in meta.items() if k not in _INTR_KEYS + _DIST_KEYS + ("frames",)}
+    return TransformsData(Cameras(np.stack(c2ws), np.asarray(intrs), H, W), kept, skipped, distortion, rest)
+
+
+def write_transforms_json(path, cameras: Cameras, file_paths, extra: Optional[dict] = None):
+    """Write cameras as an instant-ngp transforms.json (OpenGL c2w). Shared intrinsics go to the top level,
+    otherwise each frame gets its own fl_x fl_y cx cy. `extra` top-level keys (distortion, aabb_scale) are
+    copied as given."""
+    if cameras.height is None or cameras.width is None:
+        raise ValueError("write_transforms_json: cameras need height and width")
+    if len(file_paths) != len(cameras):
+        raise ValueError(f"write_transforms_json: {len(file_paths)} file_paths for {len(cameras)} cameras")
+    H, W = cameras.height, cameras.width
+    intr = np.asarray(cameras.intrinsics, dtype=np.float64)
+
+    def pix(v):
+        return {"fl_x": v[0] * W, "fl_y": v[1] * H, "cx": v[2] * W, "cy": v[3] * H}
+
+    shared = bool(np.all(intr == intr[0]))
+    out = dict(extra or {})
+    out.update({"w": W, "h": H})
+    if shared:
+        out.update(pix(intr[0]))
+        out["camera_angle_x"] = 2 * math.atan(0.5 / intr[0, 0])
+        out["camera_angle_y"] = 2 * math.atan(0.5 / intr[0, 1])
+    gl = opencv_to_opengl(np.asarray(cameras.c2w))
+    frames = []
+    for i, fp in enumerate(file_paths):
+        f = {"file_path": str(fp), "transform_matrix": gl[i].tolist()}
+        if not shared:
+            f.update(pix(intr[i]))
+        frames.append(f)
+    out["frames"] = frames
+    pathlib.Path(path).write_text(json.dumps(out, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------------- LLFF
+
+
+def read_llff(path, factor: float = 1) -> tuple:
+    """Read LLFF poses_bounds.npy (a file or its folder) -> (Cameras, bounds (N, 2) near/far).
+
+    `factor` is the image downscale (images_8 -> 8): the image size is divided by it; normalised intrinsics
+    (f / W, f / H, 0.5, 0.5) do not change.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "poses_bounds.npy"
+    arr = np.load(path)
+    if arr.ndim != 2 or arr.shape[1] != 17:
+        raise ValueError(f"{path}: expected an (N, 17) array (3x5 pose + near, far per view), got {arr.shape}")
+    poses = arr[:, :15].reshape(-1, 3, 5).astype(np.float64)
+    hwf = poses[:, :, 4]
+    H, W = _shared_size(hwf[:, 0] / factor, hwf[:, 1] / factor, path)
+    f = hwf[:, 2] / factor
+    intr = np.stack([f / W, f / H, np.full_like(f, 0.5), np.full_like(f, 0.5)], -1)
+    return Cameras(llff_to_opencv(poses[:, :, :4]), intr, H, W), arr[:, 15:17].astype(np.float64)
+
+
+def write_llff(path, cameras: Cameras, bounds, factor: float = 1):
+    """Write poses_bounds.npy from centred cameras with fx = fy in pixels; (h, w, f) are stored at the full
+    resolution = our image size * factor."""
+    bounds = np.asarray(bounds, dtype=np.float64)
+    n = len(cameras)
+    if bounds.shape != (n, 2):
+        raise ValueError(f"write_llff bounds: expected shape ({n}, 2), got {bounds.shape}")
+    if cameras.height is None or cameras.width is None:
+        raise ValueError("write_llff: cameras need height and width")
+    intr = np.asarray(cameras.intrinsics, dtype=np.float64)
+    H, W = cameras.height, cameras.width
+    f = intr[:, 0] * W
+    if not np.allclose(f, intr[:, 1] * H, rtol=1e-6) or not np.allclose(intr[:, 2:], 0.5, atol=1e-9):
+        raise ValueError("write_llff: LLFF stores one focal length and a centred principal point; "
+                         "cameras have fx != fy or cx, cy != 0.5")
+    hwf = np.stack([np.full(n, H * factor), np.full(n, W * factor), f * factor], -1)[..., None]
+    poses = np.concatenate([opencv_to_llff(np.asarray(cameras.c2w)), hwf], -1)
+    np.save(path, np.concatenate([poses.reshape(n, 15), bounds], -1))
+
+
+# --------------------------------------------------------------------------------------------------- COLMAP
+
+# id -> (name, number of params); the first params are the pinhole part, listed in _PINHOLE.
+COLMAP_MODELS = {
+    0: ("SIMPLE_PINHOLE", 3), 1: ("PINHOLE", 4), 2: ("SIMPLE_RADIAL", 4), 3: ("RADIAL", 5), 4: ("OPENCV", 8),
+    5: ("OPENCV_FISHEYE", 8), 6: ("FULL_OPENCV", 12), 7: ("FOV", 5), 8: ("SIMPLE_RADIAL_FISHEYE", 4),
+    9: ("RADIAL_FISHEYE", 5), 10: ("THIN_PRISM_FISHEYE", 12),
+}
+COLMAP_MODEL_IDS = {name: (i, n) for i, (name, n) in COLMAP_MODELS.items()}
+_SINGLE_FOCAL = {"SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE"}
+
+
+@dataclasses.dataclass
+class ColmapCamera:
+    id: int
+    model: str
+    width: int
+    height: int
+    params: np.ndarray  # COLMAP order, e.g. SIMPLE_RADIAL: f cx cy k
+
+    def pinhole(self):
+        """(fx, fy, cx, cy) in pixels."""
+        p = self.params
+        return (p[0], p[0], p[1], p[2]) if self.model in _SINGLE_FOCAL else (p[0], p[1], p[2], p[3])
+
+    def intrinsics(self):
+        """(4,) normalised (fx/W, fy/H, cx/W, cy/H)."""
+        fx, fy, cx, cy = self.pinhole()
+        return np.array([fx / self.width, fy / self.height, cx / self.width, cy / self.height])
+
+    def distortion(self):
+        """The non-pinhole params (distortion coefficients, FOV omega), in COLMAP order."""
+        return np.asarray(self.params[3:] if self.model in _SINGLE_FOCAL else self.params[4:])
+
+
+@dataclasses.dataclass
+class ColmapImage:
+    id: int
+    qvec: np.ndarray  # (4,) w x y z, world-to-camera rotation
+    tvec: np.ndarray  # (3,) world-to-camera translation
+    camera_id: int
+    name: str
+    xys: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 2)))
+    point3d_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    @property
+    def w2c(self):
+        return make_c2w(quat_to_matrix(np.asarray(self.qvec, np.float64)), np.asarray(self.tvec, np.float64))
+
+    @property
+    def c2w(self):
+        return invert_rigid(self.w2c)
+
+
+@dataclasses.dataclass
+class ColmapPoints:
+    ids: np.ndarray  # (P,) int64
+    xyz: np.ndarray  # (P, 3) float64
+    rgb: np.ndarray  # (P, 3) uint8
+    error: np.ndarray  # (P,) float64 mean reprojection error
+    tracks: list  # P arrays (L, 2) int of (image_id, point2D_idx)
+
+    def __len__(self):
+        return len(self.ids)
+
+
+class _BinReader:
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.data = self.path.read_bytes()
+        self.off = 0
+
+    def read(self, fmt, what):
+        n = struct.calcsize("<" + fmt)
+        if self.off + n > len(self.data):
+            raise ValueError(f"{self.path}: truncated file: needed {n} bytes for {what} at byte {self.off}, "
+                             f"only {len(self.data) - self.off} left (file size {len(self.data)})")
+        out = struct.unpack_from("<" + fmt, self.data, self.off)
+        self.off += n
+        return out
+
+    def array(self, dtype, count, what):
+        dtype = np.dtype(dtype).newbyteorder("<")
+        n = dtype.itemsize * count
+        if self.off + n > len(self.data):
+            raise ValueError(f"{self.path}: truncated file: needed {n} bytes for {what} at byte {self.off}, "
+                             f"only {len(self.data) - self.off} left (file size {len(self.data)})")
+        out = np.frombuffer(self.data, dtype, count, self.off)
+        self.off += n
+        return out
+
+    def cstring(self, what):
+        end = self.data.find(b"\x00", self.off)
+        if end < 0:
+            raise ValueError(f"{self.path}: truncated file: unterminated string for {what} at byte {self.off}")
+        s = self.data[self.off:end].decode("utf-8")
+        self.off = end + 1
+        return s
+
+    def done(self):
+        if self.off != len(self.data):
+            raise ValueError(f"{self.path}: {len(self.data) - self.off} unexpected trailing bytes at {self.off}")
+
+
+def _model_check(path, where, model_id=None, name=None):
+    if name is not None:
+        if name not in COLMAP_MODEL_IDS:
+            raise ValueError(f"{path}: {where}: unknown camera model {name!r}; expected one of "
+                             f"{sorted(COLMAP_MODEL_IDS)}")
+        return name, COLMAP_MODEL_IDS[name][1]
+    if model_id not in COLMAP_MODELS:
+        raise ValueError(f"{path}: {where}: unknown camera model id {model_id}; expected 0..10")
+    return COLMAP_MODELS[model_id]
+
+
+def _text_lines(path):
+    """(line number, stripped text) of non-comment lines; empty lines kept (images.txt needs them)."""
+    path = pathlib.Path(path)
+    return [(i + 1, ln.strip()) for i, ln in enumerate(path.read_text().splitlines()) if not ln.lstrip().startswith("#")]
+
+
+def read_colmap_cameras_bin(path) -> dict:
+    r = _BinReader(path)
+    (n,) = r.read("Q", "num_cameras")
+    out = {}
+    for k in range(n):
+        cid, mid, w, h = r.read("iiQQ", f"camera {k} header (camera_id, model_id, width, height)")
+        name, npar = _model_check(r.path, f"camera {k}", model_id=mid)
+        out[cid] = ColmapCamera(cid, name, w, h, np.array(r.read(f"{npar}d", f"camera {k} params ({npar} doubles)")))
+    r.done()
+    return out
+
+
+def read_colmap_cameras_txt(path) -> dict:
+    out = {}
+    for ln, text in _text_lines(path):
+        if not text:
+            continue
+        tok = text.split()
+        try:
+            name, npar = _model_check(path, f"line {ln}", name=tok[1] if len(tok) > 1 else "")
+            if len(tok) != 4 + npar:
+                raise ValueError(f"{path}: line {ln}: {name} expects CAMERA_ID MODEL WIDTH HEIGHT + {npar} params "
+                                 f"({4 + npar} fields), got {len(tok)}")
+            cid = int(tok[0])
+            out[cid] = ColmapCamera(cid, name, int(tok[2]), int(tok[3]), np.array([float(t) for t in tok[4:]]))
+        except (IndexError, TypeError) as e:
+            raise ValueError(f"{path}: line {ln}: cannot parse camera ({e})") from e
+    return out
+
+
+def write_colmap_cameras_bin(path, cameras: dict):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(cameras)))
+        for c in cameras.values():
+            mid, npar = COLMAP_MODEL_IDS[c.model]
+            if len(c.params) != npar:
+                raise ValueError(f"camera {c.id}: {c.model} needs {npar} params, got {len(c.params)}")
+            f.write(struct.pack("<iiQQ", c.id, mid, c.width, c.height))
+            f.write(struct.pack(f"<{npar}d", *map(float, c.params)))
+
+
+def write_colmap_cameras_txt(path, cameras: dict):
+    lines = ["# Camera list with one line of data per camera:",
+             "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(cameras)}"]
+    for c in cameras.values():
+        lines.append(" ".join([str(c.id), c.model, str(c.width), str(c.height)] + [repr(float(p)) for p in c.params]))
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_colmap_images_bin(path) -> dict:
+    r = _BinReader(path)
+    (n,) = r.read("Q", "num_images")
+    out = {}
+    for k in range(n):
+        vals = r.read("i7di", f"image {k} header (image_id, qw qx qy qz, tx ty tz, camera_id)")
+        name = r.cstring(f"image {k} name")
+        (m,) = r.read("Q", f"image {k} num_points2D")
+        pts = r.array(np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")]), m, f"image {k} points2D ({m} x 24 bytes)")
+        out[vals[0]] = ColmapImage(vals[0], np.array(vals[1:5]), np.array(vals[5:8]), vals[8], name,
+                                   np.stack([pts["x"], pts["y"]], -1), pts["id"].astype(np.int64))
+    r.done()
+    return out
+
+
+def read_colmap_images_txt(path) -> dict:
+    lines = _text_lines(path)
+    out, i = {}, 0
+    while i < len(lines):
+        ln, text = lines[i]
+        if not text:
+            i += 1
+            continue
+        tok = text.split()
+        if len(tok) < 10:
+            raise ValueError(f"{path}: line {ln}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME "
+                             f"(10 fields), got {len(tok)}")
+        try:
+            iid, q, t, cid = int(tok[0]), np.array(tok[1:5], float), np.array(tok[5:8], float), int(tok[8])
+        except ValueError as e:
+            raise ValueError(f"{path}: line {ln}: cannot parse image header ({e})") from e
+        name = " ".join(tok[9:])
+        pts = lines[i + 1][1].split() if i + 1 < len(lines) else []
+        if len(pts) % 3:
+            raise ValueError(f"{path}: line {lines[i + 1][0]}: POINTS2D must be triples X Y POINT3D_ID, "
+                             f"got {len(pts)} values")
+        pts = np.array(pts, dtype=np.float64).reshape(-1, 3)
+        out[iid] = ColmapImage(iid, q, t, cid, name, pts[:, :2], pts[:, 2].astype(np.int64))
+        i += 2
+    return out
+
+
+def write_colmap_images_bin(path, images: dict):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(images)))
+        for im in images.values():
+            f.write(struct.pack("<i7di", im.id, *map(float, im.qvec), *map(float, im.tvec), im.camera_id))
+            f.write(im.name.encode("utf-8") + b"\x00")
+            xys = np.asarray(im.xys, np.float64).reshape(-1, 2)
+            f.write(struct.pack("<Q", len(xys)))
+            rec = np.zeros(len(xys), np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")]))
+            rec["x"], rec["y"], rec["id"] = xys[:, 0], xys[:, 1], np.asarray(im.point3d_ids)
+            f.write(rec.tobytes())
+
+
+def write_colmap_images_txt(path, images: dict):
+    lines = ["# Image list with two lines of data per image:",
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+             "#   POINTS2D[] as (X, Y, POINT3D_ID)", f"# Number of images: {len(images)}"]
+    for im in images.values():
+        lines.append(" ".join([str(im.id)] + [repr(float(v)) for v in (*im.qvec, *im.tvec)]
+                              + [str(im.camera_id), im.name]))
+        lines.append(" ".join(f"{float(x)!r} {float(y)!r} {int(p)}" for (x, y), p in zip(im.xys, im.point3d_ids)))
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_colmap_points3d_bin(path) -> ColmapPoints:
+    r = _BinReader(path)
+    (n,) = r.read("Q", "num_points")
+    ids, xyz, rgb, err, tracks = np.zeros(n, np.int64), np.zeros((n, 3)), np.zeros((n, 3), np.uint8), np.zeros(n), []
+    for k in range(n):
+        v = r.read("Q3d3BdQ", f"point {k} (point3D_id, xyz, rgb, error, track_length)")
+        ids[k], xyz[k], rgb[k], err[k] = v[0], v[1:4], v[4:7], v[7]
+        tracks.append(r.array("<i4", 2 * v[8], f"point {k} track ({v[8]} x (image_id, point2D_idx))")
+                      .reshape(-1, 2).astype(np.int64))
+    r.done()
+    return ColmapPoints(ids, xyz, rgb, err, tracks)
+
+
+def read_colmap_points3d_txt(path) -> ColmapPoints:
+    ids, xyz, rgb, err, tracks = [], [], [], [], []
+    for ln, text in _text_lines(path):
+        if not text:
+            continue
+        tok = text.split()
+        if len(tok) < 8 or (len(tok) - 8) % 2:
+            raise ValueError(f"{path}: line {ln}: expected POINT3D_ID X Y Z R G B ERROR + (IMAGE_ID, POINT2D_IDX) "
+                             f"pairs, got {len(tok)} fields")
+        try:
+            ids.append(int(tok[0]))
+            xyz.append([float(t) for t in tok[1:4]])
+            rgb.append([int(t) for t in tok[4:7]])
+            err.append(float(tok[7]))
+            tracks.append(np.array(tok[8:], dtype=np.int64).reshape(-1, 2))
+        except ValueError as e:
+            raise ValueError(f"{path}: line {ln}: cannot parse point ({e})") from e
+    return ColmapPoints(np.array(ids, np.int64), np.array(xyz, np.float64).reshape(-1, 3),
+                        np.array(rgb, np.uint8).reshape(-1, 3), np.array(err, np.float64), tracks)
+
+
+def write_colmap_points3d_bin(path, pts: ColmapPoints):
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(pts)))
+        for k in range(len(pts)):
+            tr = np.asarray(pts.tracks[k], np.int32).reshape(-1, 2)
+            f.write(struct.pack("<Q3d3BdQ", int(pts.ids[k]), *map(float, pts.xyz[k]), *map(int, pts.rgb[k]),
+                                float(pts.error[k]), len(tr)))
+            f.write(tr.astype("<i4").tobytes())
+
+
+def write_colmap_points3d_txt(path, pts: ColmapPoints):
+    lines = ["# 3D point list with one line of data per point:",
+             "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)"]
+    for k in range(len(pts)):
+        lines.append(" ".join([str(int(pts.ids[k]))] + [repr(float(v)) for v in pts.xyz[k]]
+                              + [str(int(v)) for v in pts.rgb[k]] + [repr(float(pts.error[k]))]
+                              + [str(int(v)) for v in np.asarray(pts.tracks[k]).reshape(-1)]))
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _find(folder, stem):
+    for ext in (".bin", ".txt"):
+        p = folder / (stem + ext)
+        if p.is_file():
+            return p
+    return None
+
+
+_READERS = {
+    ("cameras", ".bin"): read_colmap_cameras_bin, ("cameras", ".txt"): read_colmap_cameras_txt,
+    ("images", ".bin"): read_colmap_images_bin, ("images", ".txt"): read_colmap_images_txt,
+    ("points3D", ".bin"): read_colmap_points3d_bin, ("points3D", ".txt"): read_colmap_points3d_txt,
+}
+_WRITERS = {
+    ("cameras", ".bin"): write_colmap_cameras_bin, ("cameras", ".txt"): write_colmap_cameras_txt,
+    ("images", ".bin"): write_colmap_images_bin, ("images", ".txt"): write_colmap_images_txt,
+    ("points3D", ".bin"): write_colmap_points3d_bin, ("points3D", ".txt"): write_colmap_points3d_txt,
+}
+
+
+def read_colmap_model(folder):
+    """Read cameras, images, points3D (.bin preferred over .txt) from a COLMAP model folder.
+
+    Returns (cameras dict, images dict or None, ColmapPoints or None); cameras are required.
+    """
+    folder = pathlib.Path(folder)
+    out = []
+    for stem in ("cameras", "images", "points3D"):
+        p = _find(folder, stem)
+        if p is None and stem == "cameras":
+            raise ValueError(f"{folder}: no cameras.bin or cameras.txt")
+        out.append(None if p is None else _READERS[(stem, p.suffix)](p))
+    return tuple(out)
+
+
+def write_colmap_model(folder, cameras: dict, images: dict, points: Optional[ColmapPoints] = None,
+                       ext: str = ".bin"):
+    if ext not in (".bin", ".txt"):
+        raise ValueError(f"write_colmap_model: ext must be '.bin' or '.txt', got {ext!r}")
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _WRITERS[("cameras", ext)](folder / f"cameras{ext}", cameras)
+    _WRITERS[("images", ext)](folder / f"images{ext}", images)
+    if points is not None:
+        _WRITERS[("points3D", ext)](folder / f"points3D{ext}", points)
+
+
+def colmap_to_cameras(cameras: dict, images: dict):
+    """COLMAP cameras + images -> (Cameras sorted by image name, names, distortion (N, k) or list).
+
+    Distortion parameters are returned but not applied (use undistorted images for a pinhole model).
+    """
+    ims = sorted(images.values(), key=lambda im: im.name)
+    missing = [im.camera_id for im in ims if im.camera_id not in cameras]
+    if missing:
+        raise ValueError(f"colmap images refer to camera ids {sorted(set(missing))} absent from cameras")
+    cams = [cameras[im.camera_id] for im in ims]
+    H, W = _shared_size([c.height for c in cams], [c.width for c in cams], "colmap model")
+    c2w = invert_rigid(np.stack([im.w2c for im in ims]))
+    intr = np.stack([c.intrinsics() for c in cams])
+    return Cameras(c2w, intr, H, W), [im.name for im in ims], [c.distortion() for c in cams]
+
+
+def cameras_to_colmap(cams: Cameras, names):
+    """Cameras -> (COLMAP cameras dict, images dict) with PINHOLE models; one camera shared if all
+    intrinsics are equal, else one per image. Image ids are 1..N in the given order."""
+    if cams.height is None or cams.width is None:
+        raise ValueError("cameras_to_colmap: cameras need height and width")
+    if len(names) != len(cams):
+        raise ValueError(f"cameras_to_colmap: {len(names)} names for {len(cams)} cameras")
+    intr = np.asarray(cams.intrinsics, np.float64)
+    H, W = cams.height, cams.width
+    shared = bool(np.all(intr == intr[0]))
+    cameras, images = {}, {}
+    w2c = invert_rigid(np.asarray(cams.c2w, np.float64))
+    q = matrix_to_quat(w2c[:, :3, :3])
+    for i, name in enumerate(names):
+        cid = 1 if shared else i + 1
+        if cid not in cameras:
+            v = intr[i]
+            cameras[cid] = ColmapCamera(cid, "PINHOLE", W, H, np.array([v[0] * W, v[1] * H, v[2] * W, v[3] * H]))
+        images[i + 1] = ColmapImage(i + 1, q[i], w2c[i, :3, 3], cid, str(name))
+    return cameras, images
+
+
+# --------------------------------------------------------------------------------------------- RealEstate10K
+
+
+@dataclasses.dataclass
+class RE10KClip:
+    url: str
+    timestamps: np.ndarray  # (N,) int64 microseconds
+    intrinsics: np.ndarray  # (N, 4) normalised fx fy cx cy
+    c2w: np.ndarray  # (N, 4, 4) OpenCV
+
+    def cameras(self, height=None, width=None) -> Cameras:
+        return Cameras(self.c2w, self.intrinsics, height, width)
+
+
+def read_re10k(path) -> RE10KClip:
+    """RealEstate10K pose file: URL line, then per frame `timestamp fx fy cx cy 0 0 <3x4 w2c row-major>`."""
+    path = pathlib.Path(path)
+    lines = [(i + 1, ln.strip()) for i, ln in enumerate(path.read_text().splitlines())]
+    lines = [x for x in lines if x[1]]
+    if not lines:
+        raise ValueError(f"{path}: empty RealEstate10K file (expected a URL line then frame lines)")
+    url = lines[0][1]
+    ts, intr, w2c = [], [], []
+    for ln, text in lines[1:]:
+        tok = text.split()
+        if len(tok) != 19:
+            raise ValueError(f"{path}: line {ln}: expected 19 values (timestamp, fx fy cx cy, 2 zeros, 12 of a 3x4 "
+                             f"world-to-camera), got {len(tok)}")
+        try:
+            ts.append(int(tok[0]))
+            v = np.array(tok[1:], dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"{path}: line {ln}: cannot parse numbers ({e})") from e
+        intr.append(v[:4])
+        w2c.append(np.concatenate([v[6:].reshape(3, 4), [[0.0, 0.0, 0.0, 1.0]]], 0))
+    if not ts:
+        raise ValueError(f"{path}: no frame lines after the URL line")
+    # General inverse (not R^T): the stored 9-decimal rotations are not exactly orthonormal, and the exact
+    # inverse makes read -> write reproduce the file.
+    return RE10KClip(url, np.array(ts, np.int64), np.stack(intr), np.linalg.inv(np.stack(w2c)))
+
+
+def write_re10k(path, clip: RE10KClip, decimals: int = 9):
+    """Write a RealEstate10K pose file (values with `decimals` digits, like the originals)."""
+    w2c = np.linalg.inv(np.asarray(clip.c2w, np.float64))[:, :3, :].reshape(-1, 12)
+    fmt = f"{{:.{decimals}f}}"
+    lines = [clip.url]
+    for t, k, m in zip(clip.timestamps, np.asarray(clip.intrinsics, np.float64), w2c):
+        lines.append(" ".join([str(int(t))] + [fmt.format(v) for v in (*k, 0.0, 0.0, *m)]))
+    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- 3DGS cameras.json
+
+
+def read_3dgs_cameras(path):
+    """INRIA 3DGS cameras.json -> (Cameras, img_names, ids). position = camera centre, rotation = c2w 3x3
+    (OpenCV axes), fx fy in pixels, principal point at the image centre."""
+    path = pathlib.Path(path)
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of cameras")
+    c2w, intr, hs, ws, names, ids = [], [], [], [], [], []
+    for i, e in enumerate(entries):
+        for key in ("id", "img_name", "width", "height", "position", "rotation", "fx", "fy"):
+            if key not in e:
+                raise ValueError(f"{path}: entry {i} has no {key!r}")
+        R, t = np.asarray(e["rotation"], np.float64), np.asarray(e["position"], np.float64)
+        if R.shape != (3, 3):
+            raise ValueError(f"{path}: entry {i} 'rotation' has shape {R.shape}, expected (3, 3)")
+        if t.shape != (3,):
+            raise ValueError(f"{path}: entry {i} 'position' has shape {t.shape}, expected (3,)")
+        c2w.append(make_c2w(R, t))
+        w, h = float(e["width"]), float(e["height"])
+        intr.append([e["fx"] / w, e["fy"] / h, 0.5, 0.5])
+        hs.append(h), ws.append(w), names.append(e["img_name"]), ids.append(e["id"])
+    H, W = _shared_size(hs, ws, path)
+    return Cameras(np.stack(c2w), np.asarray(intr, np.float64), H, W), names, ids
+
+
+def write_3dgs_cameras(path, cameras: Cameras, names, ids=None):
+    if cameras.height is None or cameras.width is None:
+        raise ValueError("write_3dgs_cameras: cameras need height and width")
+    if len(names) != len(cameras):
+        raise ValueError(f"write_3dgs_cameras: {len(names)} names for {len(cameras)} cameras")
+    ids = list(range(len(cameras))) if ids is None else ids
+    c2w, intr = np.asarray(cameras.c2w, np.float64), np.asarray(cameras.intrinsics, np.float64)
+    H, W = cameras.height, cameras.width
+    out = [{"id": int(ids[i]), "img_name": str(names[i]), "width": W, "height": H,
+            "position": c2w[i, :3, 3].tolist(), "rotation": c2w[i, :3, :3].tolist(),
+            "fx": intr[i, 0] * W, "fy": intr[i, 1] * H} for i in range(len(cameras))]
+    pathlib.Path(path).write_text(json.dumps(out))
+
