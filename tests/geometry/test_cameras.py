@@ -162,3 +162,14 @@ def test_bad_shapes():
         C.project(np.zeros((1, 5, 3)), np.eye(4)[None], np.zeros((1, 3)), H, W)
     with pytest.raises(ValueError, match=r"\(\.\.\., 3\)"):
         C.project(np.zeros((1, 5, 2)), np.eye(4)[None], np.zeros((1, 4)), H, W)
+
+
+def test_relative_and_scale_under_jit():
+    c2w, _ = random_cameras(4, seed=7)
+    pts = np.random.default_rng(4).uniform(-1, 1, (20, 3))
+    for mode in ("max_camera_distance", "median_depth"):
+        f = jax.jit(lambda c, p: C.normalise_scene_scale(C.relative_poses(c, 1), p, mode=mode))
+        cj, pj, sj = f(jnp.asarray(c2w, jnp.float32), jnp.asarray(pts, jnp.float32))
+        cn, pn, sn = C.normalise_scene_scale(C.relative_poses(c2w, 1), pts, mode=mode)
+        np.testing.assert_allclose(float(sj), sn, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(cj), cn, atol=1e-5)
