@@ -41,7 +41,7 @@ def to_pure_dict(tree) -> dict:
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [key_name(e) for e in path]
-        if len(names) > 1 and names[-1] == "value" and type(path[-1]).__name__ == "GetAttrKey":
+        if len(names) > 1 and names[-1] == "value" and isinstance(path[-1], jax.tree_util.GetAttrKey):
             names = names[:-1]
         flat["/".join(names) if names else "value"] = leaf
     return nest(flat)
