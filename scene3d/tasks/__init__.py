@@ -1,1 +1,18 @@
-"""scene3d.tasks."""
+"""scene3d.tasks: what the trainer calls (build_model / loss / evaluate / images / data_transforms).
+
+A task is chosen by ``config.task``. Stage-1 tokenizers live in ``autoencode``; latent generators in ``generate``.
+"""
+from __future__ import annotations
+
+_TASKS = {
+    "generate": ("scene3d.tasks.generate", "GenerateTask"),
+}
+
+
+def get_task(config):
+    name = config.task
+    if name not in _TASKS:
+        raise ValueError(f"config.task: unknown task {name!r} (known: {sorted(_TASKS)})")
+    import importlib
+    module, cls = _TASKS[name]
+    return getattr(importlib.import_module(module), cls)(config)

@@ -1,0 +1,319 @@
+"""The one training entry point.
+
+    python -m scene3d.train --config=configs/flow_shapes.py:runlocal --workdir=/tmp/run
+
+Generic over tasks (``config.task`` names one in ``scene3d.tasks``). The train step is a pure ``jax.jit`` function
+of (state, batch) with explicit in/out shardings and a donated state; the model is ``nnx.merge``d inside. One orbax
+checkpoint holds params, optimiser state, EMA, step, RNG and the data iterator; a run resumes from the latest
+checkpoint in ``--workdir``. Metrics go to the console, ``metrics.jsonl`` and TensorBoard event files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from scene3d import data as data_lib
+from scene3d import tasks as tasks_lib
+from scene3d.core import checkpoint as ckpt_lib
+from scene3d.core import chrono as chrono_lib
+from scene3d.core import config as config_lib
+from scene3d.core import metrics as metrics_lib
+from scene3d.core import sharding as sh
+from scene3d.data import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: configs/X.py:ARGS", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and images.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimiser
+
+
+def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup + cosine decay (or constant), global-norm clipping."""
+    oc = config.optim
+    if oc.get("schedule", "cosine") == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=oc.lr, warmup_steps=max(int(oc.warmup_steps), 1),
+            decay_steps=max(int(config.total_steps), int(oc.warmup_steps) + 1), end_value=oc.lr * oc.get("end_lr_factor", 0.0))
+    elif oc.schedule == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, oc.lr, max(int(oc.warmup_steps), 1)), optax.constant_schedule(oc.lr)],
+            [max(int(oc.warmup_steps), 1)])
+    else:
+        raise ValueError(f"config.optim.schedule: unknown {oc.schedule!r} (cosine | constant)")
+    parts = []
+    if oc.get("clip_norm"):
+        parts.append(optax.clip_by_global_norm(oc.clip_norm))
+    parts.append(optax.adamw(schedule, b1=oc.get("b1", 0.9), b2=oc.get("b2", 0.999), eps=oc.get("eps", 1e-8),
+                             weight_decay=oc.get("weight_decay", 0.0)))
+    return optax.chain(*parts), schedule
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train state
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything the loop needs that is not the (device) state."""
+    task: Any
+    graphdef: Any
+    tx: optax.GradientTransformation
+    schedule: Any
+    mesh: Any
+    rules: dict
+    state_shardings: Any
+    step_fn: Any
+    eval_params_key: str
+
+
+def _replicated_like(tree, mesh):
+    return jax.tree.map(lambda _: sh.replicated(mesh), tree)
+
+
+def create_state(config, task, mesh, rules):
+    """Create params (already sharded), optimiser state, EMA, step and RNG. Returns (graphdef, state, shardings)."""
+    seed = int(config.seed)
+    graphdef, params = sh.create_sharded_model(lambda: task.build_model(nnx.Rngs(seed)), mesh, rules)
+    tx, schedule = make_optimizer(config)
+    pshard = jax.tree.map(lambda x: x.sharding, params)
+    rep = sh.replicated(mesh)
+    opt_shape = jax.eval_shape(tx.init, params)
+    oshard = optax.tree_map_params(tx, lambda p, s: s, opt_shape, pshard, transform_non_params=lambda _: rep,
+                                   is_leaf=lambda x: isinstance(x, nnx.Variable))
+    with sh.use_mesh(mesh, rules):
+        opt_state = jax.jit(tx.init, out_shardings=oshard)(params)
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
+        "skipped": jax.device_put(jnp.zeros((), jnp.int32), rep),
+        "rng": jax.device_put(jax.random.key_data(jax.random.key(seed + 1)), rep),
+    }
+    shardings = {"params": pshard, "opt_state": oshard, "step": rep, "skipped": rep, "rng": rep}
+    if config.get("ema_decay", 0.0):
+        state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=pshard)(params)
+        shardings["ema"] = pshard
+    return graphdef, state, shardings, tx, schedule
+
+
+def make_train_step(config, task, graphdef, tx, schedule):
+    """Pure jitted train step: (state, batch) -> (state, metrics). Skips non-finite / exploding updates."""
+    ema_decay = float(config.get("ema_decay", 0.0))
+    max_gnorm = float(config.optim.get("skip_grad_norm", 0.0) or 0.0)
+
+    def step_fn(state, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        params = state["params"]
+
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p)
+            return task.loss(model, batch, rng)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(gnorm) & jnp.isfinite(loss)
+        if max_gnorm > 0:
+            ok &= gnorm <= max_gnorm
+        updates, new_opt = tx.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+        out = dict(state)
+        out["params"] = keep(new_params, params)
+        out["opt_state"] = keep(new_opt, state["opt_state"])
+        if "ema" in state:
+            new_ema = jax.tree.map(lambda e, p: e * ema_decay + (1.0 - ema_decay) * p.astype(e.dtype), state["ema"],
+                                   new_params)
+            out["ema"] = keep(new_ema, state["ema"])
+        out["step"] = state["step"] + 1
+        out["skipped"] = state["skipped"] + (1 - ok.astype(jnp.int32))
+        metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state["step"]),
+                   "step_skipped": 1.0 - ok.astype(jnp.float32), **aux}
+        return out, metrics
+
+    return step_fn
+
+
+def batch_shardings(batch, mesh):
+    """Each batch leaf sharded along its leading ('batch') axis."""
+    return jax.tree.map(lambda x: sh.batch_sharding(x.ndim, mesh, shape=x.shape), batch)
+
+
+def compile_train_step(s: "Setup", state, batch):
+    """AOT-compile the train step for this batch's shapes (explicit shardings, donated state)."""
+    with sh.use_mesh(s.mesh, s.rules):
+        return jax.jit(s.step_fn, in_shardings=(s.state_shardings, batch_shardings(batch, s.mesh)),
+                       out_shardings=(s.state_shardings, sh.replicated(s.mesh)),
+                       donate_argnums=(0,)).lower(state, batch).compile()
+
+
+def setup(config, mesh=None) -> tuple[Setup, dict]:
+    """Mesh, task, sharded state and the jitted step for a config."""
+    mesh = sh.make_mesh(dict(config.mesh)) if mesh is None else mesh
+    rules = sh.rules_from_config(config.sharding.get("rules") if "sharding" in config else None)
+    task = tasks_lib.get_task(config)
+    with sh.use_mesh(mesh, rules):
+        graphdef, state, shardings, tx, schedule = create_state(config, task, mesh, rules)
+    step_fn = make_train_step(config, task, graphdef, tx, schedule)
+    ekey = "ema" if "ema" in state else "params"
+    return Setup(task, graphdef, tx, schedule, mesh, rules, shardings, step_fn, ekey), state
+
+
+def abstract_like(state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(config, s: Setup, state, writer, step: int):
+    """Average the task's eval metrics over the eval split; write images of the first batch."""
+    params = state[s.eval_params_key]
+    model = nnx.merge(s.graphdef, params)
+    source = data_lib.get_source(config.data, "eval")
+    bs = int(config.get("eval_batch_size", config.global_batch_size))
+    it = pipeline.make_batch_iterator(source, global_batch_size=bs, seed=0, shuffle=False, num_epochs=1,
+                                      transforms=s.task.data_transforms("eval"))
+    n = int(config.get("eval_batches", 4))
+    totals: dict[str, float] = {}
+    count = 0
+    rng = jax.random.key(int(config.seed) + 7)
+    with sh.use_mesh(s.mesh, s.rules):
+        eval_fn = _jit_cache(s, "eval", lambda m, b, r: s.task.evaluate(m, b, r))
+        first = None
+        for i, batch in zip(range(n), it):
+            gbatch = pipeline.to_global(batch, s.mesh)
+            first = gbatch if first is None else first
+            out = jax.device_get(eval_fn(model, gbatch, jax.random.fold_in(rng, i)))
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            count += 1
+        if count:
+            writer.write_scalars(step, {f"eval/{k}": v / count for k, v in totals.items()})
+        if first is not None and config.get("write_images", True):
+            images = s.task.images(model, first, rng)
+            writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in images.items()})
+    return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def _jit_cache(s: Setup, name: str, fn):
+    cache = s.__dict__.setdefault("_jit", {})
+    if name not in cache:
+        cache[name] = nnx.jit(fn)
+    return cache[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
+    """Train ``config`` in ``workdir``, resuming from its latest checkpoint. Returns the final state."""
+    os.makedirs(workdir, exist_ok=True)
+    primary = jax.process_index() == 0
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_lib.config_to_json(config))
+    s, state = setup(config, mesh)
+    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+    logging.info("mesh: %s", sh.describe(s.mesh))
+    logging.info("parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
+
+    source = data_lib.get_source(config.data, "train")
+    data_iter = pipeline.make_batch_iterator(source, global_batch_size=int(config.global_batch_size),
+                                             seed=int(config.seed), transforms=s.task.data_transforms("train"))
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.get("keep_ckpts", 3)),
+                                 async_save=bool(config.get("async_checkpoint", True)))
+    latest = ckpt.latest_step()
+    if latest is not None:
+        state, _ = ckpt.restore(latest, abstract_state=abstract_like(state), data_iter=data_iter)
+        logging.info("resumed from step %d in %s", latest, workdir)
+    first_step = int(jax.device_get(state["step"]))
+    total = int(config.total_steps)
+
+    if first_step == 0 and primary:
+        writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
+
+    # AOT compile once with a memory report.
+    batch = pipeline.to_global(next(data_iter), s.mesh)
+    compiled = compile_train_step(s, state, batch)
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        logging.info("train step memory: args %.1f MiB, temps %.1f MiB, outputs %.1f MiB",
+                     mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20,
+                     mem.output_size_in_bytes / 2**20)
+
+    chrono = chrono_lib.Chrono(total, int(config.global_batch_size), first_step=first_step)
+    log_every = int(config.get("log_every", 50))
+    ckpt_every = int(config.get("ckpt_every", 1000))
+    eval_every = int(config.get("eval_every", 0))
+    kill_at = int(config.get("debug_kill_at_step", 0) or 0)
+    acc = metrics_lib.Accumulator()
+    step = first_step
+    while step < total:
+        with sh.use_mesh(s.mesh, s.rules):
+            state, m = compiled(state, batch)
+        step += 1
+        acc.add(m)
+        if kill_at and step == kill_at:  # simulated preemption for tests: a real SIGKILL, no cleanup
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step % log_every == 0 or step == total:
+            scalars = acc.result()
+            rates = chrono.tick(step)
+            scalars.update({"perf/" + k: v for k, v in rates.items()})
+            scalars["train/skipped_total"] = int(jax.device_get(state["skipped"]))
+            writer.write_scalars(step, {("train/" + k if "/" not in k else k): v for k, v in scalars.items()})
+            logging.info(metrics_lib.console_line(step, total, scalars, rates))
+        if step % ckpt_every == 0 or step == total:
+            with chrono.pause():
+                ckpt.save(step, state, data_iter=data_iter, meta={"step": step}, force=step == total)
+        if eval_every and (step % eval_every == 0 or step == total):
+            with chrono.pause():
+                evaluate(config, s, state, writer, step)
+        if step < total:
+            batch = pipeline.to_global(next(data_iter), s.mesh)
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    return state
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else json.dumps(v, default=str)
+    return out
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("both --config=configs/X.py:ARGS and --workdir=DIR are required")
+    logging.set_verbosity(logging.INFO)
+    if os.environ.get("SCENE3D_DISTRIBUTED"):
+        jax.distributed.initialize()
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
