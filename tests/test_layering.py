@@ -1,0 +1,71 @@
+"""DESIGN.md's import direction, enforced on the source: data flows one way."""
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1] / "scene3d"
+
+# subpackage -> scene3d subpackages it may import (itself always allowed).
+ALLOWED = {
+    "core": set(),
+    "geometry": {"core"},
+    "kernels": {"core"},
+    "diffusion": {"core"},
+    "nn": {"core", "kernels"},
+    "render": {"core", "geometry"},
+    "models": {"core", "nn", "geometry", "diffusion"},
+    "losses": {"core", "geometry", "nn", "render"},
+    "metrics": {"core", "geometry", "render"},
+    "data": {"core", "geometry", "render"},
+    "tasks": {"core", "geometry", "nn", "diffusion", "models", "losses", "metrics", "render"},
+}
+TOP_LEVEL = {"train", "sample", "evaluate", "export"}  # entry points may import anything
+
+
+def _imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "scene3d":
+                for a in node.names:
+                    yield f"scene3d.{a.name}"
+            else:
+                yield node.module
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}: relative import; use absolute scene3d.* imports")
+
+
+def _modules():
+    return sorted(p for p in ROOT.rglob("*.py"))
+
+
+def test_every_subpackage_is_classified():
+    subs = {p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert subs <= set(ALLOWED), f"classify new subpackages in tests/test_layering.py: {subs - set(ALLOWED)}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_import_direction(path):
+    rel = path.relative_to(ROOT)
+    if len(rel.parts) == 1:
+        return  # scene3d/__init__.py and entry points
+    sub = rel.parts[0]
+    allowed = ALLOWED[sub] | {sub}
+    for name in _imports(path):
+        if not name.startswith("scene3d.") or name == "scene3d":
+            continue
+        target = name.split(".")[1]
+        if target in TOP_LEVEL:
+            raise AssertionError(f"{rel}: imports entry point scene3d.{target}")
+        assert target in allowed, f"{rel} imports scene3d.{target}; {sub} may import only {sorted(allowed)}"
+
+
+def test_checker_catches_violations(tmp_path):
+    """The checker itself must fail on a bad import (guards against a test that cannot fail)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from scene3d.models import can3tok\nimport scene3d.tasks.generate\n")
+    assert list(_imports(bad)) == ["scene3d.models", "scene3d.tasks.generate"]
