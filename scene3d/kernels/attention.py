@@ -1,0 +1,207 @@
+"""Attention dispatcher: one entry point, several implementations chosen by name.
+
+``attention(q, k, v, impl=...)`` validates shapes, then calls a registered implementation:
+
+- 'xla': :func:`scene3d.kernels.reference.reference_attention` (einsum, fp32 softmax); runs everywhere.
+- 'cudnn': ``jax.nn.dot_product_attention(implementation='cudnn')``; GPU only, fp16/bf16.
+- 'pallas': our Pallas flash attention, registered by its module through :func:`register_impl`.
+- 'auto': 'xla' on CPU; on GPU 'cudnn' when the inputs suit it, else 'pallas' when registered, else 'xla';
+  on TPU 'pallas' when registered, else 'xla'.
+
+Every implementation has the signature ``fn(q, k, v, *, mask, kv_lengths, scale, return_lse)`` with the
+layout and semantics of :func:`attention`. Which implementation ran is logged once per (impl, shape, dtype).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scene3d.kernels.reference import reference_attention
+
+logger = logging.getLogger(__name__)
+
+AttentionFn = Callable[..., jax.Array]
+
+_IMPLS: dict[str, AttentionFn] = {}
+# Implementations provided by modules that register themselves when imported (imported lazily on first use).
+_LAZY_MODULES = {"pallas": "scene3d.kernels.flash_attention"}
+_LOGGED: set = set()
+IMPL_NAMES = ("auto", "xla", "cudnn", "pallas")
+
+
+def register_impl(name: str, fn: AttentionFn, *, override: bool = False) -> None:
+    """Register ``fn(q, k, v, *, mask, kv_lengths, scale, return_lse)`` under ``name``."""
+    if name == "auto":
+        raise ValueError("register_impl: 'auto' is reserved for the dispatcher's own choice")
+    if name in _IMPLS and not override:
+        raise ValueError(f"register_impl: an attention implementation {name!r} is already registered "
+                         "(pass override=True to replace it)")
+    _IMPLS[name] = fn
+
+
+def available_impls() -> tuple[str, ...]:
+    """Names of the registered implementations (lazily registered ones are imported first)."""
+    for name in _LAZY_MODULES:
+        _try_lazy(name)
+    return tuple(sorted(_IMPLS))
+
+
+def _try_lazy(name: str) -> bool:
+    if name in _IMPLS:
+        return True
+    module = _LAZY_MODULES.get(name)
+    if module is None:
+        return False
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return False
+    return name in _IMPLS
+
+
+def _get_impl(name: str) -> AttentionFn:
+    if _try_lazy(name):
+        return _IMPLS[name]
+    if name == "pallas":
+        raise NotImplementedError(
+            "attention(impl='pallas'): the Pallas flash-attention kernel is not available yet - no "
+            f"implementation is registered under 'pallas' (its module {_LAZY_MODULES['pallas']} does not exist "
+            "or did not call scene3d.kernels.register_impl('pallas', fn)). Use impl='xla', 'cudnn' or 'auto'.")
+    raise ValueError(f"attention: unknown impl {name!r}; expected one of {sorted(set(IMPL_NAMES) | set(_IMPLS))}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# cuDNN
+
+
+def _gpu_head_dim_limit() -> int:
+    try:
+        major = int(str(getattr(jax.devices()[0], "compute_capability", "0")).split(".")[0])
+    except (ValueError, IndexError):
+        major = 0
+    return 256 if major >= 9 else 128  # Hopper and later: 256
+
+
+def _cudnn_supports(q, k, mask=None) -> str | None:
+    """None if cuDNN flash attention can run these inputs, else the reason it cannot."""
+    if jax.default_backend() != "gpu":
+        return f"cuDNN attention needs a GPU, the default backend is {jax.default_backend()!r}"
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
+        return f"cuDNN attention needs bf16/fp16 inputs, got q {q.dtype}, k {k.dtype}"
+    d, limit = q.shape[-1], _gpu_head_dim_limit()
+    if d > limit or d % 8:
+        return f"cuDNN attention needs head_dim <= {limit} and a multiple of 8, got {d}"
+    if mask is not None and (q.shape[1] % 2 or k.shape[1] % 2):
+        return f"cuDNN attention with a mask needs even q/kv lengths, got {q.shape[1]}, {k.shape[1]}"
+    return None
+
+
+def cudnn_attention(q, k, v, *, mask=None, kv_lengths=None, scale=None, return_lse=False):
+    """``jax.nn.dot_product_attention(implementation='cudnn')``, with fully-masked rows set to zero.
+
+    The lse it returns (B, Lq, H) is fp32 but carries no gradient (cuDNN returns it as a residual)."""
+    reason = _cudnn_supports(q, k, mask)
+    if reason is not None:
+        raise RuntimeError(f"attention(impl='cudnn'): {reason}. Use impl='xla', or impl='auto' to fall back.")
+    lengths = None if kv_lengths is None else jnp.asarray(kv_lengths, jnp.int32)
+    m = None
+    if mask is not None:
+        m = jnp.asarray(mask)
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+    out = jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale, key_value_seq_lengths=lengths,
+                                       implementation="cudnn", return_residual=return_lse)
+    lse = None
+    if return_lse:
+        out, lse = out
+        lse = lse.astype(jnp.float32)
+    # Rows with no visible key: cuDNN's value is undefined there; make it 0 (and lse -inf), like the reference.
+    any_key = None
+    if m is not None:
+        any_key = jnp.any(m, axis=-1).transpose(0, 2, 1)  # (B|1, Lq|1, H|1)
+    if lengths is not None:
+        has = (lengths > 0)[:, None, None]
+        any_key = has if any_key is None else jnp.logical_and(any_key, has)
+    if any_key is not None:
+        out = jnp.where(any_key[..., None], out, jnp.zeros((), out.dtype))
+        if lse is not None:
+            lse = jnp.where(any_key, lse, -jnp.inf)
+    return (out, lse) if return_lse else out
+
+
+register_impl("xla", reference_attention)
+register_impl("cudnn", cudnn_attention)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dispatcher
+
+
+def _check(q, k, v, mask, kv_lengths):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.ndim != 4:
+            raise ValueError(f"attention: {name} must be (batch, length, heads, head_dim), got shape {t.shape}")
+    b, lq, h, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"attention: k and v must have the same shape (batch, kv_length, kv_heads, head_dim), "
+                         f"got k {k.shape}, v {v.shape}")
+    if k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"attention: k/v must be ({b}, kv_length, kv_heads, {d}) to match q {q.shape}, "
+                         f"got {k.shape}")
+    if h % k.shape[2]:
+        raise ValueError(f"attention: q heads ({h}) must be a multiple of kv heads ({k.shape[2]})")
+    lk = k.shape[1]
+    if mask is not None:
+        mshape = tuple(np.shape(mask))
+        if len(mshape) > 4 or any(m not in (1, t) for m, t in zip(mshape[::-1], (lk, lq, h, b))):
+            raise ValueError(f"attention: mask of shape {mshape} is not broadcastable to "
+                             f"(batch, heads, q_length, kv_length) = {(b, h, lq, lk)}")
+        if jnp.result_type(mask) != jnp.bool_:
+            raise ValueError(f"attention: mask must be boolean (True = attend), got {jnp.result_type(mask)}")
+    if kv_lengths is not None:
+        if tuple(np.shape(kv_lengths)) != (b,) or not jnp.issubdtype(jnp.result_type(kv_lengths), jnp.integer):
+            raise ValueError(f"attention: kv_lengths must be an integer array of shape ({b},), got "
+                             f"{jnp.result_type(kv_lengths)}{tuple(np.shape(kv_lengths))}")
+
+
+def _resolve_auto(q, k, mask) -> str:
+    backend = jax.default_backend()
+    if backend == "gpu":
+        if _cudnn_supports(q, k, mask) is None:
+            return "cudnn"
+        return "pallas" if _try_lazy("pallas") else "xla"
+    if backend == "tpu":
+        return "pallas" if _try_lazy("pallas") else "xla"
+    return "xla"
+
+
+def attention(q, k, v, *, impl: str = "xla", mask=None, kv_lengths=None, scale: float | None = None,
+              return_lse: bool = False):
+    """Multi-head softmax attention.
+
+    Args:
+      q: (B, Lq, H, D). k, v: (B, Lk, Hk, D) with H a multiple of Hk (grouped kv heads).
+      impl: 'xla' | 'cudnn' | 'pallas' | 'auto' | any name given to :func:`register_impl`.
+      mask: boolean, broadcastable to (B, H, Lq, Lk); True = attend.
+      kv_lengths: int (B,); keys at index >= kv_lengths[b] are masked.
+      scale: logit scale, default 1/sqrt(D).
+      return_lse: also return the log-sum-exp of the scaled logits, (B, Lq, H) fp32.
+
+    Returns (B, Lq, H, D) in q's dtype (and the lse). Softmax runs in fp32; rows with no key to attend give 0.
+    """
+    _check(q, k, v, mask, kv_lengths)
+    name = _resolve_auto(q, k, mask) if impl == "auto" else impl
+    fn = _get_impl(name)
+    key = (name, impl, tuple(q.shape), tuple(k.shape), str(q.dtype))
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        logger.info("attention: impl=%r (requested %r) q%s k%s %s mask=%s kv_lengths=%s", name, impl,
+                    tuple(q.shape), tuple(k.shape), q.dtype, None if mask is None else tuple(np.shape(mask)),
+                    kv_lengths is not None)
+    return fn(q, k, v, mask=mask, kv_lengths=kv_lengths, scale=scale, return_lse=return_lse)

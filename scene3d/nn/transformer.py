@@ -1,0 +1,171 @@
+"""Transformer blocks (pre-norm Block, DiT's adaLN-Zero DiTBlock and FinalLayer) and scanned/remat Stacks."""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scene3d.nn.adaln import AdaLNZero, modulate
+from scene3d.nn.attention import Attention, RopeFn
+from scene3d.nn.linear import constrain_tokens, dense
+from scene3d.nn.mlp import make_mlp
+from scene3d.nn.norm import LayerNorm, make_norm
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x += attn(norm(x)); [x += cross(norm(x), context)]; x += mlp(norm(x)).
+
+    mlp: 'gelu_tanh' | 'gelu' | 'silu' | 'relu' (Mlp) or 'swiglu'; norm: 'layer' | 'rms'.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, mlp: str = "gelu_tanh",
+                 norm: str = "layer", norm_eps: float = 1e-6, qk_norm: bool | str = False, qkv_bias: bool = True,
+                 cross_attn: bool = False, context_dim: int | None = None, impl: str = "xla",
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        akw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, impl=impl, norm_eps=norm_eps, rngs=rngs, **kw)
+        self.norm1 = make_norm(norm, dim, eps=norm_eps, **kw)
+        self.attn = Attention(dim, num_heads, **akw)
+        if cross_attn:
+            self.norm_cross = make_norm(norm, dim, eps=norm_eps, **kw)
+            self.cross = Attention(dim, num_heads, kv_dim=context_dim or dim, **akw)
+        else:
+            self.norm_cross = self.cross = None
+        self.norm2 = make_norm(norm, dim, eps=norm_eps, **kw)
+        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio), rngs=rngs, **kw)
+
+    def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: RopeFn | None = None,
+                 mask=None, kv_lengths=None, context_mask=None, context_lengths=None) -> jax.Array:
+        """x (B, L, dim); context (B, Lc, context_dim) for cross-attention; rope applies to self-attn q and k;
+        mask/kv_lengths mask self-attention keys, context_mask/context_lengths the cross-attention keys."""
+        x = x + self.attn(self.norm1(x), q_rope=rope, mask=mask, kv_lengths=kv_lengths)
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("Block: built with cross_attn=True, call it with context (B, Lc, context_dim)")
+            x = x + self.cross(self.norm_cross(x), context, mask=context_mask, kv_lengths=context_lengths)
+        x = x + self.mlp(self.norm2(x))
+        return constrain_tokens(x, "act_embed")
+
+
+class DiTBlock(nnx.Module):
+    """DiT block with adaLN-Zero conditioning on ``c`` (B, cond_dim) or per-token (B, L, cond_dim).
+
+    x += g1 * attn(modulate(norm(x), s1, b1)); [x += cross(norm_c(x), context)]; x += g2 * mlp(modulate(...)).
+    The adaLN projection and the cross-attention output are zero-initialised: a fresh block is the identity.
+    """
+
+    def __init__(self, dim: int, num_heads: int, cond_dim: int | None = None, *, mlp_ratio: float = 4.0,
+                 mlp: str = "gelu_tanh", norm_eps: float = 1e-6, qk_norm: bool | str = False,
+                 qkv_bias: bool = True, cross_attn: bool = False, context_dim: int | None = None,
+                 impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        akw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, impl=impl, norm_eps=norm_eps, rngs=rngs, **kw)
+        self.norm1 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
+        self.attn = Attention(dim, num_heads, **akw)
+        if cross_attn:
+            self.norm_cross = LayerNorm(dim, eps=norm_eps, **kw)
+            self.cross = Attention(dim, num_heads, kv_dim=context_dim or dim, zero_init_out=True, **akw)
+        else:
+            self.norm_cross = self.cross = None
+        self.norm2 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
+        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio), rngs=rngs, **kw)
+        self.adaln = AdaLNZero(cond_dim or dim, dim, 6, rngs=rngs, **kw)
+
+    def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None, *,
+                 rope: RopeFn | None = None, mask=None, kv_lengths=None, context_mask=None,
+                 context_lengths=None) -> jax.Array:
+        """x (B, L, dim), c (B, cond_dim) or (B, L, cond_dim); other arguments as in :class:`Block`."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)
+        if c.ndim == 2:
+            gate1, gate2 = gate1[:, None], gate2[:, None]
+        h = modulate(self.norm1(x), shift1, scale1)
+        x = x + gate1 * self.attn(h, q_rope=rope, mask=mask, kv_lengths=kv_lengths)
+        if self.cross is not None:
+            if context is None:
+                raise ValueError("DiTBlock: built with cross_attn=True, call it with context (B, Lc, context_dim)")
+            x = x + self.cross(self.norm_cross(x), context, mask=context_mask, kv_lengths=context_lengths)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return constrain_tokens(x, "act_embed")
+
+
+class FinalLayer(nnx.Module):
+    """DiT final layer: linear(modulate(norm(x), shift, scale)) with adaLN and linear zero-initialised."""
+
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, norm_eps: float = 1e-6,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.norm = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
+        self.adaln = AdaLNZero(cond_dim or dim, dim, 2, rngs=rngs, **kw)
+        self.linear = dense(dim, out_dim, ("embed", None), zero_init=True, rngs=rngs, **kw)
+
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        shift, scale = self.adaln(c)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stacks
+
+
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat_policy(name: str):
+    """Map a policy name to a ``jax.checkpoint_policies`` entry ('none' -> None = no rematerialisation)."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; expected one of {sorted(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
+
+
+class Stack(nnx.Module):
+    """``num_layers`` identical layers with stacked parameters (leading 'layers' axis).
+
+    ``make_layer(rngs) -> nnx.Module`` builds one layer; each layer gets its own split of ``rngs``. The stack
+    runs with ``nnx.scan`` (scan=True, one compiled layer) or a python loop over slices of the same stacked
+    parameters (scan=False), optionally rematerialised with a named policy (see REMAT_POLICIES). Layers must be
+    stateless apart from their parameters (no dropout rng, no batch statistics).
+    ``stack(x, *args, **kwargs)`` calls ``layer(x, *args, **kwargs)`` for each layer; args are shared by all.
+    """
+
+    def __init__(self, make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, rngs: nnx.Rngs,
+                 scan: bool = True, remat: str = "none"):
+        remat_policy(remat)  # validate
+        self.num_layers, self.scan, self.remat = num_layers, scan, remat
+
+        @nnx.split_rngs(splits=num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def create(r):
+            return make_layer(r)
+
+        self.layers = create(rngs)
+
+    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        def apply(layer, h):
+            return layer(h, *args, **kwargs)
+
+        if self.remat != "none":
+            apply = nnx.remat(apply, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+
+        if self.scan:
+            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                      transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def body(layer, h):
+                return apply(layer, h)
+
+            return body(self.layers, x)
+
+        graphdef, state = nnx.split(self.layers)
+        for i in range(self.num_layers):
+            layer = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+            x = apply(layer, x)
+        return x
