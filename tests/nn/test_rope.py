@@ -68,8 +68,7 @@ def test_axial_relative_position(n_axes, split):
     for axis in range(n_axes):  # each axis matters on its own
         e = np.eye(n_axes, dtype=int)[axis]
         assert abs(base - dot_at(q, k, pa + e, pb, f)) > 1e-4
-        # ... and only through its own chunk, which matches 1D RoPE of that chunk
-    sp = split or (d // n_axes,) * n_axes
+    sp = split or (d // n_axes,) * n_axes  # each chunk is 1D RoPE of its own position axis
     x = r.standard_normal((1, 4, 2, d)).astype(np.float32)
     pos = r.integers(0, 20, (4, n_axes))
     y = np.asarray(apply_rope_nd(jnp.asarray(x), jnp.asarray(pos), 10000.0, split))

@@ -133,7 +133,7 @@ def test_every_param_has_logical_names():
         assert leaves
         for v in leaves:
             names = v.get_metadata().get("out_sharding")
-            assert names is not None and len(names) == v.shape.__len__(), (name, v.shape, names)
+            assert names is not None and len(names) == len(v.shape), (name, v.shape, names)
             assert all(n is None or n in rules for n in names), (name, names)
             if name == "stack":
                 assert names[0] == "layers"
