@@ -1,8 +1,54 @@
 """scene3d.data: sources (procedural, built-in rendered scenes, real-format readers), grain pipelines.
 
-``get_source(data_config, split)`` is the one place a config's ``data.name`` is turned into a random-access source.
+``get_source(data_config, split)`` is the one place a config's ``data.name`` is turned into a random-access source;
+``get_transforms(data_config, split)`` gives the data-level grain transforms that go with it (view sampling for
+multi-view scenes, crop / normalise / rotate for 3DGS scenes), to run before a task's own transforms.
+
+``data.name`` and its fields:
+
+  shapes             num_train, num_eval, size, seed                       (procedural 2D images)
+  builtin            data_dir, preset ('runlocal' | 'full'), optional spec (SceneSpec fields), num_scenes, num_eval,
+                     seed, source_dir, num_workers; views                   (tfds ArrayRecord, multi-view)
+  clips              data_dir, source_dir (folder of clips), layout ('re10k' | 'dl3dv'), dataset_name,
+                     image_size, eval_fraction; views                       (tfds ArrayRecord, multi-view)
+  captures           paths (capture folders: transforms.json / LLFF / COLMAP / RE10K clip), image_size; views
+                     (the same captures serve both splits: per-scene fitting)
+  builtin_gaussians  as builtin; gaussians                                  (3DGS scenes of the built-in set)
+  ply                paths (files, folder or glob), eval_paths (default: paths); gaussians
+
+``views`` holds `multiview.ViewConfig` fields, ``gaussians`` `gs_pipeline.GaussianConfig` fields. ``data_dir``
+defaults to $SCENE3D_DATA_DIR or ~/.cache/scene3d/tfds.
 """
 from __future__ import annotations
+
+import os
+
+MULTIVIEW = ("builtin", "clips", "captures")
+GAUSSIAN = ("builtin_gaussians", "ply")
+KNOWN = ("shapes",) + MULTIVIEW + GAUSSIAN
+
+
+def _get(cfg, key, default=None):
+    v = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if v is None else v
+
+
+def _data_dir(cfg):
+    return os.path.expanduser(_get(cfg, "data_dir", os.environ.get("SCENE3D_DATA_DIR", "~/.cache/scene3d/tfds")))
+
+
+def _builtin(cfg, split):
+    from scene3d.data import builtin, tfds_builders
+    preset = _get(cfg, "preset", "runlocal")
+    spec = _get(cfg, "spec")
+    if spec is not None:
+        spec = builtin.SceneSpec.from_json(dict(spec.to_dict() if hasattr(spec, "to_dict") else spec))
+    custom = any(_get(cfg, k) is not None for k in ("num_scenes", "num_eval")) or spec is not None or \
+        _get(cfg, "seed", 0) != 0
+    config = tfds_builders.builtin_config(preset, spec, _get(cfg, "num_scenes"), _get(cfg, "num_eval"),
+                                          int(_get(cfg, "seed", 0))) if custom else preset
+    return tfds_builders.builtin_source(_data_dir(cfg), split, config, _get(cfg, "source_dir"),
+                                        int(_get(cfg, "num_workers", 1)))
 
 
 def get_source(data_config, split: str):
@@ -15,4 +61,48 @@ def get_source(data_config, split: str):
         n = data_config.num_train if split == "train" else data_config.num_eval
         # Disjoint seeds keep the eval split out of training.
         return ShapesSource(n, size=data_config.size, seed=data_config.get("seed", 0) + (0 if split == "train" else 10_000))
-    raise ValueError(f"config.data.name: unknown dataset {name!r} (known: shapes)")
+    if name in ("builtin", "builtin_gaussians"):
+        src = _builtin(data_config, split)
+        if name == "builtin_gaussians":
+            from scene3d.data.gs_pipeline import GaussianSubset
+            src = GaussianSubset(src)
+        return src
+    if name == "clips":
+        from scene3d.data import tfds_builders
+        source_dir = _get(data_config, "source_dir")
+        image_size = _get(data_config, "image_size")
+        return tfds_builders.clips_source(_data_dir(data_config), split, source_dir,
+                                          layout=_get(data_config, "layout", "re10k"),
+                                          name=_get(data_config, "dataset_name"),
+                                          image_size=None if image_size is None else tuple(image_size),
+                                          eval_fraction=float(_get(data_config, "eval_fraction", 0.0)))
+    if name == "captures":
+        from scene3d.data.captures import CaptureSource
+        paths = _get(data_config, "paths")
+        if not paths:
+            raise ValueError("config.data.paths: 'captures' needs a list of capture folders")
+        image_size = _get(data_config, "image_size")
+        return CaptureSource(list(paths), None if image_size is None else tuple(image_size))
+    if name == "ply":
+        from scene3d.data.gs_pipeline import PlySource
+        paths = _get(data_config, "paths") if split == "train" else _get(data_config, "eval_paths",
+                                                                          _get(data_config, "paths"))
+        if not paths:
+            raise ValueError("config.data.paths: 'ply' needs PLY / .splat files, a folder or a glob")
+        return PlySource(paths if isinstance(paths, str) else list(paths))
+    raise ValueError(f"config.data.name: unknown dataset {name!r} (known: {', '.join(KNOWN)})")
+
+
+def get_transforms(data_config, split: str) -> list:
+    """Data-level grain transforms for ``data.name`` (random maps; see the module docstring)."""
+    name = data_config.name
+    if name in MULTIVIEW:
+        from scene3d.data.multiview import MultiViewTransform, ViewConfig
+        return [MultiViewTransform(ViewConfig.from_config(_get(data_config, "views")))]
+    if name in GAUSSIAN:
+        from scene3d.data.gs_pipeline import GaussianConfig, GaussianTransform
+        return [GaussianTransform(GaussianConfig.from_config(_get(data_config, "gaussians")),
+                                  training=split == "train")]
+    if name in KNOWN:
+        return []
+    raise ValueError(f"config.data.name: unknown dataset {name!r} (known: {', '.join(KNOWN)})")

@@ -43,7 +43,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-C0 = 0.28209479177387814
+from scene3d.geometry import gaussians as gs
+from scene3d.geometry import rays
+
 TRAJECTORY_KINDS = ("orbit", "walk", "lookat")
 GAUSSIAN_CHANNELS = 14
 FORMAT_VERSION = 1
@@ -208,23 +210,6 @@ def near_far_from_projection(proj):
     """(near, far) encoded in an OpenGL projection matrix (as TinyRenderer reads them)."""
     P = np.asarray(proj, np.float64)
     return P[14] / (P[10] - 1), P[14] / (P[10] + 1)
-
-
-def points_from_depth(depth, c2w, intrinsics) -> np.ndarray:
-    """z-depth (..., H, W), c2w (..., 4, 4), intrinsics (..., 4) -> world point map (..., H, W, 3) at pixel centres."""
-    depth, c2w, intrinsics = np.asarray(depth), np.asarray(c2w), np.asarray(intrinsics)
-    if depth.ndim < 2 or c2w.shape[-2:] != (4, 4) or intrinsics.shape[-1] != 4:
-        raise ValueError(f"points_from_depth: expected depth (..., H, W), c2w (..., 4, 4), intrinsics (..., 4); got "
-                         f"{depth.shape}, {c2w.shape}, {intrinsics.shape}")
-    H, W = depth.shape[-2:]
-    u = (np.arange(W) + 0.5) / W
-    v = (np.arange(H) + 0.5) / H
-    k = intrinsics[..., None, None, :].astype(np.float64)
-    x = (u[None, :] - k[..., 2]) / k[..., 0]
-    y = (v[:, None] - k[..., 3]) / k[..., 1]
-    cam = np.stack(np.broadcast_arrays(x, y, np.ones_like(x)), -1) * depth[..., None]
-    R, t = c2w[..., None, None, :3, :3], c2w[..., None, None, :3, 3]
-    return (np.einsum("...ij,...j->...i", R, cam) + t).astype(np.float32)
 
 
 def render_view(client: int, eye, target, up, height: int, width: int, fov_y_deg: float, near: float, far: float,
@@ -493,7 +478,7 @@ def gaussians_from_views(images, points, mask, depth, intrinsics, num: int, rng:
 
     Pixels are drawn without replacement with weights proportional to their surface footprint (depth^2 / (fx fy)),
     so the cloud is roughly uniform over surfaces rather than over pixels; if there are fewer valid pixels than
-    `num`, all are taken and the rest repeated. Position = point map, f_dc = (rgb - 0.5) / C0, scale = log of the
+    `num`, all are taken and the rest repeated. Position = point map, f_dc = gaussians.rgb_to_dc(rgb), scale = log of the
     mean distance to the `knn` nearest distinct Gaussians, rotation identity, opacity = `opacity_logit`.
     """
     from scipy.spatial import cKDTree
@@ -526,7 +511,7 @@ def gaussians_from_views(images, points, mask, depth, intrinsics, num: int, rng:
     log_s = np.log(np.maximum(dist, _MIN_SCALE))[inv]
     out = np.zeros((num, GAUSSIAN_CHANNELS), np.float32)
     out[:, 0:3] = xyz[idx]
-    out[:, 3:6] = (rgb[idx] - 0.5) / C0
+    out[:, 3:6] = gs.rgb_to_dc(rgb[idx])
     out[:, 6] = opacity_logit
     out[:, 7:10] = log_s[:, None]
     out[:, 10] = 1.0
@@ -566,8 +551,8 @@ def build_scene(seed: int, spec: SceneSpec = SceneSpec()) -> dict:
         near_far=np.array([spec.near, spec.far], np.float32),
         seed=np.asarray(int(seed), np.int64),
     )
-    pts = points_from_depth(out["depth"], np.stack([v["c2w"] for v in views]),
-                            np.stack([v["intrinsics"] for v in views]))
+    pts = rays.depth_to_points(out["depth"].astype(np.float64), np.stack([v["c2w"] for v in views]),
+                               np.stack([v["intrinsics"] for v in views]))
     out["points"] = np.where(out["mask"][..., None], pts, 0).astype(np.float32)
     out["gaussians"] = gaussians_from_views(out["images"], out["points"], out["mask"], out["depth"],
                                             out["intrinsics"].astype(np.float64), spec.num_gaussians, rng,
@@ -593,7 +578,8 @@ def load_scene(path) -> dict:
     if missing:
         raise ValueError(f"{path}: not a built-in scene file, missing fields {sorted(missing)}")
     if "points" not in out:
-        pts = points_from_depth(out["depth"], out["c2w"].astype(np.float64), out["intrinsics"].astype(np.float64))
+        pts = rays.depth_to_points(out["depth"].astype(np.float64), out["c2w"].astype(np.float64),
+                                   out["intrinsics"].astype(np.float64))
         out["points"] = np.where(out["mask"][..., None], pts, 0).astype(np.float32)
     return out
 
