@@ -34,7 +34,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import pathlib
 import time

@@ -86,13 +86,13 @@ class Capture:
         else PNG of the resized frames) or uint8 arrays (`encode=False`)."""
         if image_size is None and encode:
             self._check_aspect(multiview.image_size(self.frames[0]))
-            images = np.array([pathlib.Path(f).read_bytes() for f in self.frames] + [b""], dtype=object)[:-1]
+            images = multiview.object_array(pathlib.Path(f).read_bytes() for f in self.frames)
             intr = np.asarray(self.cameras.intrinsics, np.float64)
         else:
             arr, intr = self.load_images(size=image_size)
             images = arr
             if encode:
-                images = np.array([multiview.encode_png(a) for a in arr] + [b""], dtype=object)[:-1]
+                images = multiview.object_array(multiview.encode_png(a) for a in arr)
         rec = {"scene_id": self.scene_id, "images": images, "c2w": np.asarray(self.cameras.c2w, np.float32),
                "intrinsics": intr.astype(np.float32)}
         if self.timestamps is not None:

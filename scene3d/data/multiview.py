@@ -63,6 +63,14 @@ def encode_png(image) -> bytes:
     return buf.getvalue()
 
 
+def object_array(items) -> np.ndarray:
+    """(n,) object array of the given items (e.g. encoded frames), never broadcast into more dimensions."""
+    items = list(items)
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
 def _open(data):
     from PIL import Image
     return Image.open(io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, np.bytes_)) else data)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import pathlib
 from typing import Optional
 
@@ -34,19 +33,11 @@ from etils import epath
 
 from scene3d.data import builtin, captures, multiview
 
-log = logging.getLogger(__name__)
-
 # tfds finds a builder's source file through `importlib_resources` (a package we do not install) unless the
 # class states it: each builder sets `code_path` to this file (no checksums.tsv here: nothing is downloaded).
 _CODE_PATH = epath.Path(__file__)
 
 _ENC = tfds.features.Encoding.ZLIB
-
-
-def _object_array(items) -> np.ndarray:
-    out = np.empty(len(items), dtype=object)
-    out[:] = list(items)
-    return out
 
 
 def _camera_features():
@@ -147,7 +138,7 @@ def builtin_record(scene: dict, index: int) -> dict:
     """A `builtin.build_scene` dict -> the stored record (PNG frames; points dropped: derived from depth)."""
     return {
         "scene_id": f"builtin/{index:06d}",
-        "images": _object_array([multiview.encode_png(im) for im in scene["images"]]),
+        "images": multiview.object_array(multiview.encode_png(im) for im in scene["images"]),
         "c2w": scene["c2w"].astype(np.float32), "intrinsics": scene["intrinsics"].astype(np.float32),
         "depth": scene["depth"].astype(np.float32), "mask": scene["mask"].astype(bool),
         "trajectory": scene["trajectory"].astype(np.int8), "gaussians": scene["gaussians"].astype(np.float32),
