@@ -5,16 +5,13 @@
 
 Variants: variant=tiny|S|B|L (LatentDiT size), res (image size), runlocal (CPU-minutes size).
 """
-from ml_collections import ConfigDict
-
+from configs.common import base_config
 from scene3d.core.config import parse_arg
-from scene3d.core.sharding import DEFAULT_RULES
 
 
 def get_config(arg=None):
     arg = parse_arg(arg, variant="S", res=32, runlocal=False, bf16=False)
-    c = ConfigDict()
-    c.seed = 0
+    c = base_config()
     c.task = "generate"
 
     c.data = dict(name="shapes", size=arg.res, num_train=200_000, num_eval=1024, seed=0)
@@ -26,19 +23,9 @@ def get_config(arg=None):
 
     c.global_batch_size = 256
     c.total_steps = 100_000
-    c.optim = dict(lr=3e-4, warmup_steps=2000, schedule="cosine", weight_decay=0.0, b1=0.9, b2=0.99,
-                   clip_norm=1.0, skip_grad_norm=100.0)
+    c.optim.update(lr=3e-4, warmup_steps=2000, b2=0.99, clip_norm=1.0, skip_grad_norm=100.0)
     c.ema_decay = 0.9999
 
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.sharding = dict(rules=[list(r) for r in DEFAULT_RULES])
-
-    c.log_every = 100
-    c.ckpt_every = 5000
-    c.keep_ckpts = 3
-    c.eval_every = 5000
-    c.eval_batches = 4
-    c.eval_batch_size = 256
     c.num_sample_images = 36
 
     if arg.runlocal:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging as std_logging
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,10 +188,7 @@ def evaluate(config, s: Setup, state, writer, step: int):
     """Average the task's eval metrics over the eval split; write images of the first batch."""
     params = state[s.eval_params_key]
     model = nnx.merge(s.graphdef, params)
-    source = data_lib.get_source(config.data, "eval")
-    bs = int(config.get("eval_batch_size", config.global_batch_size))
-    it = pipeline.make_batch_iterator(source, global_batch_size=bs, seed=0, shuffle=False, num_epochs=1,
-                                      transforms=s.task.data_transforms("eval"))
+    it = data_iterator(config, s.task, "eval")
     n = int(config.get("eval_batches", 4))
     totals: dict[str, float] = {}
     count = 0
@@ -205,11 +204,27 @@ def evaluate(config, s: Setup, state, writer, step: int):
                 totals[k] = totals.get(k, 0.0) + float(v)
             count += 1
         if count:
-            writer.write_scalars(step, {f"eval/{k}": v / count for k, v in totals.items()})
+            means = {f"eval/{k}": v / count for k, v in totals.items()}
+            writer.write_scalars(step, means)
+            logging.info("eval @ step %d: %s", step, " | ".join(f"{k} {v:.4g}" for k, v in sorted(means.items())))
         if first is not None and config.get("write_images", True):
             images = s.task.images(model, first, rng)
             writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in images.items()})
     return {k: v / max(count, 1) for k, v in totals.items()}
+
+
+def data_iterator(config, task, split: str):
+    """The resumable per-process batch iterator for ``split``: dataset transforms, then the task's."""
+    train = split == "train"
+    read = grain.ReadOptions(num_threads=int(config.data.get("num_threads", 2)),
+                             prefetch_buffer_size=int(config.data.get("prefetch", 4)))
+    return pipeline.make_batch_iterator(
+        data_lib.get_source(config.data, split),
+        global_batch_size=int(config.global_batch_size if train else config.get("eval_batch_size",
+                                                                               config.global_batch_size)),
+        seed=int(config.seed) if train else 0, shuffle=train, num_epochs=None if train else 1,
+        transforms=data_lib.get_transforms(config.data, split) + list(task.data_transforms(split)),
+        read_options=read)
 
 
 def _jit_cache(s: Setup, name: str, fn):
@@ -235,9 +250,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     logging.info("mesh: %s", sh.describe(s.mesh))
     logging.info("parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
 
-    source = data_lib.get_source(config.data, "train")
-    data_iter = pipeline.make_batch_iterator(source, global_batch_size=int(config.global_batch_size),
-                                             seed=int(config.seed), transforms=s.task.data_transforms("train"))
+    data_iter = data_iterator(config, task=s.task, split="train")
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.get("keep_ckpts", 3)),
                                  async_save=bool(config.get("async_checkpoint", True)))
     latest = ckpt.latest_step()
@@ -263,7 +276,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     log_every = int(config.get("log_every", 50))
     ckpt_every = int(config.get("ckpt_every", 1000))
     eval_every = int(config.get("eval_every", 0))
-    kill_at = int(config.get("debug_kill_at_step", 0) or 0)
+    kill_at = int(config.get("preempt_at_step", 0) or 0)
     acc = metrics_lib.Accumulator()
     step = first_step
     while step < total:
@@ -271,7 +284,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
             state, m = compiled(state, batch)
         step += 1
         acc.add(m)
-        if kill_at and step == kill_at:  # simulated preemption for tests: a real SIGKILL, no cleanup
+        if kill_at and step == kill_at:  # simulated preemption (tests): a real SIGKILL, no cleanup
             os.kill(os.getpid(), signal.SIGKILL)
         if step % log_every == 0 or step == total:
             scalars = acc.result()
@@ -305,11 +318,20 @@ def _flatten(d, prefix=""):
     return out
 
 
+class _QuietLibraries(std_logging.Filter):
+    """Keep orbax's per-save INFO chatter out of the console; warnings and errors still pass."""
+
+    def filter(self, record):
+        return record.levelno >= std_logging.WARNING or not any(
+            f"/{lib}/" in record.pathname for lib in ("orbax", "jax/_src", "grain"))
+
+
 def main(argv):
     del argv
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config=configs/X.py:ARGS and --workdir=DIR are required")
     logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     if os.environ.get("SCENE3D_DISTRIBUTED"):
         jax.distributed.initialize()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)

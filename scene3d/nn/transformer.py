@@ -150,22 +150,23 @@ class Stack(nnx.Module):
         self.layers = create(rngs)
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-        def apply(layer, h):
-            return layer(h, *args, **kwargs)
+        # Purely functional over the split state (jax.lax.scan / jax.checkpoint rather than nnx.scan / nnx.remat):
+        # the stack then works inside any outer trace, e.g. a sampler's lax.scan closing over the model.
+        graphdef, state = nnx.split(self.layers)
+
+        def apply(layer_state, h):
+            return nnx.merge(graphdef, layer_state)(h, *args, **kwargs)
 
         if self.remat != "none":
-            apply = nnx.remat(apply, policy=remat_policy(self.remat), prevent_cse=not self.scan)
+            apply = jax.checkpoint(apply, policy=remat_policy(self.remat), prevent_cse=not self.scan)
 
         if self.scan:
-            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
-                      transform_metadata={nnx.PARTITION_NAME: "layers"})
-            def body(layer, h):
-                return apply(layer, h)
+            def body(h, layer_state):
+                return apply(layer_state, h), None
 
-            return body(self.layers, x)
+            x, _ = jax.lax.scan(body, x, state)
+            return x
 
-        graphdef, state = nnx.split(self.layers)
         for i in range(self.num_layers):
-            layer = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
-            x = apply(layer, x)
+            x = apply(jax.tree.map(lambda a: a[i], state), x)
         return x
