@@ -24,12 +24,18 @@ class Attention(nnx.Module):
       out_dim: output width (default dim). qk_norm: False | True (= 'rms') | 'rms' | 'layer', per head over
       head_dim. qkv_bias / out_bias: biases of the projections. zero_init_out: zero the output projection.
       impl: the kernel implementation ('xla', 'cudnn', 'pallas', 'auto').
+      head_layout: 'correct' (default) or 'release': the attention result (B, H, Lq, D) is read straight as
+      (B, Lq, H * D) without transposing back (mixes heads and tokens; Michelangelo/Can3Tok flash path).
     """
 
     def __init__(self, dim: int, num_heads: int, *, kv_dim: int | None = None, head_dim: int | None = None,
                  num_kv_heads: int | None = None, out_dim: int | None = None, qk_norm: bool | str = False,
                  qkv_bias: bool = True, out_bias: bool = True, zero_init_out: bool = False, impl: str = "xla",
-                 norm_eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 norm_eps: float = 1e-6, head_layout: str = "correct", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        if head_layout not in ("correct", "release"):
+            raise ValueError(f"Attention: head_layout must be 'correct' or 'release', got {head_layout!r}")
+        self.head_layout = head_layout
         if head_dim is None:
             if dim % num_heads:
                 raise ValueError(f"Attention: dim {dim} is not divisible by num_heads {num_heads}; pass head_dim")
@@ -86,5 +92,8 @@ class Attention(nnx.Module):
         kv_names = ("batch", "kv_length", "act_heads", "act_kv")
         q, k, v = constrain(q, names), constrain(k, kv_names), constrain(v, kv_names)
         o = attention_kernel(q, k, v, impl=self.impl, mask=mask, kv_lengths=kv_lengths)
-        o = constrain(o, names).reshape(b, lq, self.num_heads * self.head_dim)
+        o = constrain(o, names)
+        if self.head_layout == "release":
+            o = jnp.swapaxes(o, 1, 2)  # (B, H, Lq, D) memory read as (B, Lq, H * D)
+        o = o.reshape(b, lq, self.num_heads * self.head_dim)
         return constrain_tokens(self.out(o), "act_embed")

@@ -1,0 +1,332 @@
+"""Can3Tok (ICCV 2025): a VAE from a 3D Gaussian Splatting scene (N Gaussians) to a fixed-size latent.
+
+Encoder: Fourier features of the Gaussian centres [+ Fourier features of their nearest voxel-centre anchor]
+++ the other raw channels -> linear input projection -> one Perceiver cross-attention from learnable canonical
+queries (initialised from a regular voxel grid) -> ``encoder_depth`` self-attention blocks -> LayerNorm.
+Bottleneck (the release's two-stage diagonal Gaussian): ``pre_kl`` maps each of the ``num_latents`` query
+tokens to a token posterior (mean, logvar) of ``embed_dim`` channels; its sample, flattened, is projected to
+the latent distribution N(mean, exp(logvar)) of ``latent_dim`` values; z is its sample.
+Decoder: z viewed as (latent_dim / embed_dim) tokens of ``embed_dim`` -> ``post_kl`` linear ->
+``decoder_depth`` self-attention blocks -> flatten -> MLP head (Linear, [Linear -> LayerNorm -> ReLU] x
+(head_depth - 1), Linear) -> ``num_gaussians`` x ``gs_channels`` raw channels.
+
+Input rows are (B, N, C_in): channels [input_offset, input_offset + 3) are xyz, the next ``point_feats`` are
+the other raw Gaussian channels (``scene3d.geometry.gaussians`` order: f_dc, opacity, log-scale, rot wxyz,
+[f_rest]). The release reads 18-channel rows (voxel centre, voxel id, then the 14 degree-0 channels):
+input_offset=4, point_feats=11. The decoder outputs the packed raw channels (14 for degree 0).
+
+``head_layout='release'`` reproduces the public code's attention (see ``scene3d.nn.Attention``); our own
+training uses ``'correct'``. The importer of the official PyTorch checkpoints is
+``scene3d.models.convert_can3tok``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scene3d import nn
+from scene3d.core.sharding import constrain, param_init
+
+# Release architecture constants shared by every variant unless overridden.
+_BASE: dict[str, Any] = dict(
+    point_feats=11, input_offset=4, num_bands=8, include_pi=False, anchor_grid=0, anchor_extent=8.0,
+    qkv_bias=False, use_ln_post=True, shape_token=True, mlp_ratio=4.0, norm_eps=1e-5, gs_channels=14,
+    head_depth=3, query_grid=4, query_grid_extent=8.0, query_grid_scale=0.01, logvar_range=(-30.0, 20.0),
+)
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    # CPU-sized: runs forward + backward in well under a second.
+    "tiny": dict(_BASE, width=64, heads=4, encoder_depth=1, decoder_depth=1, num_latents=16, embed_dim=4,
+                 latent_dim=64, num_gaussians=256, head_width=64, query_grid=2),
+    # github.com/adobe-research/Can3Tok shapevae-256.yaml + the code's hard-coded sizes (1.08 B parameters).
+    "release": dict(_BASE, width=384, heads=12, encoder_depth=6, decoder_depth=12, num_latents=256, embed_dim=32,
+                    latent_dim=16384, num_gaussians=40000, head_width=1024),
+    # The paper's description: width 768, 12 heads, 8 / 16 blocks, 64x64x4 latent, voxel-anchor encoding.
+    "paper": dict(_BASE, width=768, heads=12, encoder_depth=8, decoder_depth=16, num_latents=256, embed_dim=32,
+                  latent_dim=16384, num_gaussians=40000, head_width=1024, anchor_grid=20),
+    # The official small fixtures (../shared/fixtures/can3tok/{a,b}/config.json via config_from_official).
+    "fixture_a": dict(_BASE, width=192, heads=4, encoder_depth=1, decoder_depth=1, num_latents=16, embed_dim=8,
+                      latent_dim=128, num_gaussians=1024, head_width=32),
+    "fixture_b": dict(_BASE, width=192, heads=6, encoder_depth=1, decoder_depth=1, num_latents=24, embed_dim=4,
+                      latent_dim=96, num_gaussians=512, head_width=24, num_bands=6, include_pi=True,
+                      qkv_bias=True),
+}
+
+CONFIG_KEYS = frozenset(VARIANTS["tiny"])
+
+
+def config_from_official(config_json: str | os.PathLike | Mapping) -> dict[str, Any]:
+    """Constructor kwargs (incl. ``head_layout``) for the official model described by ``config_json``.
+
+    Accepts a fixture ``config.json`` or a ``manifest_*.json`` (path or parsed dict): the
+    ``shape_module_cfg.params`` block and the hard-coded code constants (``code_constants*``).
+    """
+    src = str(config_json) if not isinstance(config_json, Mapping) else "<dict>"
+    cfg = config_json
+    if not isinstance(cfg, Mapping):
+        with open(cfg) as f:
+            cfg = json.load(f)
+
+    p = next((cfg[k] for k in cfg if k.startswith("shape_module_cfg.params")), None)
+    # A fixture records the constants it overrode under a long "code_constants (...)" key, a manifest only the
+    # released ones.
+    consts = [k for k in cfg if k.startswith("code_constants") and k != "code_constants_released"]
+    c = cfg[consts[0]] if consts else cfg.get("code_constants_released")
+    if p is None or c is None:
+        raise ValueError(f"config_from_official({src}): expected fields 'shape_module_cfg.params*' and "
+                         f"'code_constants*', got {sorted(cfg)}")
+    flash = cfg.get("implicit_constructor_defaults", {}).get("flash", True)
+    out = dict(_BASE, width=p["width"], heads=p["heads"], encoder_depth=p["num_encoder_layers"],
+               decoder_depth=p["num_decoder_layers"], num_latents=p["num_latents"], embed_dim=p["embed_dim"],
+               point_feats=p["point_feats"], num_bands=p["num_freqs"], include_pi=bool(p["include_pi"]),
+               qkv_bias=bool(p["qkv_bias"]), use_ln_post=bool(p["use_ln_post"]), latent_dim=c["kl_proj_dim"],
+               num_gaussians=c["num_gaussians"], gs_channels=c["gs_param_dim"], head_width=c["gs_decoder_W"],
+               head_depth=c["gs_decoder_D"])
+    if "decoder_tokens" in c and c["decoder_tokens"] * p["embed_dim"] != c["kl_proj_dim"]:
+        raise ValueError(f"config_from_official({src}): decoder_tokens {c['decoder_tokens']} x embed_dim "
+                         f"{p['embed_dim']} != kl_proj_dim {c['kl_proj_dim']}")
+    out["head_layout"] = "release" if flash else "correct"
+    return out
+
+
+def voxel_anchor(xyz: jax.Array, grid: int, extent: float) -> jax.Array:
+    """Nearest voxel centre of each point on a ``grid``^3 lattice of cells over [-extent, extent]^3."""
+    size = 2.0 * extent / grid
+    idx = jnp.clip(jnp.floor((xyz + extent) / size), 0, grid - 1)
+    return (idx + 0.5) * size - extent
+
+
+def voxel_grid_queries(num_queries: int, width: int, grid: int, extent: float, scale: float, key,
+                       dtype=jnp.float32) -> jax.Array:
+    """The release's canonical query init: N(0, 0.02^2) with dims [:3 grid^3] of every row set to ``scale`` x
+    the flattened grid^3 voxel-grid positions (linspace(-extent, extent, grid) per axis, 'ij' order)."""
+    q = 0.02 * jax.random.normal(key, (num_queries, width), dtype)
+    if grid <= 0:
+        return q
+    n = 3 * grid ** 3
+    if n > width:
+        raise ValueError(f"Can3Tok: query_grid={grid} writes {n} values per query, more than width={width}")
+    ax = np.linspace(-extent, extent, grid)
+    pos = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1) * scale
+    return q.at[:, :n].set(jnp.asarray(pos, dtype))
+
+
+def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over the last axis."""
+    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+
+
+class HeadLayer(nnx.Module):
+    """relu(LayerNorm(Linear(x))): a hidden layer of the Gaussian MLP head."""
+
+    def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+        self.linear = nn.dense(dim, dim, (None, "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm = nn.LayerNorm(dim, eps=eps, dtype=dtype, param_dtype=param_dtype)
+
+    def __call__(self, x):
+        return jax.nn.relu(self.norm(self.linear(x)))
+
+
+def _set_head_layout(module: nnx.Module, layout: str) -> nnx.Module:
+    for _, m in nnx.iter_graph(module):
+        if isinstance(m, nn.Attention):
+            m.head_layout = layout
+    return module
+
+
+class Can3Tok(nnx.Module):
+    """recon, aux = Can3Tok(...)(rows (B, N, C_in), rng=key): see the module docstring.
+
+    Sizes come from ``VARIANTS[variant]``; any key of it can be overridden by keyword (``CONFIG_KEYS``).
+    head_layout: 'correct' | 'release' (the public code's attention). attn_impl: the attention kernel.
+    scan / remat: how the self-attention stacks run (``scene3d.nn.Stack``).
+    """
+
+    def __init__(self, *, variant: str = "tiny", head_layout: str = "correct", attn_impl: str = "xla",
+                 scan: bool = True, remat: str = "none", dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs, **overrides):
+        if variant not in VARIANTS:
+            raise ValueError(f"Can3Tok: unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+        unknown = set(overrides) - CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"Can3Tok: unknown config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+        if head_layout not in ("correct", "release"):
+            raise ValueError(f"Can3Tok: head_layout must be 'correct' or 'release', got {head_layout!r}")
+        c = dict(VARIANTS[variant], **overrides)
+        c = {k: (tuple(v) if isinstance(v, list) else v) for k, v in c.items()}
+        self._config_items = tuple(sorted(c.items()))  # hashable: graph definitions must hash
+        self.variant, self.head_layout, self.dtype = variant, head_layout, dtype
+        w, e, k = c["width"], c["embed_dim"], c["latent_dim"]
+        if k % e:
+            raise ValueError(f"Can3Tok: latent_dim {k} must be a multiple of embed_dim {e} (decoder tokens)")
+        if c["head_depth"] < 1:
+            raise ValueError(f"Can3Tok: head_depth must be >= 1, got {c['head_depth']}")
+        self.num_queries = c["num_latents"] + int(c["shape_token"])
+        self.decoder_tokens = k // e
+        self.in_channels = c["input_offset"] + 3 + c["point_feats"]
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        fdim = nn.fourier_dim(3, c["num_bands"])
+        in_dim = fdim * (1 + int(c["anchor_grid"] > 0)) + c["point_feats"]
+
+        def qinit(key, shape, dt):
+            return voxel_grid_queries(shape[0], shape[1], c["query_grid"], c["query_grid_extent"],
+                                      c["query_grid_scale"], key, dt)
+
+        self.queries = nnx.Param(param_init(qinit, ("queries", "embed"))(rngs.params(), (self.num_queries, w),
+                                                                          param_dtype))
+        self.input_proj = nn.dense(in_dim, w, (None, "embed"), rngs=rngs, **kw)
+        blk = dict(mlp_ratio=c["mlp_ratio"], mlp="gelu", norm="layer", norm_eps=c["norm_eps"],
+                   qkv_bias=c["qkv_bias"], impl=attn_impl, **kw)
+        self.encoder_cross = _set_head_layout(nn.PerceiverRead(w, c["heads"], rngs=rngs, **blk), head_layout)
+
+        def stack(depth):
+            if depth == 0:
+                return None
+            return nn.Stack(lambda r: _set_head_layout(nn.Block(w, c["heads"], rngs=r, **blk), head_layout),
+                            depth, rngs=rngs, scan=scan, remat=remat)
+
+        self.encoder_blocks = stack(c["encoder_depth"])
+        self.ln_post = nn.LayerNorm(w, eps=c["norm_eps"], **kw) if c["use_ln_post"] else None
+        self.pre_kl = nn.dense(w, 2 * e, ("embed", "latent"), rngs=rngs, **kw)
+        # The two big bottleneck projections (num_latents * embed_dim -> latent_dim): sharded both ways.
+        self.kl_mean = nn.dense(c["num_latents"] * e, k, ("embed", "mlp"), rngs=rngs, **kw)
+        self.kl_logvar = nn.dense(c["num_latents"] * e, k, ("embed", "mlp"), rngs=rngs, **kw)
+        self.post_kl = nn.dense(e, w, ("latent", "embed"), rngs=rngs, **kw)
+        self.decoder_blocks = stack(c["decoder_depth"])
+        hw = c["head_width"]
+        self.head_in = nn.dense(self.decoder_tokens * w, hw, ("embed", "mlp"), rngs=rngs, **kw)
+        self.head_hidden = nnx.List([HeadLayer(hw, eps=c["norm_eps"], rngs=rngs, **kw)
+                                     for _ in range(c["head_depth"] - 1)])
+        self.head_out = nn.dense(hw, c["num_gaussians"] * c["gs_channels"], ("mlp", "embed"), rngs=rngs, **kw)
+
+    # ------------------------------------------------------------------------------------------ shapes
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved architecture values (a fresh dict; keys as in VARIANTS)."""
+        return dict(self._config_items)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """z viewed as decoder tokens: (latent_dim // embed_dim, embed_dim)."""
+        return self.decoder_tokens, self.config["embed_dim"]
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        return self.config["num_gaussians"], self.config["gs_channels"]
+
+    # ------------------------------------------------------------------------------------------ encoder
+
+    def embed_inputs(self, rows: jax.Array) -> jax.Array:
+        """rows (B, N, C_in) -> input-projected tokens (B, N, width)."""
+        c = self.config
+        if rows.ndim != 3 or rows.shape[-1] != self.in_channels:
+            raise ValueError(f"Can3Tok: gaussians_rows must be (B, N, {self.in_channels}) = (B, N, input_offset "
+                             f"{c['input_offset']} + xyz 3 + point_feats {c['point_feats']}), got {rows.shape}")
+        o = c["input_offset"]
+        xyz = rows[..., o:o + 3].astype(jnp.float32)
+        parts = [nn.fourier_features(xyz, c["num_bands"], include_pi=c["include_pi"])]
+        if c["anchor_grid"] > 0:
+            anchor = voxel_anchor(xyz, c["anchor_grid"], c["anchor_extent"])
+            parts.append(nn.fourier_features(anchor, c["num_bands"], include_pi=c["include_pi"]))
+        parts.append(rows[..., o + 3:].astype(jnp.float32))
+        h = self.input_proj(jnp.concatenate(parts, axis=-1).astype(self.dtype))
+        return constrain(h, ("batch", "length", "act_embed"))
+
+    def encode_tokens(self, rows: jax.Array) -> jax.Array:
+        """rows -> encoder output tokens (B, num_queries, width) (after ln_post)."""
+        h = self.embed_inputs(rows)
+        q = jnp.broadcast_to(self.queries[...].astype(h.dtype), (h.shape[0],) + self.queries.shape)
+        x = self.encoder_cross(h, q)
+        if self.encoder_blocks is not None:
+            x = self.encoder_blocks(x)
+        if self.ln_post is not None:
+            x = self.ln_post(x)
+        return x
+
+    def encode(self, gaussians_rows: jax.Array, *, rng: jax.Array | None = None, sample_posterior: bool = True,
+               eps_tokens: jax.Array | None = None, eps_latent: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """rows (B, N, C_in) -> (z (B, latent_dim), aux).
+
+        With ``sample_posterior`` both Gaussians are sampled, with noise ``eps_tokens`` (B, num_latents,
+        embed_dim) and ``eps_latent`` (B, latent_dim) or else drawn from ``rng``; without it, z is the mode.
+        aux: mean, logvar (B, latent_dim); z; kl (B,) = KL(N(mean, exp(logvar)) || N(0, I)); token_mean,
+        token_logvar, token_z (B, num_latents, embed_dim); shape_embed (B, width) [shape_token]; tokens.
+        """
+        c = self.config
+        x = self.encode_tokens(gaussians_rows)
+        aux: dict[str, Any] = {"tokens": x}
+        if c["shape_token"]:
+            aux["shape_embed"], x = x[:, 0], x[:, 1:]
+        b, l, e = x.shape[0], c["num_latents"], c["embed_dim"]
+        moments = self.pre_kl(x).astype(jnp.float32)
+        tmean, tlogvar = moments[..., :e], jnp.clip(moments[..., e:], *c["logvar_range"])
+        if sample_posterior:
+            if eps_tokens is None or eps_latent is None:
+                if rng is None:
+                    raise ValueError("Can3Tok.encode: sample_posterior=True needs rng (a jax PRNG key) or both "
+                                     "eps_tokens and eps_latent")
+                k1, k2 = jax.random.split(rng)
+                eps_tokens = jax.random.normal(k1, (b, l, e)) if eps_tokens is None else eps_tokens
+                eps_latent = jax.random.normal(k2, (b, c["latent_dim"])) if eps_latent is None else eps_latent
+            for name, eps, shape in (("eps_tokens", eps_tokens, (b, l, e)),
+                                     ("eps_latent", eps_latent, (b, c["latent_dim"]))):
+                if tuple(eps.shape) != shape:
+                    raise ValueError(f"Can3Tok.encode: {name} must be {shape}, got {tuple(eps.shape)}")
+            tz = tmean + jnp.exp(0.5 * tlogvar) * eps_tokens
+        else:
+            tz = tmean
+        flat = tz.reshape(b, l * e).astype(self.dtype)
+        mean = self.kl_mean(flat).astype(jnp.float32)
+        logvar = self.kl_logvar(flat).astype(jnp.float32)
+        z = mean + jnp.exp(0.5 * logvar) * eps_latent if sample_posterior else mean
+        aux.update(token_mean=tmean, token_logvar=tlogvar, token_z=tz, mean=mean, logvar=logvar, z=z,
+                   kl=gaussian_kl(mean, logvar))
+        return z, aux
+
+    # ------------------------------------------------------------------------------------------ decoder
+
+    def decode(self, z: jax.Array) -> tuple[jax.Array, dict]:
+        """z (B, latent_dim) or (B, *latent_shape) -> (recon (B, num_gaussians, gs_channels) fp32, aux).
+
+        aux: decoder_tokens (B, latent_dim // embed_dim, width), the self-attention output."""
+        t, e = self.latent_shape
+        if z.shape[1:] not in ((t * e,), (t, e)):
+            raise ValueError(f"Can3Tok.decode: z must be (B, {t * e}) or (B, {t}, {e}), got {z.shape}")
+        b = z.shape[0]
+        h = self.post_kl(z.reshape(b, t, e).astype(self.dtype))
+        if self.decoder_blocks is not None:
+            h = self.decoder_blocks(h)
+        tokens = h
+        h = self.head_in(h.reshape(b, -1))
+        for layer in self.head_hidden:
+            h = layer(h)
+        out = self.head_out(h).astype(jnp.float32)
+        return out.reshape((b,) + self.output_shape), {"decoder_tokens": tokens}
+
+    def __call__(self, gaussians_rows: jax.Array, *, rng: jax.Array | None = None, sample_posterior: bool = True,
+                 eps_tokens: jax.Array | None = None, eps_latent: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """rows (B, N, C_in) -> (recon (B, num_gaussians, gs_channels), aux); aux as in encode + decode."""
+        z, aux = self.encode(gaussians_rows, rng=rng, sample_posterior=sample_posterior, eps_tokens=eps_tokens,
+                             eps_latent=eps_latent)
+        recon, daux = self.decode(z)
+        aux.update(daux)
+        return recon, aux
+
+    def target(self, gaussians_rows: jax.Array) -> jax.Array:
+        """The reconstruction target in the rows: channels [input_offset, input_offset + gs_channels)."""
+        o = self.config["input_offset"]
+        return gaussians_rows[..., o:o + self.config["gs_channels"]]
+
+
+def num_params(variant: str = "release", **overrides) -> int:
+    """Parameter count of a variant without allocating it."""
+    model = nnx.eval_shape(lambda: Can3Tok(variant=variant, rngs=nnx.Rngs(0), **overrides))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
