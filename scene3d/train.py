@@ -125,7 +125,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
 
         def loss_fn(p):
             model = nnx.merge(graphdef, p)
-            return task.loss(model, batch, rng)
+            return task.loss(model, batch, rng, step=state["step"])
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         gnorm = optax.global_norm(grads)
@@ -184,7 +184,7 @@ def abstract_like(state):
 # Evaluation
 
 
-def evaluate(config, s: Setup, state, writer, step: int):
+def evaluate(config, s: Setup, state, writer, step: int, workdir: str | None = None):
     """Average the task's eval metrics over the eval split; write images of the first batch."""
     params = state[s.eval_params_key]
     model = nnx.merge(s.graphdef, params)
@@ -210,6 +210,9 @@ def evaluate(config, s: Setup, state, writer, step: int):
         if first is not None and config.get("write_images", True):
             images = s.task.images(model, first, rng)
             writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in images.items()})
+        # Optional task hook for files a person opens (e.g. decoded PLY scenes); primary process only.
+        if first is not None and workdir and jax.process_index() == 0 and hasattr(s.task, "write_outputs"):
+            s.task.write_outputs(model, first, rng, os.path.join(workdir, "outputs", f"{step:08d}"))
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
@@ -298,7 +301,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                 ckpt.save(step, state, data_iter=data_iter, meta={"step": step}, force=step == total)
         if eval_every and (step % eval_every == 0 or step == total):
             with chrono.pause():
-                evaluate(config, s, state, writer, step)
+                evaluate(config, s, state, writer, step, workdir)
         if step < total:
             batch = pipeline.to_global(next(data_iter), s.mesh)
     ckpt.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 _TASKS = {
     "generate": ("scene3d.tasks.generate", "GenerateTask"),
+    "autoencode": ("scene3d.tasks.autoencode", "AutoencodeTask"),
 }
 
 

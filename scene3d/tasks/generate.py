@@ -81,7 +81,7 @@ class GenerateTask:
             labels = guidance.drop_condition(rng, labels, p_drop, self.num_classes)
         return labels
 
-    def loss(self, model, batch, rng):
+    def loss(self, model, batch, rng, step=None):
         x0 = self.encode(batch)
         r_t, r_eps, r_drop = jax.random.split(rng, 3)
         t = self.time_sampler(r_t, (x0.shape[0],))
