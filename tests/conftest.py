@@ -20,3 +20,11 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED}")
     return SHARED
+
+
+def shared_data(shared_dir, name):
+    """Path of ../shared/data/NAME; skips the test when that capture is absent."""
+    p = pathlib.Path(shared_dir) / "data" / name
+    if not p.is_dir():
+        pytest.skip(f"real data {p} not found")
+    return p

@@ -167,3 +167,18 @@ def config_to_json(config, path: str | os.PathLike | None = None, *, indent: int
     if path is not None:
         pathlib.Path(path).write_text(text + "\n")
     return text
+
+
+def dataclass_from_config(cls, cfg, where: str):
+    """The fields of dataclass ``cls`` from a dict / ConfigDict, checked: unknown keys raise a ValueError that
+    names ``where`` (the config field, e.g. 'config.data.views') and lists the known keys. Returns a dict
+    ({} for None) for the caller to post-process and pass to ``cls``."""
+    import dataclasses
+    if cfg is None:
+        return {}
+    d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    return d

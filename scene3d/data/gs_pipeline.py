@@ -28,6 +28,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from scene3d.core.config import dataclass_from_config
 from scene3d.data import gs_filter, splat_io
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import so3
@@ -57,14 +58,7 @@ class GaussianConfig:
     @classmethod
     def from_config(cls, cfg) -> "GaussianConfig":
         """From a dict / ConfigDict (None -> defaults); unknown keys are an error."""
-        if cfg is None:
-            return cls()
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config.data.gaussians: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return cls(**dataclass_from_config(cls, cfg, "config.data.gaussians"))
 
 
 def set_sh_degree(g: gs.Gaussians, degree: int) -> gs.Gaussians:

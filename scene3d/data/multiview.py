@@ -44,6 +44,7 @@ from typing import Optional, Sequence
 import grain
 import numpy as np
 
+from scene3d.core.config import dataclass_from_config
 from scene3d.geometry import cameras as cam
 from scene3d.geometry import rays
 
@@ -228,13 +229,7 @@ class ViewConfig:
     @classmethod
     def from_config(cls, cfg) -> "ViewConfig":
         """From a dict / ConfigDict (None -> defaults); unknown keys are an error."""
-        if cfg is None:
-            return cls()
-        d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config.data.views: unknown keys {unknown}; known: {sorted(names)}")
+        d = dataclass_from_config(cls, cfg, "config.data.views")
         for k in ("window", "resolution"):
             if d.get(k) is not None:
                 d[k] = tuple(int(x) for x in d[k])

@@ -9,13 +9,11 @@ import pytest
 from scene3d.data import captures as C
 from scene3d.data import multiview as M
 from scene3d.geometry import conventions as cv
+from tests.conftest import shared_data
 
 
 def _data(shared_dir, name):
-    p = pathlib.Path(shared_dir) / "data" / name
-    if not p.is_dir():
-        pytest.skip(f"real data {p} not found")
-    return p
+    return shared_data(shared_dir, name)
 
 
 def _pil_resize_crop(img, out_hw):

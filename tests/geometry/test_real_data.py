@@ -8,13 +8,11 @@ import pytest
 from scene3d.geometry import cameras as C
 from scene3d.geometry import conventions as cv
 from scene3d.geometry import rays as R
+from tests.conftest import shared_data
 
 
 def _data(shared_dir, name):
-    p = pathlib.Path(shared_dir) / "data" / name
-    if not p.is_dir():
-        pytest.skip(f"real data {p} not found")
-    return p
+    return shared_data(shared_dir, name)
 
 
 # ----------------------------------------------------------------------------------------------- fox (NeRF)
