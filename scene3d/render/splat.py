@@ -298,10 +298,11 @@ def rasterize(feats, valid, bg, height: int, width: int, blocks: BlockSizes = Bl
         r = f[..., _R]
         hit = ok[:, None, :] & (jnp.abs(dx) <= r) & (jnp.abs(dy) <= r) & (power <= 0) & (a >= MIN_ALPHA)
         a = jnp.where(hit, a, 0.0)
-        incl = jax.lax.cumprod(1.0 - a, axis=2)
-        excl = jnp.concatenate([jnp.ones_like(incl[..., :1]), incl[..., :-1]], -1)
+        log_t = jnp.log1p(-a)  # a <= 0.99: finite; prefix sums of logs differentiate faster than cumprod
+        cum = jnp.cumsum(log_t, axis=2)
+        excl = jnp.exp(cum - log_t)  # transmittance in front of each Gaussian within the item
         acc = jnp.einsum("bpc,bcf->bpf", a * excl, f[:, 0, :, _RGB.start:])  # (B, P, 4): rgb, z
-        return acc, incl[..., -1]
+        return acc, jnp.exp(cum[..., -1])
 
     def chain(t_run, inp):  # t_run: transmittance in front of this item if it continues the previous tile
         acc, t_item, first = inp
