@@ -66,6 +66,16 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     return optax.chain(*parts), schedule
 
 
+def params_only(tx: optax.GradientTransformation, state) -> optax.GradientTransformation:
+    """``tx`` on the ``nnx.Param`` leaves; other variables (e.g. ``Frozen`` tokenizer weights) get zero updates
+    and no optimiser state."""
+    labels = jax.tree.map(lambda v: v.replace("param" if isinstance(v, nnx.Param) else "frozen"), state,
+                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+    if all(l == "param" for l in jax.tree.leaves(labels)):
+        return tx
+    return optax.multi_transform({"param": tx, "frozen": optax.set_to_zero()}, labels)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Train state
 
@@ -92,7 +102,10 @@ def create_state(config, task, mesh, rules):
     """Create params (already sharded), optimiser state, EMA, step and RNG. Returns (graphdef, state, shardings)."""
     seed = int(config.seed)
     graphdef, params = sh.create_sharded_model(lambda: task.build_model(nnx.Rngs(seed)), mesh, rules)
+    if hasattr(task, "restore_pretrained"):  # e.g. a frozen stage-1 tokenizer; a resume then overwrites all
+        params = task.restore_pretrained(params)
     tx, schedule = make_optimizer(config)
+    tx = params_only(tx, params)
     pshard = jax.tree.map(lambda x: x.sharding, params)
     rep = sh.replicated(mesh)
     opt_shape = jax.eval_shape(tx.init, params)

@@ -1,22 +1,50 @@
 """Stage 2: flow-matching generation in a tokenizer's latent space.
 
-The latent of an example comes from ``encode`` (for image data without a trained tokenizer: the patchified
-pixels, so the trainer is proven end to end before any scene tokenizer exists). The generator is a
-``LatentDiT`` trained with the velocity loss of DESIGN.md; sampling integrates from t = 1 to 0 with Euler/Heun
-and classifier-free guidance over the class label within a guidance interval.
+``GenerateTask(config)`` picks one of two tasks:
+
+- ``ImageFlowTask`` (no ``config.tokenizer``): the latent of an image is its patchified pixels, so the trainer is
+  proven end to end before any scene tokenizer exists. Conditioning: the class label (LatentDiT's adaLN label
+  embedding, null class for CFG).
+- ``LatentFlowTask`` (``config.tokenizer`` set): latent diffusion on a FROZEN stage-1 tokenizer (Can3Tok). The
+  latent of a 3DGS crop is the tokenizer's posterior mean (or a posterior sample, ``tokenizer.sample_posterior``)
+  z (latent_dim,) viewed as its decoder tokens ``latent_shape`` (T, E), times ``tokenizer.scale``:
+  x0 = scale * z. Choose the scale so that x0 has about unit variance (the noise's); the loss logs the batch's
+  ``latent_std`` of z and ``suggested_scale`` = 1 / latent_std at every step to read it off the first steps.
+  Conditioning: a pluggable encoder of ``scene3d.models.cond_encoders`` (``config.cond.kind``: label | text |
+  image | none) whose tokens enter every DiT block by cross-attention. The built-in scenes carry no object list
+  or caption, so the condition is derived from the crop itself (``scene_colours``): its dominant colour as the
+  class label, a caption from its colour statistics ("a dark scene, mostly blue and some grey"), or a preview
+  render of the crop from a fixed camera as the conditioning image.
+
+Both train the velocity loss of DESIGN.md with condition dropout (``flow.cond_drop``) and sample from t = 1 to 0
+(Euler / Heun) with classifier-free guidance of scale ``flow.cfg_scale`` inside ``flow.cfg_interval`` (scale 1 is
+the conditional model alone).
+
+The stage-1 tokenizer lives inside the stage-2 model as ``Frozen`` variables (``scene3d.tasks.stage1``): the
+trainer optimises ``nnx.Param`` only; ``restore_pretrained`` fills it from ``tokenizer.workdir`` (EMA if that run
+kept one) when a run starts, and stage-2 checkpoints then hold it, so sampling needs only the stage-2 run.
+Without ``tokenizer.workdir`` the tokenizer of ``tokenizer.model`` is randomly initialised (smoke tests).
 """
 from __future__ import annotations
 
+import colorsys
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from scene3d.diffusion import guidance, paths, samplers, timesteps
+from scene3d.geometry import gaussians as gs
+from scene3d.models import cond_encoders
+from scene3d.models.latent_dit import VARIANTS as DIT_VARIANTS
 from scene3d.models.latent_dit import LatentDiT
 from scene3d.nn import patchify, unpatchify
+from scene3d.tasks import stage1
 
 
 def _dtype(name: str):
@@ -36,8 +64,38 @@ def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
     return np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
-class GenerateTask:
-    """Flow matching over latent tokens; for image data the tokens are pixel patches."""
+def GenerateTask(config):
+    """The stage-2 task for ``config``: ``LatentFlowTask`` when ``config.tokenizer`` is set, else ``ImageFlowTask``."""
+    if config.get("tokenizer") is not None:
+        return LatentFlowTask(config)
+    return ImageFlowTask(config)
+
+
+def _flow_sample(fc, apply, noise, *, guided: bool, num_steps, method, cfg_scale):
+    """Integrate ``apply(x, t, drop)`` from noise; CFG over drop=False/True when ``guided`` and scale != 1."""
+    num_steps = int(num_steps or fc.get("sample_steps", 32))
+    method = method or fc.get("sampler", "euler")
+    cfg_scale = float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
+    interval = fc.get("cfg_interval", (0.0, 1.0))
+    interval = None if interval is None else tuple(float(v) for v in interval)
+    b = noise.shape[0]
+
+    def cond_fn(x, t):
+        return apply(x, t, jnp.zeros((b,), bool))
+
+    model_fn = cond_fn
+    if guided and cfg_scale != 1.0:
+        model_fn = guidance.guided(cond_fn, lambda x, t: apply(x, t, jnp.ones((b,), bool)), cfg_scale,
+                                   interval=interval)
+    return samplers.sample(model_fn, noise, num_steps=num_steps, method=method,
+                           shift=float(fc.get("sample_shift", 1.0)))
+
+
+# =============================================================================================== images
+
+
+class ImageFlowTask:
+    """Flow matching over pixel patches of images (procedural shapes), class-conditional with CFG."""
 
     def __init__(self, config):
         self.config = config
@@ -109,29 +167,18 @@ class GenerateTask:
     def sample(self, model, rng, *, num: int, labels=None, num_steps: int | None = None, method: str | None = None,
                cfg_scale: float | None = None):
         """Draw ``num`` samples (decoded images (num, H, W, 3)) from noise."""
-        fc = self.config.flow
-        num_steps = int(num_steps or fc.get("sample_steps", 32))
-        method = method or fc.get("sampler", "euler")
-        cfg_scale = float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
-        interval = tuple(fc.get("cfg_interval", (0.0, 1.0)))
         noise = jax.random.normal(rng, (num, self.grid[0] * self.grid[1], self.patch * self.patch * self.channels))
-
         # Split once: the sampler's lax.scan must merge a fresh module inside its own trace.
         graphdef, state = nnx.split(model)
 
-        def apply(x, t, lab):
+        def apply(x, t, drop):
+            lab = labels
+            if lab is not None:
+                lab = jnp.where(drop, self.num_classes, lab)
             return nnx.merge(graphdef, state)(x, t, labels=lab)[0]
 
-        def cond_fn(x, t):
-            return apply(x, t, labels)
-
-        model_fn = cond_fn
-        if self.num_classes and labels is not None and cfg_scale != 1.0:
-            null = jnp.full((num,), self.num_classes, jnp.int32)
-            model_fn = guidance.guided(cond_fn, lambda x, t: apply(x, t, null), cfg_scale,
-                                       interval=interval)
-        x0 = samplers.sample(model_fn, noise, num_steps=num_steps, method=method,
-                             shift=float(fc.get("sample_shift", 1.0)))
+        x0 = _flow_sample(self.config.flow, apply, noise, guided=bool(self.num_classes and labels is not None),
+                          num_steps=num_steps, method=method, cfg_scale=cfg_scale)
         return self.decode(x0)
 
     def images(self, model, batch, rng):
@@ -140,3 +187,321 @@ class GenerateTask:
         samples = nnx.jit(lambda m, r: self.sample(m, r, num=n, labels=labels))(model, rng)
         data = np.asarray(jax.device_get(batch["image"]))[:n]
         return {"samples": image_grid(np.asarray(jax.device_get(samples))), "data": image_grid(data)}
+
+
+# =============================================================================================== scenes
+
+# Colour names of ``scene_colours``; the class label of a scene is the index of its dominant colour.
+COLOURS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink", "white", "grey", "black")
+# Upper hue bounds (degrees) of the chromatic names; red wraps around 360.
+_HUES = ((15, "red"), (45, "orange"), (70, "yellow"), (165, "green"), (195, "cyan"), (255, "blue"),
+         (290, "purple"), (345, "pink"), (360, "red"))
+
+
+def colour_names(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) RGB in [0, 1] -> (N,) indices into COLOURS: value < 0.2 black; saturation < 0.2 white (value >
+    0.8) or grey; else by hue (HSV, degrees) with the bounds of ``_HUES``."""
+    rgb = np.clip(np.asarray(rgb, np.float64), 0.0, 1.0)
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    v = mx
+    s = np.where(mx > 0, (mx - mn) / np.where(mx > 0, mx, 1.0), 0.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    d = np.where(mx > mn, mx - mn, 1.0)
+    h = np.where(mx == r, ((g - b) / d) % 6.0, np.where(mx == g, (b - r) / d + 2.0, (r - g) / d + 4.0)) * 60.0
+    idx = np.full(rgb.shape[:-1], COLOURS.index("red"))
+    for bound, name in reversed(_HUES):
+        idx = np.where(h < bound, COLOURS.index(name), idx)
+    idx = np.where(s < 0.2, np.where(v > 0.8, COLOURS.index("white"), COLOURS.index("grey")), idx)
+    return np.where(v < 0.2, COLOURS.index("black"), idx)
+
+
+def scene_colours(raw: np.ndarray) -> tuple[int, str]:
+    """Packed raw Gaussians (N, C) -> (label, caption) from their colours (SH DC), weighted by opacity.
+
+    label: index in COLOURS of the dominant colour. caption: "a [dark |bright ]scene, mostly C1[ and some C2]"
+    with C2 the second colour if it holds >= 20% of the weight; dark / bright for a mean HSV value < 0.35 / > 0.65.
+    """
+    raw = np.asarray(raw, np.float64)
+    g = gs.unpack(raw)
+    rgb = np.clip(gs.dc_to_rgb(g.f_dc), 0.0, 1.0)
+    w = gs.sigmoid(np.clip(g.opacity, -30, 30))
+    w = w / max(w.sum(), 1e-12)
+    hist = np.bincount(colour_names(rgb), weights=w, minlength=len(COLOURS))
+    order = np.argsort(-hist, kind="stable")
+    label = int(order[0])
+    value = float(np.sum(w * rgb.max(-1)))
+    tone = "dark " if value < 0.35 else "bright " if value > 0.65 else ""
+    caption = f"a {tone}scene, mostly {COLOURS[label]}"
+    if hist[order[1]] >= 0.2:
+        caption += f" and some {COLOURS[int(order[1])]}"
+    return label, caption
+
+
+def _preview_camera():
+    """A fixed camera (c2w, intrinsics) looking at the unit ball of a normalised crop (z up)."""
+    from scene3d.render.points import orbit_camera
+    return orbit_camera(np.zeros(3), 1.0, (0.0, 0.0, 1.0), azimuth=0.6, elevation=0.5, fov_y=0.9)
+
+
+def render_preview(raw: np.ndarray, size: int) -> np.ndarray:
+    """(N, C) raw Gaussians of a normalised crop -> (size, size, 3) float32 in [0, 1]: splats coloured by SH DC
+    seen from ``_preview_camera`` on white (``scene3d.render.points.render_gaussians``)."""
+    from scene3d.render.points import render_gaussians
+    c2w, intr = _preview_camera()
+    g = gs.unpack(np.asarray(raw, np.float64))
+    return render_gaussians(g, c2w, intr, size, size, background=1.0).image.astype(np.float32)
+
+
+class LatentDiffusion(nnx.Module):
+    """The stage-2 model: ``dit`` (LatentDiT), ``cond`` (a cond_encoders encoder or None) and ``tokenizer`` (the
+    frozen stage-1 model)."""
+
+    def __init__(self, dit: LatentDiT, cond, tokenizer):
+        self.dit, self.cond, self.tokenizer = dit, cond, tokenizer
+
+    def velocity(self, x, t, cond_inputs: dict | None = None, drop=None):
+        tokens = mask = None
+        if self.cond is not None:
+            tokens, mask = self.cond(cond_inputs, drop=drop)
+            mask = mask[:, None, None, :]
+        return self.dit(x, t, cond=tokens, cond_mask=mask)[0]
+
+
+class LatentFlowTask:
+    """Latent diffusion on a frozen stage-1 tokenizer's latents (module docstring). Config fields: tokenizer,
+    model (LatentDiT), cond, flow, data.gaussians, render."""
+
+    def __init__(self, config):
+        self.config = config
+        tc = config.tokenizer
+        self.workdir = tc.get("workdir") or None
+        if self.workdir:
+            self.stage1 = stage1.stage1_config(self.workdir)
+        else:
+            if tc.get("model") is None:
+                raise ValueError("config.tokenizer: set workdir (a stage-1 run) or model (random init, for tests)")
+            self.stage1 = ml_collections.ConfigDict({"task": tc.get("task", "autoencode"), "model": tc.model.to_dict(),
+                                                     "data": config.data.to_dict()})
+        self.scale = float(tc.get("scale", 1.0))
+        self.sample_posterior = bool(tc.get("sample_posterior", False))
+        tok = nnx.eval_shape(lambda: stage1.build_tokenizer(self.stage1, nnx.Rngs(0)))
+        for attr in ("encode", "decode", "latent_shape", "output_shape"):
+            if not hasattr(tok, attr):
+                raise ValueError(f"config.tokenizer: the stage-1 model {type(tok).__name__} has no {attr!r}; a "
+                                 "latent tokenizer needs encode / decode / latent_shape / output_shape")
+        self.latent_shape = tuple(int(v) for v in tok.latent_shape)
+        self.output_shape = tuple(int(v) for v in tok.output_shape)
+        n_data = (config.data.get("gaussians") or {}).get("num_gaussians")
+        if n_data is not None and int(n_data) != self.output_shape[0]:
+            raise ValueError(f"config.data.gaussians.num_gaussians={n_data} must equal the tokenizer's "
+                             f"num_gaussians={self.output_shape[0]} (stage-1 config.model)")
+        self.time_sampler = timesteps.TimeSampler.from_spec(config.flow.get("time_sampler", "logit_normal"))
+        cc = config.get("cond") or ml_collections.ConfigDict({"kind": "none"})
+        self.cond_kind = cc.get("kind", "none")
+        if self.cond_kind not in ("none",) + cond_encoders.ENCODERS:
+            raise ValueError(f"config.cond.kind: unknown {self.cond_kind!r} (known: none, "
+                             f"{', '.join(cond_encoders.ENCODERS)})")
+        self.cond_config = cc
+        self._text = None
+        self.image_size = int(cc.get("image_size", 32))
+
+    # -- conditioning (host side) ------------------------------------------------------------------------------
+    @property
+    def text_backbone(self):
+        if self._text is None:
+            spec = dict((self.cond_config.get("text") or {}))
+            self._text = cond_encoders.make_text_backbone(spec.pop("backbone", "hashed_bow"), **spec)
+        return self._text
+
+    def cond_spec(self) -> dict:
+        if self.cond_kind == "label":
+            return {"kind": "label", "num_classes": len(COLOURS)}
+        if self.cond_kind == "text":
+            return {"kind": "text", "backbone_dim": self.text_backbone.dim}
+        if self.cond_kind == "image":
+            return {"kind": "image", "image_size": self.image_size, "patch": int(self.cond_config.get("patch", 8)),
+                    "pool": self.cond_config.get("pool", "mean")}
+        return {"kind": "none"}
+
+    def cond_inputs(self, values: Sequence) -> dict:
+        """Conditioning inputs for sampling from user values (one per sample): label -> a colour name or index;
+        text -> a caption; image -> an image path or an (H, W, 3) array in [0, 1] (resized to image_size)."""
+        values = list(values)
+        if self.cond_kind == "none":
+            return {}
+        if self.cond_kind == "label":
+            out = []
+            for v in values:
+                v = str(v).strip().lower()
+                if v.isdigit() and int(v) < len(COLOURS):
+                    out.append(int(v))
+                elif v in COLOURS:
+                    out.append(COLOURS.index(v))
+                else:
+                    raise ValueError(f"label condition {v!r}: expected a colour of {COLOURS} or an index "
+                                     f"0..{len(COLOURS) - 1}")
+            return {"label": np.asarray(out, np.int32)}
+        if self.cond_kind == "text":
+            tokens, mask = self.text_backbone([str(v) for v in values])
+            return {"text_tokens": tokens, "text_mask": mask}
+        images = [self._load_image(v) for v in values]
+        return {"cond_image": np.stack(images).astype(np.float32)}
+
+    def _load_image(self, v) -> np.ndarray:
+        from PIL import Image
+        if isinstance(v, np.ndarray):
+            img = v.astype(np.float32)
+            if img.max() > 1.0:
+                img = img / 255.0
+        else:
+            try:
+                img = np.asarray(Image.open(str(v)).convert("RGB"), np.float32) / 255.0
+            except (OSError, ValueError) as e:
+                raise ValueError(f"image condition {v!r}: cannot read an image: {e}") from None
+        if img.ndim != 3 or img.shape[-1] != 3:
+            raise ValueError(f"image condition: expected (H, W, 3), got {img.shape}")
+        if img.shape[:2] != (self.image_size,) * 2:
+            pil = Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8))
+            img = np.asarray(pil.resize((self.image_size,) * 2, Image.BILINEAR), np.float32) / 255.0
+        return img
+
+    def example_condition(self, raw: np.ndarray) -> dict:
+        """The conditioning fields of one example from its (N, C) raw Gaussians (module docstring)."""
+        label, caption = scene_colours(raw)
+        out = {"label": np.int32(label)}
+        if self.cond_kind == "text":
+            tokens, mask = self.text_backbone([caption])
+            out.update(text_tokens=tokens[0], text_mask=mask[0])
+        elif self.cond_kind == "image":
+            out["cond_image"] = render_preview(raw, self.image_size)
+        return out
+
+    def data_transforms(self, split: str):
+        def transform(example: dict) -> dict:
+            if "gaussians" not in example:
+                raise ValueError(f"latent generation example: expected a 'gaussians' field (N, C), got "
+                                 f"{sorted(example)}")
+            raw = np.asarray(example["gaussians"], np.float32)
+            return {"gaussians": raw, **self.example_condition(raw)}
+        return [transform]
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def build_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
+        mc = self.config.model
+        kw = dict(dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")))
+        variant = mc.get("variant", "S")
+        if variant not in DIT_VARIANTS:
+            raise ValueError(f"config.model.variant: unknown LatentDiT variant {variant!r} ({sorted(DIT_VARIANTS)})")
+        width = int(mc.get("width") or DIT_VARIANTS[variant]["width"])
+        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
+        cond = cond_encoders.make_cond_encoder(self.cond_spec(), width, rngs=rngs, **kw)
+        t, e = self.latent_shape
+        dit = LatentDiT(in_dim=e, num_tokens=t, variant=variant, width=width, depth=mc.get("depth"),
+                        heads=mc.get("heads"), num_classes=0, cond_dim=width if cond is not None else 0,
+                        pos=mc.get("pos", "learned"), qk_norm=mc.get("qk_norm", True),
+                        attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
+                        remat=mc.get("remat", "none"), rngs=rngs, **kw)
+        return LatentDiffusion(dit, cond, tokenizer)
+
+    def restore_pretrained(self, params):
+        """Fill the frozen tokenizer of a fresh run's (sharded) state from ``tokenizer.workdir``."""
+        if not self.workdir:
+            logging.warning("config.tokenizer.workdir unset: the stage-1 tokenizer is RANDOMLY initialised")
+            return params
+        tc = self.config.tokenizer
+        restored, info = stage1.restore_variables(self.workdir, params["tokenizer"], step=tc.get("step"),
+                                                  prefer_ema=bool(tc.get("use_ema", True)))
+        params["tokenizer"] = restored
+        logging.info("stage-1 tokenizer: state[%r] of step %d from %s", info["key"], info["step"], info["workdir"])
+        return params
+
+    # -- latents -----------------------------------------------------------------------------------------------
+    def _cond_inputs(self, batch) -> dict:
+        if self.cond_kind == "none":
+            return {}
+        keys = {"label": ("label",), "text": ("text_tokens", "text_mask"), "image": ("cond_image",)}[self.cond_kind]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"config.cond.kind={self.cond_kind!r}: batch lacks {missing} (has {sorted(batch)}); "
+                             "are the task's data_transforms applied?")
+        return {k: batch[k] for k in keys}
+
+    def encode(self, model: LatentDiffusion, batch: dict, rng=None):
+        """-> (x0 (B, T, E) = scale * z, z (B, latent_dim)) from the frozen tokenizer (no gradient)."""
+        rows = batch["gaussians"]
+        if rows.ndim != 3 or rows.shape[2] != self.output_shape[1]:
+            raise ValueError(f"batch['gaussians']: expected (B, N, {self.output_shape[1]}) raw channels for the "
+                             f"tokenizer, got {tuple(rows.shape)}")
+        z, _ = model.tokenizer.encode(rows.astype(jnp.float32), rng=rng, sample_posterior=self.sample_posterior)
+        z = jax.lax.stop_gradient(z.astype(jnp.float32))
+        return (self.scale * z).reshape((z.shape[0],) + self.latent_shape), z
+
+    def decode(self, model: LatentDiffusion, x0: jax.Array) -> jax.Array:
+        """Latent tokens (B, T, E) -> raw Gaussians (B, N, C) (float32)."""
+        z = (x0 / self.scale).reshape(x0.shape[0], -1)
+        return model.tokenizer.decode(z)[0]
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def loss(self, model, batch, rng, step=None):
+        r_enc, r_t, r_eps, r_drop = jax.random.split(rng, 4)
+        x0, z = self.encode(model, batch, r_enc)
+        b = x0.shape[0]
+        t = self.time_sampler(r_t, (b,))
+        eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
+        drop = guidance.drop_mask(r_drop, b, float(self.config.flow.get("cond_drop", 0.1)))
+        xt = paths.interpolate(x0, eps, t)
+        v = model.velocity(xt, t, self._cond_inputs(batch), drop)
+        loss = paths.velocity_loss(v, x0, eps)
+        std = jnp.std(z)
+        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(paths.x0_from_velocity(xt, v, t) - x0))),
+                      "latent_std": std, "latent_mean": jnp.mean(z), "suggested_scale": 1.0 / jnp.maximum(std, 1e-12),
+                      "x0_std": jnp.std(x0)}
+
+    def evaluate(self, model, batch, rng):
+        """Velocity loss at fixed times with the condition kept, for one batch."""
+        x0, _ = self.encode(model, batch)
+        eps = jax.random.normal(rng, x0.shape, x0.dtype)
+        cond = self._cond_inputs(batch)
+        out = {}
+        for tv in (0.1, 0.5, 0.9):
+            t = jnp.full((x0.shape[0],), tv, jnp.float32)
+            v = model.velocity(paths.interpolate(x0, eps, t), t, cond, jnp.zeros((x0.shape[0],), bool))
+            out[f"val_loss_t{tv}"] = paths.velocity_loss(v, x0, eps)
+        out["val_loss"] = sum(out.values()) / 3.0
+        return out
+
+    # -- sampling ----------------------------------------------------------------------------------------------
+    def sample_latents(self, model, rng, *, num: int, cond_inputs: dict | None = None, num_steps=None,
+                       method=None, cfg_scale=None) -> jax.Array:
+        """``num`` latents (num, T, E) from noise drawn with ``rng``, conditioned on ``cond_inputs`` (batch
+        fields of ``num`` examples, see ``cond_inputs``) with classifier-free guidance."""
+        if self.cond_kind != "none" and not cond_inputs:
+            raise ValueError(f"config.cond.kind={self.cond_kind!r}: sampling needs cond_inputs (task.cond_inputs)")
+        noise = jax.random.normal(rng, (num,) + self.latent_shape)
+        graphdef, state = nnx.split(model)
+
+        def apply(x, t, drop):
+            return nnx.merge(graphdef, state).velocity(x, t, cond_inputs, drop)
+
+        return _flow_sample(self.config.flow, apply, noise, guided=self.cond_kind != "none", num_steps=num_steps,
+                            method=method, cfg_scale=cfg_scale)
+
+    def sample(self, model, rng, *, num: int, cond_inputs: dict | None = None, num_steps=None, method=None,
+               cfg_scale=None) -> jax.Array:
+        """``num`` sampled scenes as raw Gaussians (num, N, C)."""
+        x0 = self.sample_latents(model, rng, num=num, cond_inputs=cond_inputs, num_steps=num_steps, method=method,
+                                 cfg_scale=cfg_scale)
+        return self.decode(model, x0)
+
+    def images(self, model, batch, rng):
+        """``samples``: preview renders of scenes sampled with the first eval examples' conditions; ``data``:
+        the same examples."""
+        n = min(int(self.config.get("num_sample_images", 4)), int(batch["gaussians"].shape[0]))
+        cond = {k: v[:n] for k, v in self._cond_inputs(batch).items()}
+        rows = nnx.jit(lambda m, r, c: self.sample(m, r, num=n, cond_inputs=c))(model, rng, cond)
+        size = int((self.config.get("render") or {}).get("size", 64))
+        data = np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:n]
+        out = {}
+        for name, scenes in (("samples", np.asarray(jax.device_get(rows), np.float32)), ("data", data)):
+            out[name] = image_grid(np.stack([render_preview(s, size) * 2.0 - 1.0 for s in scenes]))
+        return out
