@@ -1,0 +1,222 @@
+"""Stage 1: train a scene tokenizer as an autoencoder. Today: the Can3Tok 3DGS VAE (``config.model.name='can3tok'``).
+
+An example's ``gaussians`` (N, C) are the packed raw channels of ``scene3d.geometry.gaussians`` (xyz, f_dc,
+opacity, log-scale, rot wxyz[, f_rest]) of a crop normalised into the unit ball (and randomly rotated in
+training) by the data pipeline. They are the model's input rows (``input_offset=0``) and its target.
+
+loss = recon(pred, target) + beta(step) * KL, with recon one of ``scene3d.losses.RECON_LOSSES`` ('mse': the mean
+over all B x N x C raw values, every channel weighted 1), KL the batch mean of KL(q(z|x) || N(0, I)) summed over
+the latent, and beta(step) = beta * min(1, step / kl_anneal_steps). Evaluation decodes the posterior mean and
+reports the Can3Tok metrics (per-scene L2, the paper's batch figure, failure rate), MSE per channel group and KL;
+images are [input | reconstruction] splat renders; ``write_outputs`` writes decoded scenes as INRIA PLY files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scene3d import losses
+from scene3d.data import splat_io
+from scene3d.geometry import cameras as cam_lib
+from scene3d.geometry import gaussians as gs
+from scene3d.metrics import gaussians as gmetrics
+from scene3d.models import can3tok
+from scene3d.render import splat
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# config.model keys the task reads itself; every other key must be a Can3Tok architecture key.
+_TASK_KEYS = frozenset({"name", "variant", "head_layout", "attn_impl", "scan", "remat", "dtype", "param_dtype"})
+
+
+def _dtype(name: str, field: str):
+    if name not in _DTYPES:
+        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def scene_index(scene_id) -> int:
+    """A numeric id for a scene name (the jitted steps take numbers only): its trailing digits
+    ('builtin/000031' -> 31), else a 31-bit CRC of the name."""
+    s = scene_id.decode() if isinstance(scene_id, bytes) else str(scene_id)
+    m = re.search(r"(\d+)$", s)
+    if m and len(m.group(1)) < 10:
+        return int(m.group(1))
+    return zlib.crc32(s.encode()) & 0x7FFFFFFF
+
+
+def _numeric_example(example: dict) -> dict:
+    """Grain map: replace the string ``scene_id`` by an int32 ``scene_index``."""
+    out = {k: v for k, v in example.items() if k != "scene_id"}
+    if "scene_id" in example:
+        out["scene_index"] = np.int32(scene_index(example["scene_id"]))
+    return out
+
+
+def orbit_cameras(num: int, *, distance: float, elevation_deg: float, fov_deg: float, size: int,
+                  up=(0.0, 0.0, 1.0)) -> cam_lib.Cameras:
+    """``num`` square cameras evenly spaced in azimuth around the origin at ``distance``, raised by
+    ``elevation_deg`` towards ``up``, looking at the origin (normalised scenes fill the unit ball)."""
+    up = np.asarray(up, np.float64)
+    up = up / np.linalg.norm(up)
+    a = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    e1 = np.cross(up, a)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    el = math.radians(elevation_deg)
+    az = 2 * np.pi * np.arange(num) / num
+    eyes = distance * (math.cos(el) * (np.cos(az)[:, None] * e1 + np.sin(az)[:, None] * e2) + math.sin(el) * up)
+    c2w = cam_lib.look_at(eyes, np.zeros(3), up)
+    intr = cam_lib.intrinsics_from_fov(np.full(num, math.radians(fov_deg)), size, size)
+    return cam_lib.Cameras(c2w, intr, size, size)
+
+
+class AutoencodeTask:
+    """Can3Tok VAE training (module docstring). Config fields: model, data.gaussians, loss, metrics, render."""
+
+    def __init__(self, config):
+        self.config = config
+        mc = config.model
+        if mc.get("name", "can3tok") != "can3tok":
+            raise ValueError(f"config.model.name: the autoencode task trains 'can3tok', got {mc.name!r}")
+        variant = mc.get("variant", "tiny")
+        if variant not in can3tok.VARIANTS:
+            raise ValueError(f"config.model.variant: unknown Can3Tok variant {variant!r} "
+                             f"(known: {sorted(can3tok.VARIANTS)})")
+        unknown = set(mc.keys()) - _TASK_KEYS - can3tok.CONFIG_KEYS
+        if unknown:
+            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: task keys {sorted(_TASK_KEYS)} "
+                             f"and Can3Tok keys {sorted(can3tok.CONFIG_KEYS)}")
+        self.overrides = {k: mc[k] for k in mc.keys() if k in can3tok.CONFIG_KEYS}
+        arch = dict(can3tok.VARIANTS[variant], **self.overrides)
+        gcfg = config.data.get("gaussians") or {}
+        sh_degree = int(gcfg.get("sh_degree", 0))
+        self.channels = gs.num_channels(sh_degree)
+        self.groups = {k: v for k, v in gs.channel_slices(sh_degree).items() if v.stop > v.start}
+        if arch["input_offset"] != 0:
+            raise ValueError(f"config.model.input_offset: the data rows are the packed raw channels (no prefix "
+                             f"columns); expected 0, got {arch['input_offset']}")
+        if 3 + arch["point_feats"] != self.channels or arch["gs_channels"] != self.channels:
+            raise ValueError(f"config.model: point_feats + 3 = {3 + arch['point_feats']} and gs_channels = "
+                             f"{arch['gs_channels']} must both equal the {self.channels} raw channels of "
+                             f"config.data.gaussians.sh_degree={sh_degree}")
+        n_data = gcfg.get("num_gaussians")
+        if n_data is not None and int(n_data) != arch["num_gaussians"]:
+            raise ValueError(f"config.model.num_gaussians={arch['num_gaussians']} must equal "
+                             f"config.data.gaussians.num_gaussians={n_data} (the decoder reconstructs the crop)")
+        self.num_gaussians = arch["num_gaussians"]
+        lc = config.get("loss") or {}
+        self.recon_kind = lc.get("recon", "mse")
+        losses.reconstruction_loss(jnp.zeros((1, 1, 1)), jnp.zeros((1, 1, 1)), self.recon_kind)  # validates
+        self.beta = float(lc.get("beta", 1e-5))
+        self.kl_anneal_steps = int(lc.get("kl_anneal_steps", 0) or 0)
+        self.failure_threshold = float((config.get("metrics") or {}).get("failure_threshold",
+                                                                         gmetrics.DEFAULT_FAILURE_THRESHOLD))
+        self._decode_mode = nnx.jit(lambda m, x: m(x, sample_posterior=False)[0])
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def build_model(self, rngs: nnx.Rngs) -> can3tok.Can3Tok:
+        mc = self.config.model
+        return can3tok.Can3Tok(variant=mc.get("variant", "tiny"), head_layout=mc.get("head_layout", "correct"),
+                               attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
+                               remat=mc.get("remat", "none"),
+                               dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+                               param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"),
+                               rngs=rngs, **self.overrides)
+
+    def data_transforms(self, split: str):
+        return [_numeric_example]
+
+    # -- losses / metrics --------------------------------------------------------------------------------------
+    def _rows(self, batch) -> jax.Array:
+        if "gaussians" not in batch:
+            raise ValueError(f"autoencode batch: expected a 'gaussians' field (B, N, C), got {sorted(batch)}")
+        rows = batch["gaussians"]
+        want = (self.num_gaussians, self.channels)
+        if rows.ndim != 3 or tuple(rows.shape[1:]) != want:
+            raise ValueError(f"autoencode batch['gaussians']: expected (B, {want[0]}, {want[1]}) (config.model."
+                             f"num_gaussians x the raw channels of config.data.gaussians.sh_degree), got "
+                             f"{tuple(rows.shape)}")
+        return rows.astype(jnp.float32)
+
+    def _recon_metrics(self, pred, target) -> dict:
+        out = {"mse": losses.mse(pred, target)}
+        out.update(gmetrics.gaussian_metrics(pred, target, self.failure_threshold))
+        out.update({f"mse_{k}": v for k, v in losses.channel_group_mse(pred, target, self.groups).items()})
+        return out
+
+    def loss(self, model, batch, rng, step=None):
+        rows = self._rows(batch)
+        pred, aux = model(rows, rng=rng, sample_posterior=True)
+        recon = losses.reconstruction_loss(pred, rows, self.recon_kind)
+        kl = losses.kl_loss(aux["mean"], aux["logvar"])
+        beta = losses.kl_weight(step, self.beta, self.kl_anneal_steps)
+        total = recon + beta * kl
+        metrics = {"recon": recon, "kl": kl, "kl_weight": beta, **self._recon_metrics(pred, rows)}
+        return total, metrics
+
+    def evaluate(self, model, batch, rng):
+        """Metrics of the posterior-mean reconstruction (deterministic) of one eval batch."""
+        rows = self._rows(batch)
+        pred, aux = model(rows, sample_posterior=False)
+        return {"kl": losses.kl_loss(aux["mean"], aux["logvar"]), **self._recon_metrics(pred, rows)}
+
+    # -- files and figures -------------------------------------------------------------------------------------
+    def reconstruct(self, model, rows) -> np.ndarray:
+        """(B, N, C) rows -> (B, N, C) float32 numpy posterior-mean reconstructions."""
+        return np.asarray(jax.device_get(self._decode_mode(model, rows)), np.float32)
+
+    def images(self, model, batch, rng):
+        """``recon_<i>``: [input | reconstruction] renders of eval scene i from ``render.num_cameras`` cameras."""
+        rc = self.config.get("render") or {}
+        k = min(int(rc.get("num_scenes", 2)), int(batch["gaussians"].shape[0]))
+        if k <= 0:
+            return {}
+        rows = np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:k]
+        rec = self.reconstruct(model, jnp.asarray(rows))
+        cams = orbit_cameras(int(rc.get("num_cameras", 3)), distance=float(rc.get("distance", 2.6)),
+                             elevation_deg=float(rc.get("elevation_deg", 35.0)),
+                             fov_deg=float(rc.get("fov_deg", 45.0)), size=int(rc.get("size", 128)))
+        return {f"recon_{i}": splat.render_side_by_side(gs.unpack(rows[i]), gs.unpack(rec[i]), cams)
+                for i in range(k)}
+
+    def write_outputs(self, model, batch, rng, out_dir):
+        """Write ``recon_<i>.ply`` and ``input_<i>.ply`` (INRIA layout: zero normals, SH bands zero-padded to
+        degree 3) for the first ``num_output_scenes`` scenes, mapped back to the scene's world frame."""
+        k = min(int(self.config.get("num_output_scenes", 2)), int(batch["gaussians"].shape[0]))
+        if k <= 0:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        host = {key: np.asarray(jax.device_get(batch[key])) for key in ("gaussians", "center", "scale", "rotation",
+                                                                      "scene_index") if key in batch}
+        rows = host["gaussians"][:k].astype(np.float32)
+        rec = self.reconstruct(model, jnp.asarray(rows))
+        for i in range(k):
+            sid = int(host["scene_index"][i]) if "scene_index" in host else -1
+            for name, raw in (("recon", rec[i]), ("input", rows[i])):
+                g = gs.unpack(raw.astype(np.float64))
+                if "rotation" in host:
+                    g = gs.rotate_gaussians(g, host["rotation"][i].astype(np.float64).T)
+                if "center" in host and "scale" in host:
+                    g = gs.denormalise_scene(g, gs.SceneTransform(host["center"][i].astype(np.float64),
+                                                                  float(host["scale"][i])))
+                g = _viewer_layout(g)
+                splat_io.write_ply(os.path.join(out_dir, f"{name}_{i}.ply"), g,
+                                   comments=[f"scene3d can3tok {name}", f"scene_index {sid}"])
+
+
+def _viewer_layout(g: gs.Gaussians) -> gs.Gaussians:
+    """float32, zero normals, f_rest zero-padded to SH degree 3: the layout 3DGS viewers expect."""
+    n = g.xyz.shape[0]
+    k = gs.num_rest_coeffs(3)
+    rest = np.zeros((n, k, 3), np.float32)
+    if g.f_rest is not None:
+        rest[:, :g.f_rest.shape[1]] = g.f_rest
+    g = g._replace(f_rest=rest, normals=np.zeros((n, 3), np.float32))
+    return gs.Gaussians(*(None if a is None else np.asarray(a, np.float32) for a in g))
