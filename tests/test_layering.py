@@ -18,7 +18,7 @@ ALLOWED = {
     "losses": {"core", "geometry", "nn", "render"},
     "metrics": {"core", "geometry", "render"},
     "data": {"core", "geometry", "render"},
-    "tasks": {"core", "geometry", "nn", "diffusion", "models", "losses", "metrics", "render"},
+    "tasks": {"core", "geometry", "nn", "diffusion", "models", "losses", "metrics", "render", "data"},
 }
 TOP_LEVEL = {"train", "sample", "evaluate", "export"}  # entry points may import anything
 
