@@ -5,8 +5,9 @@
 - 'xla': :func:`scene3d.kernels.reference.reference_attention` (einsum, fp32 softmax); runs everywhere.
 - 'cudnn': ``jax.nn.dot_product_attention(implementation='cudnn')``; GPU only, fp16/bf16.
 - 'pallas': our Pallas flash attention, registered by its module through :func:`register_impl`.
-- 'auto': 'xla' on CPU; on GPU 'cudnn' when the inputs suit it, else 'pallas' when registered, else 'xla';
-  on TPU 'pallas' when registered, else 'xla'.
+- 'pallas_triton' | 'pallas_mosaic_gpu' | 'pallas_mosaic_tpu': one Pallas backend, pinned.
+- 'auto': 'xla' on CPU; on GPU and TPU 'pallas' (Mosaic GPU on Hopper, Triton on other GPUs, Mosaic TPU) when
+  the inputs suit it (head_dim 64/128, key-padding masks only), else on GPU 'cudnn' when it can, else 'xla'.
 
 Every implementation has the signature ``fn(q, k, v, *, mask, kv_lengths, scale, return_lse)`` with the
 layout and semantics of :func:`attention`. Which implementation ran is logged once per (impl, shape, dtype).
@@ -29,7 +30,8 @@ AttentionFn = Callable[..., jax.Array]
 
 _IMPLS: dict[str, AttentionFn] = {}
 # Implementations provided by modules that register themselves when imported (imported lazily on first use).
-_LAZY_MODULES = {"pallas": "scene3d.kernels.flash_attention"}
+_LAZY_MODULES = {name: "scene3d.kernels.flash_attention"
+                 for name in ("pallas", "pallas_triton", "pallas_mosaic_gpu", "pallas_mosaic_tpu")}
 _LOGGED: set = set()
 IMPL_NAMES = ("auto", "xla", "cudnn", "pallas")
 
@@ -170,14 +172,19 @@ def _check(q, k, v, mask, kv_lengths):
                              f"{jnp.result_type(kv_lengths)}{tuple(np.shape(kv_lengths))}")
 
 
+def _pallas_supports(q, k, mask) -> bool:
+    if not _try_lazy("pallas"):
+        return False
+    from scene3d.kernels.flash import unsupported_reason
+    return unsupported_reason(q, k, k, mask) is None
+
+
 def _resolve_auto(q, k, mask) -> str:
     backend = jax.default_backend()
-    if backend == "gpu":
-        if _cudnn_supports(q, k, mask) is None:
-            return "cudnn"
-        return "pallas" if _try_lazy("pallas") else "xla"
-    if backend == "tpu":
-        return "pallas" if _try_lazy("pallas") else "xla"
+    if backend in ("gpu", "tpu") and _pallas_supports(q, k, mask):
+        return "pallas"
+    if backend == "gpu" and _cudnn_supports(q, k, mask) is None:
+        return "cudnn"
     return "xla"
 
 
