@@ -4,7 +4,8 @@ Official keys (LDM/taming layout, as in the VA-VAE checkpoints' ``state_dict``):
 ``encoder.down.{i}.block.{j}.{norm1,conv1,norm2,conv2,nin_shortcut}``, ``encoder.down.{i}.attn.{j}.{norm,q,k,v,
 proj_out}``, ``encoder.down.{i}.downsample.conv``, ``encoder.mid.{block_1,attn_1,block_2}``, ``encoder.norm_out``,
 ``encoder.conv_out``, ``quant_conv``, ``post_quant_conv`` and the mirrored ``decoder.*`` (``up.{i}.upsample.conv``).
-Our module tree uses the same names except ``resample`` (= downsample / upsample) and GroupNorm ``scale``.
+Our module tree uses the same names except ``resample`` (= downsample / upsample), GroupNorm ``scale`` and the
+attention blocks' ``mha`` (an ``nn.Attention`` with one head: q, k, v, out = proj_out).
 
 Layouts: torch Conv2d weights (O, I, kh, kw) <-> our channels-last kernels (kh, kw, I, O); the attention 1x1 convs
 (O, I, 1, 1) <-> our dense kernels (I, O). Training-only tensors of the released checkpoints (``loss.*`` - LPIPS and
@@ -69,11 +70,15 @@ def _flat(pure, prefix=()):
 
 def _official_key(path: tuple) -> str:
     parts = []
-    for p in path:
+    for i, p in enumerate(path):
+        if p == "mha":  # our nn.Attention inside AttnBlock: q, k, v, out -> q, k, v, proj_out
+            continue
         if p == "resample":
             p = "downsample" if path[0] == "encoder" else "upsample"
         elif p in ("kernel", "scale"):
             p = "weight"
+        elif p == "out" and path[i - 1] == "mha":
+            p = "proj_out"
         parts.append(str(p))
     return ".".join(parts)
 

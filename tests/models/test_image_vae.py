@@ -3,7 +3,6 @@ the f16c32 key set, latent normalisation, a tiny variant that trains, and PixelL
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 import torch.nn as tnn
@@ -11,9 +10,10 @@ import torch.nn.functional as F
 from flax import nnx
 
 from scene3d.models import convert_image_vae as cv
-from scene3d.models.image_vae import ImageVAE, PixelLatent, get_image_compressor
+from scene3d.models.image_vae import ImageVAE, get_image_compressor
 
 RTOL = ATOL = 1e-4
+LR = 0.02
 
 
 def randomized(abstract, seed=0):
@@ -282,23 +282,20 @@ def test_tiny_trains():
     model = randomized(nnx.eval_shape(lambda: ImageVAE("tiny", rngs=nnx.Rngs(0))))
     images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
     graphdef, params = nnx.split(model, nnx.Param)
-    tx = optax.adam(3e-3)
-    opt = tx.init(params)
 
-    def loss_fn(p):
-        recon, aux = nnx.merge(graphdef, p)(images)
+    def loss_fn(p, x):
+        recon, aux = nnx.merge(graphdef, p)(x)
         kl = 0.5 * jnp.mean(jnp.square(aux["mean"]) + jnp.exp(aux["logvar"]) - 1 - aux["logvar"])
-        return jnp.mean(jnp.square(recon - images)) + 1e-6 * kl
+        return jnp.mean(jnp.square(recon - x)) + 1e-6 * kl
 
     @jax.jit
-    def step(p, o):
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        u, o = tx.update(g, o, p)
-        return optax.apply_updates(p, u), o, loss
+    def step(p, x):  # plain SGD: the optimiser is not under test, its compile time would dominate
+        loss, g = jax.value_and_grad(loss_fn)(p, x)
+        return jax.tree.map(lambda a, b: a - LR * b, p, g), loss
 
     losses = []
     for _ in range(6):
-        params, opt, loss = step(params, opt)
+        params, loss = step(params, images)
         losses.append(float(loss))
     assert np.all(np.isfinite(losses))
     assert losses[-1] < 0.8 * losses[0], losses
