@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scene3d.core.sharding import param_init
 from scene3d.nn.adaln import AdaLNZero, modulate
 from scene3d.nn.attention import Attention, RopeFn
 from scene3d.nn.linear import constrain_tokens, dense
@@ -18,11 +19,15 @@ class Block(nnx.Module):
     """Pre-norm transformer block: x += attn(norm(x)); [x += cross(norm(x), context)]; x += mlp(norm(x)).
 
     mlp: 'gelu_tanh' | 'gelu' | 'silu' | 'relu' (Mlp) or 'swiglu'; norm: 'layer' | 'rms'.
+    mlp_dim: hidden width of the MLP (default ``int(dim * mlp_ratio)``). layer_scale: if set, each residual
+    branch is multiplied by a learned per-channel vector initialised to this value (CaiT/DINOv2 LayerScale,
+    parameters ``ls1``, ``ls2``).
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, mlp: str = "gelu_tanh",
                  norm: str = "layer", norm_eps: float = 1e-6, qk_norm: bool | str = False, qkv_bias: bool = True,
                  cross_attn: bool = False, context_dim: int | None = None, impl: str = "xla",
+                 mlp_dim: int | None = None, layer_scale: float | None = None,
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         akw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, impl=impl, norm_eps=norm_eps, rngs=rngs, **kw)
@@ -34,18 +39,26 @@ class Block(nnx.Module):
         else:
             self.norm_cross = self.cross = None
         self.norm2 = make_norm(norm, dim, eps=norm_eps, **kw)
-        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio), rngs=rngs, **kw)
+        self.mlp = make_mlp(mlp, dim, int(mlp_dim) if mlp_dim else int(dim * mlp_ratio), rngs=rngs, **kw)
+        if layer_scale is not None:
+            init = param_init(nnx.initializers.constant(layer_scale), ("norm",))
+            self.ls1 = nnx.Param(init(jax.random.key(0), (dim,), param_dtype))
+            self.ls2 = nnx.Param(init(jax.random.key(0), (dim,), param_dtype))
+        else:
+            self.ls1 = self.ls2 = None
 
     def __call__(self, x: jax.Array, context: jax.Array | None = None, *, rope: RopeFn | None = None,
                  mask=None, kv_lengths=None, context_mask=None, context_lengths=None) -> jax.Array:
         """x (B, L, dim); context (B, Lc, context_dim) for cross-attention; rope applies to self-attn q and k;
         mask/kv_lengths mask self-attention keys, context_mask/context_lengths the cross-attention keys."""
-        x = x + self.attn(self.norm1(x), q_rope=rope, mask=mask, kv_lengths=kv_lengths)
+        a = self.attn(self.norm1(x), q_rope=rope, mask=mask, kv_lengths=kv_lengths)
+        x = x + (a if self.ls1 is None else a * self.ls1[...].astype(a.dtype))
         if self.cross is not None:
             if context is None:
                 raise ValueError("Block: built with cross_attn=True, call it with context (B, Lc, context_dim)")
             x = x + self.cross(self.norm_cross(x), context, mask=context_mask, kv_lengths=context_lengths)
-        x = x + self.mlp(self.norm2(x))
+        m = self.mlp(self.norm2(x))
+        x = x + (m if self.ls2 is None else m * self.ls2[...].astype(m.dtype))
         return constrain_tokens(x, "act_embed")
 
 

@@ -1,0 +1,356 @@
+"""Frozen 2D representation encoders: DINOv2 (with and without registers) and SigLIP2 vision towers.
+
+One module, :class:`ViT`, reproduces the Hugging Face transformers (5.23) ``Dinov2Model``,
+``Dinov2WithRegistersModel`` and ``Siglip2VisionModel`` forward passes; weights come from their PyTorch
+state_dicts through :mod:`scene3d.models.convert_hf`. ``ViT(images) -> (patch_features (B, h, w, D), aux)``
+for images (B, H, W, 3) normalised as the HF processor would (:func:`preprocess`), any H, W multiple of the patch.
+
+Position embeddings are resized to the patch grid of the input as transformers does, with the same
+``torch.nn.functional.interpolate`` formulas (:func:`torch_interpolate`):
+
+- 'dinov2': bicubic (a = -0.75), align_corners=False, no antialias; skipped at the native grid.
+- 'dinov2_reg': bicubic with antialias=True (PIL-style separable filter, a = -0.5, renormalised weights).
+- 'siglip2': bilinear with antialias=True, always (identity at the native grid). Images are unpadded: NaFlex's
+  pixel_attention_mask is all ones and spatial_shapes is the patch grid of the batch.
+
+Frozen use: ``stop_gradient=True`` (default) stops gradients at the outputs (no backward pass through the tower);
+:func:`freeze` turns the parameters into non-``nnx.Param`` variables so the trainer keeps no optimiser state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scene3d import nn
+from scene3d.core.sharding import param_init
+
+FAMILIES = ("dinov2", "dinov2_reg", "siglip2")
+
+# Per-family normalisation of the HF image processors (BitImageProcessor for DINOv2: ImageNet statistics;
+# Siglip2ImageProcessor: 0.5 / 0.5, i.e. [-1, 1]).
+IMAGE_MEAN_STD: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "dinov2": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "dinov2_reg": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "siglip2": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+# pos_grid: side of the learned position-embedding grid; native resolution = pos_grid * patch.
+VARIANTS: dict[str, dict[str, Any]] = {
+    # facebook/dinov2-{small,base,large}: patch 14, image 518 (37 x 37 positions), 4x MLP, exact GELU.
+    "dinov2-S": dict(family="dinov2", dim=384, depth=12, num_heads=6, patch=14, pos_grid=37),
+    "dinov2-B": dict(family="dinov2", dim=768, depth=12, num_heads=12, patch=14, pos_grid=37),
+    "dinov2-L": dict(family="dinov2", dim=1024, depth=24, num_heads=16, patch=14, pos_grid=37),
+    # facebook/dinov2-with-registers-{small,base,large}: the same plus 4 register tokens.
+    "dinov2reg-S": dict(family="dinov2_reg", dim=384, depth=12, num_heads=6, patch=14, pos_grid=37,
+                        num_registers=4),
+    "dinov2reg-B": dict(family="dinov2_reg", dim=768, depth=12, num_heads=12, patch=14, pos_grid=37,
+                        num_registers=4),
+    "dinov2reg-L": dict(family="dinov2_reg", dim=1024, depth=24, num_heads=16, patch=14, pos_grid=37,
+                        num_registers=4),
+    # google/siglip2-*-patch16-naflex (and -256): 16 x 16 positions, tanh GELU, attention-pooling head.
+    "siglip2-B": dict(family="siglip2", dim=768, depth=12, num_heads=12, patch=16, pos_grid=16, mlp_dim=3072),
+    "siglip2-L": dict(family="siglip2", dim=1024, depth=24, num_heads=16, patch=16, pos_grid=16, mlp_dim=4096),
+    "siglip2-So400m": dict(family="siglip2", dim=1152, depth=27, num_heads=16, patch=16, pos_grid=16,
+                           mlp_dim=4304),
+    # Tiny towers for tests (random weights).
+    "tiny-dinov2": dict(family="dinov2", dim=64, depth=2, num_heads=4, patch=14, pos_grid=3),
+    "tiny-dinov2reg": dict(family="dinov2_reg", dim=64, depth=2, num_heads=4, patch=14, pos_grid=3,
+                           num_registers=4),
+    "tiny-siglip2": dict(family="siglip2", dim=64, depth=2, num_heads=4, patch=16, pos_grid=4, mlp_dim=128),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Sizes of a tower. mlp_dim defaults to 4 * dim; act to exact GELU (DINOv2) or tanh GELU (SigLIP2)."""
+    family: str
+    dim: int
+    depth: int
+    num_heads: int
+    patch: int
+    pos_grid: int
+    mlp_dim: int | None = None
+    num_registers: int = 0
+    use_head: bool | None = None  # SigLIP2 attention-pooling head (default True for siglip2)
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    act: str | None = None
+    layerscale_value: float = 1.0  # DINOv2 LayerScale init (checkpoints overwrite it)
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"ViTConfig.family: expected one of {FAMILIES}, got {self.family!r}")
+        if self.family != "dinov2_reg" and self.num_registers:
+            raise ValueError(f"ViTConfig.num_registers: only 'dinov2_reg' has registers, got {self.num_registers} "
+                             f"for family {self.family!r}")
+        if self.family == "dinov2_reg" and self.num_registers < 1:
+            raise ValueError("ViTConfig.num_registers: family 'dinov2_reg' needs num_registers >= 1")
+        if self.dim % self.num_heads:
+            raise ValueError(f"ViTConfig: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.use_head and self.family != "siglip2":
+            raise ValueError(f"ViTConfig.use_head: only 'siglip2' has a pooling head, not {self.family!r}")
+        object.__setattr__(self, "mlp_dim", int(self.mlp_dim or 4 * self.dim))
+        object.__setattr__(self, "use_head", bool(self.family == "siglip2" if self.use_head is None
+                                                  else self.use_head))
+        object.__setattr__(self, "act", self.act or ("gelu_tanh" if self.family == "siglip2" else "gelu"))
+
+    @property
+    def native_size(self) -> int:
+        return self.pos_grid * self.patch
+
+    @property
+    def num_prefix(self) -> int:
+        """Tokens before the patches: cls + registers for DINOv2, none for SigLIP2."""
+        return 0 if self.family == "siglip2" else 1 + self.num_registers
+
+
+def vit_config(variant: str | None = None, **overrides) -> ViTConfig:
+    """A :class:`ViTConfig` from a VARIANTS name and/or explicit fields (overrides win)."""
+    if variant is not None and variant not in VARIANTS:
+        raise ValueError(f"ViT: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    fields = dict(VARIANTS[variant]) if variant else {}
+    fields.update(overrides)
+    known = {f.name for f in dataclasses.fields(ViTConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"ViT: unknown config fields {unknown}; expected some of {sorted(known)}")
+    missing = sorted(f.name for f in dataclasses.fields(ViTConfig)
+                     if f.default is dataclasses.MISSING and f.name not in fields)
+    if missing:
+        raise ValueError(f"ViT: missing config fields {missing} (pass a variant or set them)")
+    return ViTConfig(**fields)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# torch.nn.functional.interpolate, align_corners=False, as explicit separable weight matrices
+
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def interpolate_weights(n_in: int, n_out: int, mode: str, antialias: bool = False) -> np.ndarray:
+    """(n_out, n_in) float64 matrix W with ``out = W @ in`` along one axis, as torch's interpolate computes it.
+
+    mode 'bicubic' without antialias: cubic convolution (a = -0.75) at source ``(i + 0.5) * n_in / n_out - 0.5``,
+    border-replicated taps. With antialias ('bilinear' | 'bicubic'): torch's PIL-style filter (triangle, or
+    cubic with a = -0.5) stretched by the downscale factor, truncated to the input and renormalised.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"interpolate_weights: sizes must be >= 1, got n_in={n_in}, n_out={n_out}")
+    scale = n_in / n_out
+    w = np.zeros((n_out, n_in))
+    if not antialias:
+        if mode != "bicubic":
+            raise ValueError(f"interpolate_weights: without antialias only mode='bicubic' is implemented, "
+                             f"got {mode!r}")
+        for i in range(n_out):
+            src = scale * (i + 0.5) - 0.5
+            fl = math.floor(src)
+            t = src - fl
+            for k in range(-1, 3):
+                w[i, min(max(fl + k, 0), n_in - 1)] += _cubic(np.float64(k - t), -0.75)
+        return w
+    if mode == "bilinear":
+        size, filt = 2, lambda x: np.maximum(0.0, 1.0 - np.abs(x))
+    elif mode == "bicubic":
+        size, filt = 4, lambda x: _cubic(x, -0.5)
+    else:
+        raise ValueError(f"interpolate_weights: mode must be 'bilinear' or 'bicubic', got {mode!r}")
+    support = size / 2 * scale if scale >= 1 else size / 2
+    invscale = 1 / scale if scale >= 1 else 1.0
+    for i in range(n_out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n_in)
+        taps = filt((np.arange(lo, hi) - center + 0.5) * invscale)
+        total = taps.sum()
+        w[i, lo:hi] = taps / total if total != 0 else taps
+    return w
+
+
+def torch_interpolate(x: jax.Array, size: tuple[int, int], mode: str = "bicubic",
+                      antialias: bool = False) -> jax.Array:
+    """Resize channels-last ``x`` (..., H, W, C) to ``size`` = (h, w) like ``F.interpolate(align_corners=False)``.
+
+    Computed in fp32 as two matrix products with :func:`interpolate_weights` (separable; equal to torch up to
+    fp32 rounding). Known torch CPU quirk not reproduced: antialias with an output width of 1 while the height
+    is upsampled.
+    """
+    if x.ndim < 3:
+        raise ValueError(f"torch_interpolate: x must be (..., H, W, C), got {x.shape}")
+    wh = jnp.asarray(interpolate_weights(x.shape[-3], int(size[0]), mode, antialias), jnp.float32)
+    ww = jnp.asarray(interpolate_weights(x.shape[-2], int(size[1]), mode, antialias), jnp.float32)
+    hp = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("oh,...hwc->...owc", wh, x.astype(jnp.float32), precision=hp)
+    return jnp.einsum("pw,...owc->...opc", ww, y, precision=hp)
+
+
+def resize_pos_embed(grid: jax.Array, size: tuple[int, int], family: str) -> jax.Array:
+    """Learned position grid (S, S, D) -> (h, w, D) the way transformers resizes it for ``family``."""
+    if family == "dinov2":
+        if tuple(size) == tuple(grid.shape[:2]):
+            return grid
+        return torch_interpolate(grid, size, "bicubic", antialias=False).astype(grid.dtype)
+    if family == "dinov2_reg":
+        return torch_interpolate(grid, size, "bicubic", antialias=True).astype(grid.dtype)
+    if family == "siglip2":
+        return torch_interpolate(grid, size, "bilinear", antialias=True).astype(grid.dtype)
+    raise ValueError(f"resize_pos_embed: family must be one of {FAMILIES}, got {family!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def preprocess(images, family: str) -> jax.Array:
+    """uint8 images in [0, 255], or float images in [-1, 1], (..., H, W, 3) -> normalised as the HF processor
+    of ``family`` does (rescale to [0, 1], then (x - mean) / std). No resizing or cropping."""
+    if family not in IMAGE_MEAN_STD:
+        raise ValueError(f"preprocess: family must be one of {FAMILIES}, got {family!r}")
+    x = jnp.asarray(images)
+    if x.shape[-1:] != (3,):
+        raise ValueError(f"preprocess: images must be (..., H, W, 3), got {x.shape}")
+    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else (x.astype(jnp.float32) + 1.0) * 0.5
+    mean, std = (jnp.asarray(v, jnp.float32) for v in IMAGE_MEAN_STD[family])
+    return (x - mean) / std
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Modules
+
+
+def _param(init, shape, names, param_dtype, rngs):
+    return nnx.Param(param_init(init, names)(rngs.params(), shape, param_dtype))
+
+
+class MAPHead(nnx.Module):
+    """SigLIP multi-head attention pooling: a learned probe attends to the tokens, then h + mlp(norm(h))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, act: str = "gelu_tanh", norm_eps: float = 1e-6,
+                 impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        self.probe = _param(nnx.initializers.normal(1.0), (1, dim), (None, "embed"), param_dtype, rngs)
+        self.attn = nn.Attention(dim, num_heads, kv_dim=dim, impl=impl, rngs=rngs, **kw)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps, **kw)
+        self.mlp = nn.Mlp(dim, mlp_dim, act=act, rngs=rngs, **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (B, L, dim) -> (B, dim)."""
+        q = jnp.broadcast_to(self.probe[...].astype(x.dtype)[None], (x.shape[0], 1, x.shape[-1]))
+        h = self.attn(q, x)
+        h = h + self.mlp(self.norm(h))
+        return h[:, 0]
+
+
+class ViT(nnx.Module):
+    """DINOv2 / DINOv2-with-registers / SigLIP2 vision tower.
+
+    ``ViT(variant, rngs=..., **overrides)`` with a VARIANTS name and/or :class:`ViTConfig` fields. Options:
+    impl (attention kernel), scan / remat (the layer Stack), stop_gradient (outputs carry no gradient: a frozen
+    tower), dtype / param_dtype.
+    """
+
+    def __init__(self, variant: str | None = None, *, rngs: nnx.Rngs, impl: str = "xla", scan: bool = True,
+                 remat: str = "none", stop_gradient: bool = True, dtype=jnp.float32, param_dtype=jnp.float32,
+                 **overrides):
+        cfg = vit_config(variant, **overrides)
+        self.config, self.family, self.stop_gradient, self.dtype = cfg, cfg.family, stop_gradient, dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype)
+        d = cfg.dim
+        self.patch_embed = nn.PatchEmbed(3, d, cfg.patch, rngs=rngs, **kw)
+        init = nnx.initializers.normal(0.02)
+        self.pos_embed = _param(init, (cfg.pos_grid, cfg.pos_grid, d), (None, None, "embed"), param_dtype, rngs)
+        if cfg.family == "siglip2":
+            self.cls_token = self.cls_pos = self.mask_token = self.registers = None
+        else:
+            self.cls_token = _param(init, (d,), ("embed",), param_dtype, rngs)
+            self.cls_pos = _param(init, (d,), ("embed",), param_dtype, rngs)
+            # HF's BEiT-style masked-modelling token: unused by the forward pass, kept for a lossless round trip.
+            self.mask_token = _param(nnx.initializers.zeros_init(), (d,), ("embed",), param_dtype, rngs)
+            self.registers = (_param(init, (cfg.num_registers, d), (None, "embed"), param_dtype, rngs)
+                              if cfg.num_registers else None)
+        layer_scale = None if cfg.family == "siglip2" else cfg.layerscale_value
+
+        def make_layer(r):
+            return nn.Block(d, cfg.num_heads, mlp=cfg.act, mlp_dim=cfg.mlp_dim, norm_eps=cfg.norm_eps,
+                            qkv_bias=cfg.qkv_bias, impl=impl, layer_scale=layer_scale, rngs=r, **kw)
+
+        self.blocks = nn.Stack(make_layer, cfg.depth, rngs=rngs, scan=scan, remat=remat)
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps, **kw)
+        self.head = (MAPHead(d, cfg.num_heads, cfg.mlp_dim, act=cfg.act, norm_eps=cfg.norm_eps, impl=impl,
+                             rngs=rngs, **kw) if cfg.use_head else None)
+
+    def preprocess(self, images) -> jax.Array:
+        """:func:`preprocess` with this tower's family."""
+        return preprocess(images, self.family)
+
+    def _check(self, images):
+        p = self.config.patch
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"ViT({self.family}): images must be (B, H, W, 3), got {images.shape}")
+        if images.shape[1] % p or images.shape[2] % p:
+            raise ValueError(f"ViT({self.family}): image size (H, W) = {images.shape[1:3]} must be a multiple of "
+                             f"the patch size {p}")
+
+    def __call__(self, images: jax.Array, *, return_hidden_states: bool = False):
+        """images (B, H, W, 3), normalised (:meth:`preprocess`) -> (patch_features (B, H/p, W/p, D), aux).
+
+        aux: 'cls' (B, D) and 'registers' (B, R, D) (DINOv2, after the final norm; None otherwise), 'pooled'
+        (B, D) (HF pooler_output: the cls token for DINOv2, the attention-pooling head for SigLIP2), and with
+        ``return_hidden_states`` 'hidden_states' (depth + 1, B, L, D): the embeddings and every layer's output
+        before the final norm (HF output_hidden_states).
+        """
+        self._check(images)
+        cfg = self.config
+        b, hh, ww = images.shape[0], images.shape[1] // cfg.patch, images.shape[2] // cfg.patch
+        x = self.patch_embed(images.astype(self.dtype))
+        pos = resize_pos_embed(self.pos_embed[...], (hh, ww), cfg.family).reshape(hh * ww, cfg.dim)
+        x = x + pos.astype(x.dtype)
+        if cfg.family != "siglip2":
+            cls = (self.cls_token[...] + self.cls_pos[...]).astype(x.dtype)
+            prefix = [jnp.broadcast_to(cls, (b, 1, cfg.dim))]
+            if self.registers is not None:
+                prefix.append(jnp.broadcast_to(self.registers[...].astype(x.dtype), (b, cfg.num_registers, cfg.dim)))
+            x = jnp.concatenate(prefix + [x], axis=1)
+        hidden = None
+        if return_hidden_states:
+            graphdef, state = nnx.split(self.blocks.layers)
+
+            def body(h, layer_state):
+                h = nnx.merge(graphdef, layer_state)(h)
+                return h, h
+
+            x0 = x
+            x, hs = jax.lax.scan(body, x, state)
+            hidden = jnp.concatenate([x0[None], hs], axis=0)
+        else:
+            x = self.blocks(x)
+        out = self.norm(x)
+        n = cfg.num_prefix
+        feats = out[:, n:].reshape(b, hh, ww, cfg.dim)
+        aux = {"cls": None, "registers": None, "pooled": None, "hidden_states": hidden}
+        if cfg.family != "siglip2":
+            aux["cls"] = aux["pooled"] = out[:, 0]
+            if cfg.num_registers:
+                aux["registers"] = out[:, 1:n]
+        elif self.head is not None:
+            aux["pooled"] = self.head(out)
+        if self.stop_gradient:
+            feats, aux = jax.lax.stop_gradient((feats, aux))
+        return feats, aux
+
+
+def freeze(module: nnx.Module) -> nnx.Module:
+    """``module`` with every ``nnx.Param`` turned into the trainer's non-trainable ``Frozen`` variable (values and
+    logical names kept): ``nnx.state(parent, nnx.Param)`` then excludes it and the optimiser keeps no state."""
+    from scene3d.tasks import stage1  # the one Frozen variable type the trainer knows (see scene3d.train)
+    return stage1.freeze(module)
