@@ -98,7 +98,8 @@ class LocalHFText:
             model = AutoModel.from_pretrained(self.path, local_files_only=True)
         except OSError as e:
             raise ValueError(f"LocalHFText: cannot load a tokenizer + model from {self.path!r}: {e}") from None
-        self.model = model.get_encoder() if hasattr(model, "get_encoder") else model
+        encdec = bool(getattr(model.config, "is_encoder_decoder", False))  # e.g. T5: keep its encoder
+        self.model = model.get_encoder() if encdec else model
         self.model.eval()
         self.dim = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model)
 

@@ -387,13 +387,17 @@ class LatentFlowTask:
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
+        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
+        return LatentDiffusion(*self.build_generator(rngs), tokenizer)
+
+    def build_generator(self, rngs: nnx.Rngs):
+        """(LatentDiT, condition encoder or None): the trainable part of the model."""
         mc = self.config.model
         kw = dict(dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")))
         variant = mc.get("variant", "S")
         if variant not in DIT_VARIANTS:
             raise ValueError(f"config.model.variant: unknown LatentDiT variant {variant!r} ({sorted(DIT_VARIANTS)})")
         width = int(mc.get("width") or DIT_VARIANTS[variant]["width"])
-        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
         cond = cond_encoders.make_cond_encoder(self.cond_spec(), width, rngs=rngs, **kw)
         t, e = self.latent_shape
         dit = LatentDiT(in_dim=e, num_tokens=t, variant=variant, width=width, depth=mc.get("depth"),
@@ -401,7 +405,7 @@ class LatentFlowTask:
                         pos=mc.get("pos", "learned"), qk_norm=mc.get("qk_norm", True),
                         attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
                         remat=mc.get("remat", "none"), rngs=rngs, **kw)
-        return LatentDiffusion(dit, cond, tokenizer)
+        return dit, cond
 
     def restore_pretrained(self, params):
         """Fill the frozen tokenizer of a fresh run's (sharded) state from ``tokenizer.workdir``."""

@@ -20,25 +20,11 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from scene3d.core.checkpoint import Checkpointer
-
-
-class Frozen(nnx.Variable):
-    """A parameter that the trainer does not optimise (e.g. a pretrained stage-1 tokenizer's weights)."""
-
-
-def _is_var(x) -> bool:
-    return isinstance(x, nnx.Variable)
-
-
-def freeze(module: nnx.Module) -> nnx.Module:
-    """``module`` with its ``nnx.Param`` variables turned into ``Frozen`` ones (values and metadata kept)."""
-    graphdef, state = nnx.split(module)
-    state = jax.tree.map(lambda v: Frozen(v.get_value(), **v.get_metadata()) if isinstance(v, nnx.Param) else v,
-                         state, is_leaf=_is_var)
-    return nnx.merge(graphdef, state)
+from scene3d.nn.frozen import Frozen, freeze  # noqa: F401  (re-exported: stage-2 tasks use them)
 
 
 def stage1_config(workdir: str) -> ml_collections.ConfigDict:
@@ -78,20 +64,66 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
 
 
 def _saved_tree(state_dir: str) -> dict:
-    meta = ocp.PyTreeCheckpointer().metadata(state_dir)
-    meta = getattr(meta, "item_metadata", meta)
+    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
     return dict(getattr(meta, "tree", meta))
+
+
+def _is_wrapped(saved) -> bool:
+    """A saved nnx Variable: {'value': array metadata} (orbax writes a Variable's value under 'value')."""
+    return isinstance(saved, dict) and set(saved) == {"value"} and not isinstance(saved["value"], dict)
+
+
+def _unwrap(saved):
+    """The saved tree with every Variable's {'value': x} replaced by x (the layout of ``nnx.to_pure_dict``)."""
+    if _is_wrapped(saved):
+        return saved["value"]
+    return {k: _unwrap(v) for k, v in saved.items()} if isinstance(saved, dict) else saved
+
+
+def _wrap_like(tree, saved):
+    """A pure nested dict laid out as on disk: each leaf wrapped as {'value': leaf} where ``saved`` wraps it."""
+    if isinstance(tree, dict):
+        return {k: _wrap_like(v, saved.get(str(k)) if isinstance(saved, dict) else None) for k, v in tree.items()}
+    return {"value": tree} if _is_wrapped(saved) else tree
+
+
+def _split_by_saved(target: dict, saved: dict) -> tuple[dict, dict]:
+    """Split a nested dict into (the part whose paths exist in ``saved`` (unwrapped; keys compared as str), the
+    rest)."""
+    inside, outside = {}, {}
+    for k, v in target.items():
+        sv = saved.get(str(k))
+        if isinstance(v, dict):
+            a, b = _split_by_saved(v, sv if isinstance(sv, dict) else {})
+            if a:
+                inside[k] = a
+            if b:
+                outside[k] = b
+        elif sv is not None and not isinstance(sv, dict):
+            inside[k] = v
+        else:
+            outside[k] = v
+    return inside, outside
+
+
+def _merge_nested(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge_nested(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def restore_variables(workdir: str, target, *, step: int | None = None, prefer_ema: bool = True
                       ) -> tuple[Any, dict]:
-    """Restore a run's model variables (``state['ema']`` when saved and ``prefer_ema``, else
-    ``state['params']``) into the structure, shapes and shardings of ``target`` (an nnx State of arrays or of
-    ``jax.ShapeDtypeStruct``; variable *types* may differ from the saved ones, e.g. ``Frozen`` for ``Param``).
-    Only that subtree is read. Returns (state, info) with info = {step, key, workdir}."""
+    """Restore a run's model variables into ``target`` (an nnx State of arrays or of ``jax.ShapeDtypeStruct``:
+    its structure, shapes and shardings; variable *types* may differ from the saved ones, e.g. ``Frozen`` for
+    ``Param``). Trainable variables come from ``state['ema']`` when saved and ``prefer_ema``, else
+    ``state['params']``; the run's non-trainable variables from ``state['frozen']``. Only those subtrees are
+    read (no optimiser state). Returns (state, info) with info = {step, key, workdir}."""
     step = checkpoint_step(workdir, step)
     state_dir = os.path.join(os.fspath(workdir), "checkpoints", str(step), "state")
-    saved = _saved_tree(state_dir)
+    on_disk = _saved_tree(state_dir)
+    saved = _unwrap(on_disk)
     key = "ema" if prefer_ema and "ema" in saved else "params"
     if key not in saved:
         raise ValueError(f"{state_dir}: checkpoint holds no 'params' (has {sorted(saved)})")
@@ -102,17 +134,31 @@ def restore_variables(workdir: str, target, *, step: int | None = None, prefer_e
             sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
-    target = jax.tree.map(abstract, target)
-    _check_shapes(saved[key], target, state_dir, key)
+    pure = jax.tree.map(abstract, nnx.to_pure_dict(target) if isinstance(target, nnx.State) else target)
+    trainable, rest = _split_by_saved(pure, dict(saved[key]))
+    frozen, missing = _split_by_saved(rest, dict(saved.get("frozen", {})))
+    if missing:
+        _check_shapes(saved[key], missing, state_dir, key)  # raises, naming the first missing variable
+    item = {key: trainable}
+    if frozen:
+        item["frozen"] = frozen
+    for k, part in item.items():
+        _check_shapes(saved[k], part, state_dir, k)
+    item = {k: _wrap_like(part, on_disk[k]) for k, part in item.items()}
     restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                                               dtype=x.dtype), target)
+                                                               dtype=x.dtype), item)
     try:
-        out = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-            item={key: target}, restore_args={key: restore_args}, partial_restore=True))
+        out = _unwrap(ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True)))
     except (ValueError, KeyError) as e:
         raise ValueError(f"{state_dir}: cannot restore state[{key!r}] into the model built from the config "
                          f"(architecture mismatch?): {e}") from None
-    return out[key], {"step": step, "key": key, "workdir": os.fspath(workdir)}
+    values = _merge_nested(out[key], out.get("frozen", {}))
+    if isinstance(target, nnx.State):
+        restored = jax.tree.map(lambda x: x, target)
+        nnx.replace_by_pure_dict(restored, values)
+        values = restored
+    return values, {"step": step, "key": key, "workdir": os.fspath(workdir)}
 
 
 def _check_shapes(saved, target, where, key):

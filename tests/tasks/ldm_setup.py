@@ -24,7 +24,7 @@ TINY = {
     "tokenizer.model.head_width": 32, "tokenizer.model.head_depth": 2,
     "model.width": 32, "model.depth": 1, "model.heads": 2,
     "cond.text.dim": 16, "cond.text.max_words": 8,
-    "global_batch_size": 8, "total_steps": 2, "ckpt_every": 2, "log_every": 1, "eval_every": 0,
+    "global_batch_size": 8, "total_steps": 2, "ckpt_every": 1, "log_every": 1, "eval_every": 0,
     "eval_batch_size": 8, "eval_batches": 1, "num_sample_images": 2, "render.size": 24,
     "flow.sample_steps": 2, "optim.warmup_steps": 1, "async_checkpoint": False, "ema_decay": 0.0,
 }

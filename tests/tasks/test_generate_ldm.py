@@ -134,21 +134,25 @@ def test_two_step_run_on_2x4_mesh(run):
         # the latent statistics and the suggested scale are logged from the first step
         assert l["train/latent_std"] > 0
         np.testing.assert_allclose(l["train/suggested_scale"], 1 / l["train/latent_std"], rtol=1e-5)
-    assert (workdir / "checkpoints" / "2").is_dir()
+    assert (workdir / "checkpoints" / "1").is_dir() and (workdir / "checkpoints" / "2").is_dir()
     assert json.loads((workdir / "config.json").read_text())["tokenizer"]["workdir"] is None
 
-    # The tokenizer is frozen: its variables equal a fresh init of the same seed (build_model builds it first, so
-    # it draws the same keys); the DiT moved (its zero-initialised final layer no longer is zero).
-    task = generate.GenerateTask(config)
-    tok_init = jax.jit(lambda: nnx.state(stage1.build_tokenizer(task.stage1, nnx.Rngs(config.seed))))()
-    tok_now = state["params"]["tokenizer"]
-    assert len(jax.tree.leaves(tok_now)) == len(jax.tree.leaves(tok_init)) > 20
-    for a, b in zip(jax.tree.leaves(jax.device_get(tok_now)), jax.tree.leaves(jax.device_get(tok_init))):
+    # The tokenizer is frozen: it is carried as non-trainable state (no gradient, no optimiser state), and the
+    # step-2 update (lr > 0) moved the DiT but left the tokenizer bit-identical.
+    assert set(state["params"]) == {"dit", "cond"} and set(state["frozen"]) == {"tokenizer"}
+    assert train_lines[1]["train/lr"] > 0
+    full = nnx.merge_state(state["params"], state["frozen"])
+    s1, s2 = (jax.device_get(stage1.restore_variables(str(workdir), full, step=k)[0]) for k in (1, 2))
+    assert len(jax.tree.leaves(s1["tokenizer"])) > 20
+    for a, b in zip(jax.tree.leaves(s1["tokenizer"]), jax.tree.leaves(s2["tokenizer"])):
         np.testing.assert_array_equal(a, b)
-    assert float(np.abs(np.asarray(state["params"]["dit"]["final"]["linear"]["kernel"])).max()) > 0
-    # no optimiser state is kept for the frozen tokenizer: Adam holds mu + nu for the trainable leaves only
-    trainable = [x for k in ("dit", "cond") for x in jax.tree.leaves(state["params"][k])]
-    n_train = sum(x.size for x in trainable)
+    for a, b in zip(jax.tree.leaves(s2["tokenizer"]), jax.tree.leaves(jax.device_get(state["frozen"]["tokenizer"]))):
+        np.testing.assert_array_equal(a, b)
+    # (adaLN-Zero: the first update reaches the zero-initialised final layer, which then is no longer zero)
+    final1, final2 = (np.asarray(s["dit"]["final"]["linear"]["kernel"]) for s in (s1, s2))
+    assert not final1.any() and final2.any()
+    # Adam holds mu + nu for the trainable leaves only
+    n_train = sum(x.size for x in jax.tree.leaves(state["params"]))
     n_opt = sum(x.size for x in jax.tree.leaves(state["opt_state"]))
     assert n_opt - 2 * n_train < 16, (n_opt, n_train)  # + a few scalar counters
     # the parameters are sharded over the 2 x 4 mesh
@@ -206,26 +210,80 @@ def test_missing_stage1_workdir_is_a_clear_error(tmp_path):
 
 
 def test_cfg_scale_one_is_conditional_and_guidance_matches_reference(tmp_path):
-    config = ldm_setup.tiny_config(tmp_path, cond="label", **{"flow.cfg_interval": (0.0, 1.0)})
+    config = ldm_setup.tiny_config(tmp_path, cond="label")
     task = generate.GenerateTask(config)
-    model = task.build_model(nnx.Rngs(0))
-    # Zero-initialised layers (adaLN, cross-attention outputs, final layer) would hide the condition: randomise.
-    graphdef, state = nnx.split(model)
-    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
-    state = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(next(keys), x.shape, x.dtype), state)
-    model = nnx.merge(graphdef, state)
     cond = {k: jnp.asarray(v) for k, v in task.cond_inputs(["red", "blue"]).items()}
     rng = jax.random.key(3)
-    noise = jax.random.normal(rng, (2,) + task.latent_shape)
-    t1 = jnp.ones((2,))
-    v_c = model.velocity(noise, t1, cond, jnp.zeros((2,), bool))
-    v_u = model.velocity(noise, t1, cond, jnp.ones((2,), bool))
+
+    @jax.jit
+    def run():
+        # sampling latents needs no tokenizer: the generator alone
+        graphdef, state = nnx.split(generate.LatentDiffusion(*task.build_generator(nnx.Rngs(0)), None))
+        # Zero-initialised layers (adaLN, cross-attention outputs, final layer) would hide the condition: randomise.
+        keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state))))
+        state = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(next(keys), x.shape, x.dtype), state)
+        model = nnx.merge(graphdef, state)
+        noise = jax.random.normal(rng, (2,) + task.latent_shape)
+        t1 = jnp.ones((2,))
+        v_c = model.velocity(noise, t1, cond, jnp.zeros((2,), bool))
+        v_u = model.velocity(noise, t1, cond, jnp.ones((2,), bool))
+        out = {}
+        for hi, scale in ((1.0, 1.0), (1.0, 3.0), (0.5, 3.0)):  # t = 1 inside / outside the guidance interval
+            task.config.flow.cfg_interval = (0.0, hi)
+            out[hi, scale] = task.sample_latents(model, rng, num=2, cond_inputs=cond, num_steps=1, method="euler",
+                                                 cfg_scale=scale)
+        return noise, v_c, v_u, out
+
+    noise, v_c, v_u, out = run()
     assert float(jnp.abs(v_c - v_u).max()) > 1e-3  # the condition matters
-    for scale in (1.0, 3.0):
-        got = task.sample_latents(model, rng, num=2, cond_inputs=cond, num_steps=1, method="euler", cfg_scale=scale)
-        ref = noise - (v_u + scale * (v_c - v_u))  # one Euler step from t = 1 to 0
-        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
-    # outside the guidance interval the conditional velocity is used whatever the scale
-    task.config.flow.cfg_interval = (0.0, 0.5)
-    got = task.sample_latents(model, rng, num=2, cond_inputs=cond, num_steps=1, method="euler", cfg_scale=3.0)
-    np.testing.assert_allclose(got, noise - v_c, rtol=1e-4, atol=1e-4)
+    for (hi, scale), got in out.items():
+        # one Euler step from t = 1 to 0 with the guided velocity inside the interval, the conditional outside
+        ref = noise - (v_u + scale * (v_c - v_u) if hi == 1.0 else v_c)
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=f"interval hi {hi}, scale {scale}")
+    np.testing.assert_allclose(out[1.0, 1.0], noise - v_c, rtol=1e-4, atol=1e-4)  # scale 1 = conditional only
+
+
+def test_local_hf_text_backbone_slot(tmp_path):
+    """'hf_local' loads a transformers encoder from a folder (a random tiny BERT here) and gives its last hidden
+    states, equal to running the PyTorch model directly."""
+    torch = pytest.importorskip("torch")
+    from transformers import BertConfig, BertModel, BertTokenizer
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "scene", "mostly"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=32)).eval()
+    bert.save_pretrained(tmp_path)
+    text = ce.make_text_backbone("hf_local", path=str(tmp_path), max_words=8)
+    tokens, mask = text(["a red scene", "mostly blue"])
+    assert tokens.shape == (2, 8, 16) and text.dim == 16
+    assert mask.sum(1).tolist() == [5, 4]  # [CLS] words [SEP]
+    ids = torch.tensor([[2, 5, 6, 8, 3, 0, 0, 0], [2, 9, 7, 3, 0, 0, 0, 0]])
+    with torch.no_grad():
+        ref = bert(input_ids=ids, attention_mask=torch.tensor(mask.astype(np.int64))).last_hidden_state.numpy()
+    np.testing.assert_allclose(tokens, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot load"):
+        ce.LocalHFText(str(tmp_path / "missing"))
+
+
+def test_image_condition_is_a_preview_render(tmp_path):
+    config = ldm_setup.tiny_config(tmp_path, cond="image")
+    task = generate.GenerateTask(config)
+    red, blue = (gs.pack(ldm_setup.scene(c, 0, n=100, share=1.0)).astype(np.float32)
+                 for c in ((0.9, 0.1, 0.1), (0.1, 0.2, 0.9)))
+    ex_red, ex_blue = (task.data_transforms("train")[0]({"gaussians": r, "scene_id": "x"}) for r in (red, blue))
+    assert set(ex_red) == {"gaussians", "label", "cond_image"}  # strings dropped: the batch is numeric
+    img_r, img_b = ex_red["cond_image"], ex_blue["cond_image"]
+    assert img_r.shape == (32, 32, 3) and img_r.dtype == np.float32 and 0 <= img_r.min() and img_r.max() <= 1
+    # covered pixels take the scene's colour on the white background
+    covered = img_r.min(-1) < 0.9
+    assert covered.mean() > 0.05
+    assert img_r[covered][:, 0].mean() > img_r[covered][:, 2].mean() + 0.3
+    assert img_b[img_b.min(-1) < 0.9][:, 2].mean() > img_b[img_b.min(-1) < 0.9][:, 0].mean() + 0.3
+    # user images: a path, resized to cond.image_size
+    from PIL import Image
+    Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(tmp_path / "view.png")
+    inp = task.cond_inputs([str(tmp_path / "view.png")])
+    assert inp["cond_image"].shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(inp["cond_image"], 200 / 255, atol=1e-6)
