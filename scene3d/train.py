@@ -66,16 +66,6 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
     return optax.chain(*parts), schedule
 
 
-def params_only(tx: optax.GradientTransformation, state) -> optax.GradientTransformation:
-    """``tx`` on the ``nnx.Param`` leaves; other variables (e.g. ``Frozen`` tokenizer weights) get zero updates
-    and no optimiser state."""
-    labels = jax.tree.map(lambda v: v.replace("param" if isinstance(v, nnx.Param) else "frozen"), state,
-                          is_leaf=lambda x: isinstance(x, nnx.Variable))
-    if all(l == "param" for l in jax.tree.leaves(labels)):
-        return tx
-    return optax.multi_transform({"param": tx, "frozen": optax.set_to_zero()}, labels)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Train state
 
@@ -101,11 +91,13 @@ def _replicated_like(tree, mesh):
 def create_state(config, task, mesh, rules):
     """Create params (already sharded), optimiser state, EMA, step and RNG. Returns (graphdef, state, shardings)."""
     seed = int(config.seed)
-    graphdef, params = sh.create_sharded_model(lambda: task.build_model(nnx.Rngs(seed)), mesh, rules)
+    graphdef, variables = sh.create_sharded_model(lambda: task.build_model(nnx.Rngs(seed)), mesh, rules)
     if hasattr(task, "restore_pretrained"):  # e.g. a frozen stage-1 tokenizer; a resume then overwrites all
-        params = task.restore_pretrained(params)
+        variables = task.restore_pretrained(variables)
+    # Only nnx.Param is trained; every other variable (Frozen pretrained weights, buffers) is carried as state
+    # with no gradient and no optimiser state.
+    params, frozen = variables.filter(nnx.Param), variables.filter(nnx.Not(nnx.Param))
     tx, schedule = make_optimizer(config)
-    tx = params_only(tx, params)
     pshard = jax.tree.map(lambda x: x.sharding, params)
     rep = sh.replicated(mesh)
     opt_shape = jax.eval_shape(tx.init, params)
@@ -121,10 +113,18 @@ def create_state(config, task, mesh, rules):
         "rng": jax.device_put(jax.random.key_data(jax.random.key(seed + 1)), rep),
     }
     shardings = {"params": pshard, "opt_state": oshard, "step": rep, "skipped": rep, "rng": rep}
+    if jax.tree.leaves(frozen):
+        state["frozen"] = frozen
+        shardings["frozen"] = jax.tree.map(lambda x: x.sharding, frozen)
     if config.get("ema_decay", 0.0):
         state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=pshard)(params)
         shardings["ema"] = pshard
     return graphdef, state, shardings, tx, schedule
+
+
+def merge_model(graphdef, params, state) -> nnx.Module:
+    """The model from trainable ``params`` plus the state's frozen variables (if any)."""
+    return nnx.merge(graphdef, params, state["frozen"]) if "frozen" in state else nnx.merge(graphdef, params)
 
 
 def make_train_step(config, task, graphdef, tx, schedule):
@@ -137,7 +137,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
         params = state["params"]
 
         def loss_fn(p):
-            model = nnx.merge(graphdef, p)
+            model = merge_model(graphdef, p, state)
             return task.loss(model, batch, rng, step=state["step"])
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -199,8 +199,7 @@ def abstract_like(state):
 
 def evaluate(config, s: Setup, state, writer, step: int, workdir: str | None = None):
     """Average the task's eval metrics over the eval split; write images of the first batch."""
-    params = state[s.eval_params_key]
-    model = nnx.merge(s.graphdef, params)
+    model = merge_model(s.graphdef, state[s.eval_params_key], state)
     it = data_iterator(config, s.task, "eval")
     n = int(config.get("eval_batches", 4))
     totals: dict[str, float] = {}
@@ -264,7 +263,10 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     s, state = setup(config, mesh)
     writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     logging.info("mesh: %s", sh.describe(s.mesh))
-    logging.info("parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
+    logging.info("trainable parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
+    if "frozen" in state:
+        logging.info("frozen variables (no gradient, no optimiser state): %s",
+                     f"{sum(x.size for x in jax.tree.leaves(state['frozen'])):,}")
 
     data_iter = data_iterator(config, task=s.task, split="train")
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.get("keep_ckpts", 3)),

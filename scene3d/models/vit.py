@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from scene3d import nn
+from scene3d.nn.frozen import freeze  # noqa: F401  (re-exported: vit.freeze(tower))
 from scene3d.core.sharding import param_init
 
 FAMILIES = ("dinov2", "dinov2_reg", "siglip2")
@@ -347,10 +348,3 @@ class ViT(nnx.Module):
         if self.stop_gradient:
             feats, aux = jax.lax.stop_gradient((feats, aux))
         return feats, aux
-
-
-def freeze(module: nnx.Module) -> nnx.Module:
-    """``module`` with every ``nnx.Param`` turned into the trainer's non-trainable ``Frozen`` variable (values and
-    logical names kept): ``nnx.state(parent, nnx.Param)`` then excludes it and the optimiser keeps no state."""
-    from scene3d.tasks import stage1  # the one Frozen variable type the trainer knows (see scene3d.train)
-    return stage1.freeze(module)
