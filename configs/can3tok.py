@@ -11,7 +11,17 @@ paper's beta), bf16 (bfloat16 compute, float32 parameters), runlocal (CPU-minute
 Recipe (issue 4): loss = mean squared error over all raw channels of all Gaussians + beta * KL (annealed
 linearly from 0 over ``loss.kl_anneal_steps``), Adam at 1e-4 with global-norm clipping; each example is a kNN
 region-grown crop of exactly N Gaussians, normalised into the unit ball and randomly rotated (positions,
-quaternions and SH) in training.
+quaternions and SH) in training, its rows sorted by voxel (raster voxel id on a 16^3 grid, then distance to the
+voxel centre) and laid out as the release's 18-channel rows [voxel centre, voxel id, 14 raw channels]
+(``input_offset=4``). The row-wise loss needs a canonical row order: without one the best answer is the mean
+Gaussian (a grey blob at the origin).
+
+runlocal differs (CPU minutes, 32 train / 8 held-out built-in scenes): N = 512, rows in balanced k-d tree order
+(``order='kdtree'``: row i keeps a fixed place in a median-split tree, so its position does not drift with voxel
+counts; measured better than voxel / Morton orders, see ``scene3d.data.gs_pipeline.canonical_order``) as plain
+14-channel rows, no rotation augmentation (the eval crops are unrotated; 32 scenes are too few to learn SO(3)),
+Adam 2e-3 with warm-up + cosine decay, and the posterior noise ramped in over the first 1000 steps
+(``loss.posterior_warmup_steps``; sampling from step 0 collapses the posterior at this scale).
 """
 from configs.common import base_config
 from scene3d.core.config import parse_arg
@@ -30,14 +40,16 @@ def get_config(arg=None):
     num_gaussians = 40_000  # the release's N (scenes with fewer Gaussians are padded by repetition)
     c.data = dict(name="builtin_gaussians", preset="full",
                   gaussians=dict(num_gaussians=num_gaussians, sh_degree=0, radius=1.0, crop_seed="random",
-                                 knn=16, min_opacity=0.0, rotate=True))
-    # Rows are the packed 14 raw channels (xyz, f_dc, opacity, log-scale, rot wxyz): no voxel prefix columns.
-    c.model = dict(name="can3tok", variant=arg.variant, input_offset=0, point_feats=11, gs_channels=14,
+                                 knn=16, min_opacity=0.0, rotate=True, order="voxel", voxel_grid=16,
+                                 rows="release18"))
+    # release18 rows: voxel centre (3), voxel id (1), then the 14 raw channels (xyz, f_dc, opacity, log-scale, rot
+    # wxyz), read from column input_offset=4 like the release; the 14 channels are the target.
+    c.model = dict(name="can3tok", variant=arg.variant, input_offset=4, point_feats=11, gs_channels=14,
                    num_gaussians=num_gaussians, head_layout="correct", attn_impl="auto", scan=True, remat="none",
                    dtype="bfloat16" if arg.bf16 else "float32", param_dtype="float32")
     # recon: 'mse' (mean over B x N x C), 'sse' (sum over N x C, mean over B) or 'l2_batch' (the public code's
     # ||pred - target||_F / B). kl: mean over the batch of KL(q(z|x) || N(0, I)) summed over latent_dim.
-    c.loss = dict(recon="mse", beta=BETA[arg.variant], kl_anneal_steps=10_000)
+    c.loss = dict(recon="mse", beta=BETA[arg.variant], kl_anneal_steps=10_000, posterior_warmup_steps=0)
     c.metrics = dict(failure_threshold=1000.0)
     # Evaluation figures: [input | reconstruction] renders of the first scenes of the first eval batch.
     c.render = dict(num_scenes=2, num_cameras=3, size=128, distance=2.4, elevation_deg=35.0, fov_deg=45.0)
@@ -57,18 +69,18 @@ def get_config(arg=None):
     c.eval_batch_size = 32
 
     if arg.runlocal:
-        n = 1024
+        n = 512
         c.data.update(preset="runlocal", num_scenes=40, num_eval=8)
-        c.data.gaussians.num_gaussians = n
-        c.model.update(variant="tiny", num_gaussians=n, attn_impl="xla")
-        c.loss.update(beta=BETA["tiny"], kl_anneal_steps=100)
+        c.data.gaussians.update(num_gaussians=n, order="kdtree", rows="raw", rotate=False)
+        c.model.update(variant="tiny", num_gaussians=n, attn_impl="xla", input_offset=0)
+        c.loss.update(beta=BETA["tiny"], kl_anneal_steps=100, posterior_warmup_steps=1000)
         c.global_batch_size = 16
-        c.total_steps = 500
+        c.total_steps = 1500
         c.optim.update(lr=2e-3, warmup_steps=20, schedule="cosine", end_lr_factor=0.1)
         c.mesh = dict(data=-1, fsdp=1, tensor=1)
-        c.log_every = 20
-        c.ckpt_every = 200
-        c.eval_every = 100
+        c.log_every = 50
+        c.ckpt_every = 500
+        c.eval_every = 250
         c.eval_batches = 1
         c.eval_batch_size = 8
     return c

@@ -13,10 +13,16 @@ are (their other fields are ignored); `PlySource` reads INRIA PLY / .splat files
      log scales shifted), so every example fills the same ball whatever the crop;
   4. augment (training only, `rotate=True`): a Haar-random rotation about the origin applied with
      `gaussians.rotate_gaussians` (positions, quaternions and SH bands);
-  5. pack to `num_channels(sh_degree)` channels (higher SH bands dropped, missing ones zero).
+  5. pack to `num_channels(sh_degree)` channels (higher SH bands dropped, missing ones zero);
+  6. order (`order`): put the rows in a canonical order that depends only on the final (normalised, rotated)
+     Gaussians, so that row i means roughly the same part of space in every example (a row-wise reconstruction
+     loss is otherwise best answered by the mean Gaussian; see `canonical_order`);
+  7. rows (`rows='release18'`): prefix each row with its voxel centre (3) and voxel id (1) on the `voxel_grid`^3
+     grid over [-radius, radius]^3, the official release's 18-channel layout (`release_rows`).
 
-Example: `gaussians` float32 (N, C), `center` float32 (3,) and `scale` float32 () of the normalisation
-(x_norm = R (x - center) * scale), `rotation` float32 (3, 3) R (identity without augmentation), `scene_id` str.
+Example: `gaussians` float32 (N, C) (C + 4 with `rows='release18'`), `center` float32 (3,) and `scale` float32 ()
+of the normalisation (x_norm = R (x - center) * scale), `rotation` float32 (3, 3) R (identity without
+augmentation), `scene_id` str.
 """
 from __future__ import annotations
 
@@ -33,6 +39,11 @@ from scene3d.data import gs_filter, splat_io
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import so3
 
+ORDERS = ("none", "voxel", "morton", "kdtree")
+ROWS = ("raw", "release18")
+RELEASE_PREFIX = 4  # release18 rows: voxel centre xyz, voxel id, then the packed channels
+MAX_VOXEL_GRID = 256  # voxel ids < 2^24 stay exact in float32 rows
+
 
 @dataclasses.dataclass(frozen=True)
 class GaussianConfig:
@@ -45,6 +56,9 @@ class GaussianConfig:
     knn: int = 16
     min_opacity: float = 0.0
     rotate: bool = True  # random SO(3) augmentation in training
+    order: str = "none"  # 'none' (crop growth order) | 'voxel' | 'morton' | 'kdtree': see canonical_order
+    voxel_grid: int = 16  # cells per axis over [-radius, radius]^3 for order 'voxel' / 'morton' and release18 rows
+    rows: str = "raw"  # 'raw' (the packed channels) | 'release18' (voxel centre, voxel id, then the channels)
 
     def __post_init__(self):
         if self.num_gaussians < 1:
@@ -54,6 +68,18 @@ class GaussianConfig:
             raise ValueError(f"GaussianConfig.crop_seed: expected 'center' or 'random', got {self.crop_seed!r}")
         if not 0 <= self.min_opacity < 1:
             raise ValueError(f"GaussianConfig.min_opacity: expected a value in [0, 1), got {self.min_opacity}")
+        if self.order not in ORDERS:
+            raise ValueError(f"GaussianConfig.order: expected one of {ORDERS}, got {self.order!r}")
+        if self.rows not in ROWS:
+            raise ValueError(f"GaussianConfig.rows: expected one of {ROWS}, got {self.rows!r}")
+        if not 1 <= self.voxel_grid <= MAX_VOXEL_GRID:
+            raise ValueError(f"GaussianConfig.voxel_grid: expected 1..{MAX_VOXEL_GRID} cells per axis, "
+                             f"got {self.voxel_grid}")
+
+    @property
+    def row_offset(self) -> int:
+        """Columns in front of the packed channels in each row (4 for 'release18', else 0)."""
+        return RELEASE_PREFIX if self.rows == "release18" else 0
 
     @classmethod
     def from_config(cls, cfg) -> "GaussianConfig":
@@ -104,8 +130,121 @@ def process_gaussians(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Gener
         R = so3.random_rotation(rng, 1)[0]
         g = gs.rotate_gaussians(g, R)
     g = set_sh_degree(g._replace(normals=None), cfg.sh_degree)
-    return {"gaussians": gs.pack(g).astype(np.float32), "center": tf.center.astype(np.float32),
+    rows = gs.pack(g).astype(np.float32)
+    rows = rows[canonical_order(rows, cfg.order, grid=cfg.voxel_grid, radius=cfg.radius)]
+    if cfg.rows == "release18":
+        rows = release_rows(rows, cfg.voxel_grid, cfg.radius)
+    return {"gaussians": rows, "center": tf.center.astype(np.float32),
             "scale": np.float32(tf.scale), "rotation": R.astype(np.float32)}
+
+
+# ------------------------------------------------------------------------------------------- canonical order
+
+
+def voxel_coords(xyz, grid: int, radius: float) -> np.ndarray:
+    """int64 (N, 3) cell (i, j, k) of each position on the grid^3 lattice over [-radius, radius]^3 (clamped)."""
+    size = 2.0 * radius / grid
+    ijk = np.floor((np.asarray(xyz, np.float64) + radius) / size)
+    return np.clip(ijk, 0, grid - 1).astype(np.int64)
+
+
+def voxel_ids(ijk, grid: int) -> np.ndarray:
+    """Raster voxel id (i * grid + j) * grid + k (x slowest, z fastest) of int cells (N, 3)."""
+    ijk = np.asarray(ijk, np.int64)
+    return (ijk[..., 0] * grid + ijk[..., 1]) * grid + ijk[..., 2]
+
+
+def voxel_centers(ijk, grid: int, radius: float) -> np.ndarray:
+    """Centres (N, 3) float64 of int cells (N, 3)."""
+    size = 2.0 * radius / grid
+    return (np.asarray(ijk, np.float64) + 0.5) * size - radius
+
+
+def _spread_bits(v):
+    """Insert two zero bits between the low 21 bits of each int (the 3D Morton interleave)."""
+    v = np.asarray(v, np.uint64) & np.uint64(0x1FFFFF)
+    for shift, mask in ((32, 0x1F00000000FFFF), (16, 0x1F0000FF0000FF), (8, 0x100F00F00F00F00F),
+                        (4, 0x10C30C30C30C30C3), (2, 0x1249249249249249)):
+        v = (v | (v << np.uint64(shift))) & np.uint64(mask)
+    return v
+
+
+def morton_codes(ijk) -> np.ndarray:
+    """Morton (Z-order) code of int cells (N, 3): bits interleaved as ... i1 j1 k1 i0 j0 k0 (int64)."""
+    ijk = np.asarray(ijk, np.int64)
+    code = (_spread_bits(ijk[..., 0]) << np.uint64(2)) | (_spread_bits(ijk[..., 1]) << np.uint64(1)) | \
+        _spread_bits(ijk[..., 2])
+    return code.astype(np.int64)
+
+
+def _content_order(rows) -> np.ndarray:
+    """Indices sorting rows lexicographically by their values (channel 0 first): the tie-break that makes an
+    order depend on the set of rows only (equal rows are interchangeable)."""
+    rows = np.asarray(rows)
+    return np.lexsort(rows.T[::-1])
+
+
+def kdtree_order(xyz, base=None) -> np.ndarray:
+    """Balanced k-d tree serialisation: split at the median along x (the lower floor(n / 2) first), each half
+    at its median along y, then z, x, ... until single points. Every row index then has a fixed place in the
+    tree (a fixed sequence of lower / upper half choices), whatever the scene. Ties follow ``base`` (a
+    permutation, default the identity). Returns int64 indices (N,)."""
+    xyz = np.asarray(xyz, np.float64)
+    n = xyz.shape[0]
+    perm = np.arange(n) if base is None else np.asarray(base, np.int64)
+    seg = np.zeros(n, np.int64)  # segment id of each position (non-decreasing along the positions)
+    ar = np.arange(n)
+    axis = 0
+    while n > 1:
+        o = np.lexsort((ar, xyz[perm, axis], seg))
+        perm, seg = perm[o], seg[o]
+        first = np.r_[True, seg[1:] != seg[:-1]]
+        starts = np.flatnonzero(first)
+        sizes = np.diff(np.r_[starts, n])
+        if sizes.max() <= 1:
+            break
+        sid = np.cumsum(first) - 1
+        rank = ar - starts[sid]
+        seg = 2 * sid + (rank >= sizes[sid] // 2)
+        axis = (axis + 1) % 3
+    return perm
+
+
+def canonical_order(rows, order: str, grid: int = 16, radius: float = 1.0) -> np.ndarray:
+    """int64 permutation putting packed rows (N, C) (xyz first) in a canonical order that depends only on the
+    set of rows (the same for any permutation of the input):
+
+      'none'    the identity (keep the crop's growth order);
+      'voxel'   by raster voxel id on the grid^3 lattice over [-radius, radius]^3, then distance to the voxel
+                centre, then row values;
+      'morton'  as 'voxel' with the voxels in Morton (Z-curve) order, so neighbouring rows stay close in space;
+      'kdtree'  balanced k-d tree order (`kdtree_order`), ties by row values: row i always sits in the same
+                cell of a median-split tree, so its expected position does not drift with how many Gaussians
+                other voxels hold (the most learnable order for a row-wise loss on CPU-scale experiments).
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or rows.shape[1] < 3:
+        raise ValueError(f"canonical_order: expected rows (N, C >= 3) with xyz first, got {rows.shape}")
+    if order not in ORDERS:
+        raise ValueError(f"canonical_order: order must be one of {ORDERS}, got {order!r}")
+    if order == "none":
+        return np.arange(rows.shape[0])
+    base = _content_order(rows)
+    if order == "kdtree":
+        return kdtree_order(rows[:, :3], base)
+    xyz = rows[:, :3].astype(np.float64)
+    ijk = voxel_coords(xyz, grid, radius)
+    key = voxel_ids(ijk, grid) if order == "voxel" else morton_codes(ijk)
+    dist = np.linalg.norm(xyz - voxel_centers(ijk, grid, radius), axis=-1)
+    return base[np.lexsort((dist[base], key[base]))]
+
+
+def release_rows(rows, grid: int, radius: float) -> np.ndarray:
+    """The official release's row layout: [voxel centre xyz, raster voxel id, packed channels] (N, 4 + C)."""
+    rows = np.asarray(rows)
+    ijk = voxel_coords(rows[:, :3], grid, radius)
+    prefix = np.concatenate([voxel_centers(ijk, grid, radius), voxel_ids(ijk, grid)[:, None]], axis=1)
+    return np.concatenate([prefix.astype(rows.dtype), rows], axis=1)
 
 
 def _scene_id(rec) -> str:

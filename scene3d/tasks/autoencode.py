@@ -1,14 +1,18 @@
 """Stage 1: train a scene tokenizer as an autoencoder. Today: the Can3Tok 3DGS VAE (``config.model.name='can3tok'``).
 
-An example's ``gaussians`` (N, C) are the packed raw channels of ``scene3d.geometry.gaussians`` (xyz, f_dc,
-opacity, log-scale, rot wxyz[, f_rest]) of a crop normalised into the unit ball (and randomly rotated in
-training) by the data pipeline. They are the model's input rows (``input_offset=0``) and its target.
+An example's ``gaussians`` rows are made by the data pipeline (``scene3d.data.gs_pipeline``): the packed raw
+channels of ``scene3d.geometry.gaussians`` (xyz, f_dc, opacity, log-scale, rot wxyz[, f_rest]) of a crop normalised
+into the unit ball (randomly rotated in training), in a canonical row order (``data.gaussians.order``), optionally
+prefixed by 4 voxel columns (``data.gaussians.rows='release18'``, the release's 18-channel rows, read with
+``model.input_offset=4``). The packed channels are the reconstruction target.
 
 loss = recon(pred, target) + beta(step) * KL, with recon one of ``scene3d.losses.RECON_LOSSES`` ('mse': the mean
 over all B x N x C raw values, every channel weighted 1), KL the batch mean of KL(q(z|x) || N(0, I)) summed over
-the latent, and beta(step) = beta * min(1, step / kl_anneal_steps). Evaluation decodes the posterior mean and
-reports the Can3Tok metrics (per-scene L2, the paper's batch figure, failure rate), MSE per channel group and KL;
-images are [input | reconstruction] splat renders; ``write_outputs`` writes decoded scenes as INRIA PLY files.
+the latent, and beta(step) = beta * min(1, step / kl_anneal_steps). The posterior is sampled with its noise scaled
+by min(1, step / loss.posterior_warmup_steps) (0: full noise from step 0, the release), so a warm-up first trains
+a plain autoencoder on the posterior mean. Evaluation decodes the posterior mean and reports the Can3Tok metrics
+(per-scene L2, the paper's batch figure, failure rate), MSE per channel group and KL; images are
+[input | reconstruction] splat renders; ``write_outputs`` writes decoded scenes as INRIA PLY files.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from scene3d import losses
-from scene3d.data import splat_io
+from scene3d.data import gs_pipeline, splat_io
 from scene3d.geometry import cameras as cam_lib
 from scene3d.geometry import gaussians as gs
 from scene3d.metrics import gaussians as gmetrics
@@ -99,9 +103,14 @@ class AutoencodeTask:
         sh_degree = int(gcfg.get("sh_degree", 0))
         self.channels = gs.num_channels(sh_degree)
         self.groups = {k: v for k, v in gs.channel_slices(sh_degree).items() if v.stop > v.start}
-        if arch["input_offset"] != 0:
-            raise ValueError(f"config.model.input_offset: the data rows are the packed raw channels (no prefix "
-                             f"columns); expected 0, got {arch['input_offset']}")
+        rows_kind = gcfg.get("rows", "raw")
+        if rows_kind not in gs_pipeline.ROWS:
+            raise ValueError(f"config.data.gaussians.rows: expected one of {gs_pipeline.ROWS}, got {rows_kind!r}")
+        self.offset = gs_pipeline.RELEASE_PREFIX if rows_kind == "release18" else 0
+        if arch["input_offset"] != self.offset:
+            raise ValueError(f"config.model.input_offset: the data rows (config.data.gaussians.rows={rows_kind!r}) "
+                             f"have {self.offset} prefix columns before the packed channels; expected "
+                             f"{self.offset}, got {arch['input_offset']}")
         if 3 + arch["point_feats"] != self.channels or arch["gs_channels"] != self.channels:
             raise ValueError(f"config.model: point_feats + 3 = {3 + arch['point_feats']} and gs_channels = "
                              f"{arch['gs_channels']} must both equal the {self.channels} raw channels of "
@@ -116,6 +125,9 @@ class AutoencodeTask:
         losses.reconstruction_loss(jnp.zeros((1, 1, 1)), jnp.zeros((1, 1, 1)), self.recon_kind)  # validates
         self.beta = float(lc.get("beta", 1e-5))
         self.kl_anneal_steps = int(lc.get("kl_anneal_steps", 0) or 0)
+        self.posterior_warmup_steps = int(lc.get("posterior_warmup_steps", 0) or 0)
+        if self.posterior_warmup_steps < 0:
+            raise ValueError(f"config.loss.posterior_warmup_steps: expected >= 0, got {self.posterior_warmup_steps}")
         self.failure_threshold = float((config.get("metrics") or {}).get("failure_threshold",
                                                                          gmetrics.DEFAULT_FAILURE_THRESHOLD))
         self._decode_mode = nnx.jit(lambda m, x: m(x, sample_posterior=False)[0])
@@ -138,12 +150,22 @@ class AutoencodeTask:
         if "gaussians" not in batch:
             raise ValueError(f"autoencode batch: expected a 'gaussians' field (B, N, C), got {sorted(batch)}")
         rows = batch["gaussians"]
-        want = (self.num_gaussians, self.channels)
+        want = (self.num_gaussians, self.offset + self.channels)
         if rows.ndim != 3 or tuple(rows.shape[1:]) != want:
             raise ValueError(f"autoencode batch['gaussians']: expected (B, {want[0]}, {want[1]}) (config.model."
-                             f"num_gaussians x the raw channels of config.data.gaussians.sh_degree), got "
-                             f"{tuple(rows.shape)}")
+                             f"num_gaussians x {self.offset} prefix columns + the raw channels of config.data."
+                             f"gaussians.sh_degree), got {tuple(rows.shape)}")
         return rows.astype(jnp.float32)
+
+    def target(self, rows):
+        """The packed raw channels of (B, N, offset + C) rows: the reconstruction target."""
+        return rows[..., self.offset:]
+
+    def posterior_noise_scale(self, step):
+        """min(1, step / posterior_warmup_steps) (1 without a warm-up or without a step)."""
+        if self.posterior_warmup_steps <= 0 or step is None:
+            return jnp.float32(1.0)
+        return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / float(self.posterior_warmup_steps))
 
     def _recon_metrics(self, pred, target) -> dict:
         out = {"mse": losses.mse(pred, target)}
@@ -153,23 +175,30 @@ class AutoencodeTask:
 
     def loss(self, model, batch, rng, step=None):
         rows = self._rows(batch)
-        pred, aux = model(rows, rng=rng, sample_posterior=True)
-        recon = losses.reconstruction_loss(pred, rows, self.recon_kind)
+        target = self.target(rows)
+        noise = self.posterior_noise_scale(step)
+        b, mc = rows.shape[0], model.config
+        k1, k2 = jax.random.split(rng)
+        eps_tokens = noise * jax.random.normal(k1, (b, mc["num_latents"], mc["embed_dim"]))
+        eps_latent = noise * jax.random.normal(k2, (b, mc["latent_dim"]))
+        pred, aux = model(rows, sample_posterior=True, eps_tokens=eps_tokens, eps_latent=eps_latent)
+        recon = losses.reconstruction_loss(pred, target, self.recon_kind)
         kl = losses.kl_loss(aux["mean"], aux["logvar"])
         beta = losses.kl_weight(step, self.beta, self.kl_anneal_steps)
         total = recon + beta * kl
-        metrics = {"recon": recon, "kl": kl, "kl_weight": beta, **self._recon_metrics(pred, rows)}
+        metrics = {"recon": recon, "kl": kl, "kl_weight": beta, "posterior_noise": noise,
+                   **self._recon_metrics(pred, target)}
         return total, metrics
 
     def evaluate(self, model, batch, rng):
         """Metrics of the posterior-mean reconstruction (deterministic) of one eval batch."""
         rows = self._rows(batch)
         pred, aux = model(rows, sample_posterior=False)
-        return {"kl": losses.kl_loss(aux["mean"], aux["logvar"]), **self._recon_metrics(pred, rows)}
+        return {"kl": losses.kl_loss(aux["mean"], aux["logvar"]), **self._recon_metrics(pred, self.target(rows))}
 
     # -- files and figures -------------------------------------------------------------------------------------
     def reconstruct(self, model, rows) -> np.ndarray:
-        """(B, N, C) rows -> (B, N, C) float32 numpy posterior-mean reconstructions."""
+        """(B, N, offset + C) rows -> (B, N, C) float32 numpy posterior-mean reconstructions."""
         return np.asarray(jax.device_get(self._decode_mode(model, rows)), np.float32)
 
     def images(self, model, batch, rng):
@@ -180,6 +209,7 @@ class AutoencodeTask:
             return {}
         rows = np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:k]
         rec = self.reconstruct(model, jnp.asarray(rows))
+        rows = self.target(rows)
         cams = orbit_cameras(int(rc.get("num_cameras", 3)), distance=float(rc.get("distance", 2.6)),
                              elevation_deg=float(rc.get("elevation_deg", 35.0)),
                              fov_deg=float(rc.get("fov_deg", 45.0)), size=int(rc.get("size", 128)))
@@ -197,6 +227,7 @@ class AutoencodeTask:
                                                                       "scene_index") if key in batch}
         rows = host["gaussians"][:k].astype(np.float32)
         rec = self.reconstruct(model, jnp.asarray(rows))
+        rows = self.target(rows)
         for i in range(k):
             sid = int(host["scene_index"][i]) if "scene_index" in host else -1
             for name, raw in (("recon", rec[i]), ("input", rows[i])):

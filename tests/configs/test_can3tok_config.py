@@ -26,13 +26,18 @@ def test_variants_and_recipe():
     assert rel.model.variant == "release" and paper.model.variant == "paper" and rl.model.variant == "tiny"
     for c in (rel, paper, rl):
         assert c.model.num_gaussians == c.data.gaussians.num_gaussians
-        assert c.model.input_offset == 0 and c.model.point_feats == 11 and c.model.gs_channels == 14
-        assert c.data.gaussians.rotate and c.loss.recon == "mse" and c.optim.clip_norm > 0
-        assert c.loss.kl_anneal_steps > 0
+        assert c.model.point_feats == 11 and c.model.gs_channels == 14
+        assert c.loss.recon == "mse" and c.optim.clip_norm > 0 and c.loss.kl_anneal_steps > 0
+        assert c.data.gaussians.order != "none"  # a row-wise loss needs a canonical row order
         AutoencodeTask(c)  # the task accepts every variant
+    for c in (rel, paper):  # the release's 18-channel voxel rows, SO(3) augmentation, posterior sampled from step 0
+        assert c.data.gaussians.rows == "release18" and c.model.input_offset == 4 and c.data.gaussians.rotate
+        assert c.data.gaussians.order == "voxel" and c.loss.posterior_warmup_steps == 0
+    assert rl.data.gaussians.rows == "raw" and rl.model.input_offset == 0 and rl.data.gaussians.order == "kdtree"
+    assert rl.loss.posterior_warmup_steps > 0
     assert rel.optim.lr == 1e-4 and rel.optim.schedule == "constant" and rel.optim.weight_decay == 0.0
     assert rel.data.gaussians.num_gaussians == 40_000 and rl.data.name == "builtin_gaussians"
-    assert rl.data.num_eval > 0 and rl.eval_every > 0 and rl.total_steps <= 1000
+    assert rl.data.num_eval > 0 and rl.eval_every > 0 and rl.total_steps <= 2000
     with pytest.raises(ValueError, match="variant must be one of"):
         load_config(f"{CONFIG}:variant=huge")
 

@@ -147,3 +147,104 @@ def test_ply_get_source(ply_dir):
     assert len(data_lib.get_source(dc, "train")) == 6 and len(data_lib.get_source(dc, "eval")) == 1
     (t,) = data_lib.get_transforms(dc, "eval")
     assert not t.training and t.cfg.num_gaussians == 32
+
+
+# ------------------------------------------------------------------------------------------- canonical order
+
+
+def _kd_reference(xyz, idx, depth=0):
+    """Plain recursive median split (x, y, z, x, ...), lower floor(n / 2) first; distinct coordinates only."""
+    if len(idx) <= 1:
+        return list(idx)
+    o = idx[np.argsort(xyz[idx, depth % 3])]
+    h = len(o) // 2
+    return _kd_reference(xyz, o[:h], depth + 1) + _kd_reference(xyz, o[h:], depth + 1)
+
+
+def _morton_reference(i, j, k, bits=8):
+    code = 0
+    for b in range(bits):
+        code |= ((i >> b) & 1) << (3 * b + 2) | ((j >> b) & 1) << (3 * b + 1) | ((k >> b) & 1) << (3 * b)
+    return code
+
+
+@pytest.mark.parametrize("order", ["voxel", "morton", "kdtree"])
+def test_canonical_order_is_a_permutation_invariant_to_input_order(order):
+    rng = np.random.default_rng(0)
+    rows = gs.pack(_random_scene(301, seed=4)).astype(np.float32)
+    rows[:, :3] = rng.uniform(-0.9, 0.9, (301, 3))
+    rows[50:60] = rows[0]  # exact duplicates (padding by repetition) must not break invariance
+    rows[100:110, :3] = rows[1, :3]  # equal positions, different other channels: ties broken by the row values
+    perm = G.canonical_order(rows, order, grid=4, radius=1.0)
+    assert perm.dtype == np.int64 and np.array_equal(np.sort(perm), np.arange(301))
+    ordered = rows[perm]
+    np.testing.assert_array_equal(rows[G.canonical_order(rows, order, grid=4)], ordered)  # deterministic
+    for seed in range(3):
+        shuffled = rows[np.random.default_rng(seed).permutation(301)]
+        np.testing.assert_array_equal(shuffled[G.canonical_order(shuffled, order, grid=4)], ordered)
+    np.testing.assert_array_equal(G.canonical_order(rows, "none"), np.arange(301))
+
+
+def test_voxel_and_morton_orders_sort_by_cell_then_centre_distance():
+    rng = np.random.default_rng(1)
+    rows = gs.pack(_random_scene(500, seed=5)).astype(np.float32)
+    rows[:, :3] = rng.uniform(-1, 1, (500, 3)) / 1.1
+    grid, size = 5, 2.0 / 5
+    for order in ("voxel", "morton"):
+        r = rows[G.canonical_order(rows, order, grid=grid, radius=1.0)]
+        ijk = np.floor((r[:, :3].astype(np.float64) + 1.0) / size).astype(int)
+        if order == "voxel":
+            key = np.ravel_multi_index(tuple(ijk.T), (grid,) * 3)  # raster, x slowest
+        else:
+            key = np.array([_morton_reference(*c) for c in ijk])
+        assert np.all(np.diff(key) >= 0)
+        d = np.linalg.norm(r[:, :3] - ((ijk + 0.5) * size - 1.0), axis=-1)
+        same = np.diff(key) == 0
+        assert np.all(np.diff(d)[same] >= -1e-12)
+    # Morton codes against the bit-by-bit definition on the whole 16^3 grid
+    ijk = np.stack(np.meshgrid(*[np.arange(16)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    np.testing.assert_array_equal(G.morton_codes(ijk), [_morton_reference(*c) for c in ijk])
+
+
+def test_kdtree_order_matches_recursive_median_splits():
+    rng = np.random.default_rng(2)
+    for n in (256, 300, 77):
+        xyz = rng.normal(size=(n, 3))
+        perm = G.kdtree_order(xyz)
+        np.testing.assert_array_equal(perm, _kd_reference(xyz, np.arange(n)))
+        if n == 256:  # balanced: the first 128 rows are the lower half in x, each quarter splits in y
+            x = xyz[perm]
+            assert x[:128, 0].max() < x[128:, 0].min()
+            for q in (0, 128):
+                assert x[q:q + 64, 1].max() < x[q + 64:q + 128, 1].min()
+
+
+def test_process_orders_rows_and_release18_prefix():
+    g = _random_scene(400, seed=7)
+    base = dict(num_gaussians=256, radius=1.0, voxel_grid=8)
+    plain = G.process_gaussians(g, G.GaussianConfig(**base), np.random.default_rng(0))["gaussians"]
+    for order in ("voxel", "morton", "kdtree"):
+        ex = G.process_gaussians(g, G.GaussianConfig(order=order, **base), np.random.default_rng(0))
+        rows = ex["gaussians"]
+        # the same Gaussians, reordered
+        np.testing.assert_array_equal(rows[np.lexsort(rows.T[::-1])], plain[np.lexsort(plain.T[::-1])])
+        assert not np.array_equal(rows, plain)
+    ex = G.process_gaussians(g, G.GaussianConfig(order="voxel", rows="release18", **base), np.random.default_rng(0))
+    r = ex["gaussians"]
+    assert r.shape == (256, 18) and r.dtype == np.float32
+    assert G.GaussianConfig(rows="release18").row_offset == 4 and G.GaussianConfig().row_offset == 0
+    xyz = r[:, 4:7].astype(np.float64)
+    np.testing.assert_array_equal(r[:, 4:], G.process_gaussians(g, G.GaussianConfig(order="voxel", **base),
+                                                                np.random.default_rng(0))["gaussians"])
+    size = 2.0 / 8
+    assert np.all(np.abs(xyz - r[:, :3]) <= size / 2 + 1e-6)  # each Gaussian lies in its voxel
+    np.testing.assert_allclose((r[:, :3] + 1.0) / size % 1.0, 0.5, atol=1e-5)  # ... whose centre is on the grid
+    ijk = np.round((r[:, :3].astype(np.float64) + 1.0) / size - 0.5).astype(int)
+    np.testing.assert_array_equal(r[:, 3], np.ravel_multi_index(tuple(ijk.T), (8, 8, 8)))
+    assert np.all(np.diff(r[:, 3]) >= 0)  # order 'voxel': rows sorted by voxel id
+    for bad, match in ((dict(order="hilbert"), "GaussianConfig.order"), (dict(rows="r19"), "GaussianConfig.rows"),
+                       (dict(voxel_grid=0), "GaussianConfig.voxel_grid")):
+        with pytest.raises(ValueError, match=match):
+            G.GaussianConfig(**bad)
+    with pytest.raises(ValueError, match="canonical_order: expected rows"):
+        G.canonical_order(np.zeros((4, 2)), "voxel")

@@ -129,24 +129,51 @@ def test_eval_metrics_and_ply_outputs_vs_numpy(smoke):
 
 
 def test_loss_vs_numpy(data_dir):
-    config = tiny_config(data_dir)
+    """Past the posterior warm-up the loss samples the posterior exactly as the model does from the same key; at
+    step 0 it decodes the posterior mean."""
+    config = tiny_config(data_dir, **{"loss.posterior_warmup_steps": 4})
     task = AutoencodeTask(config)
     model = task.build_model(nnx.Rngs(0))
     rows = np.random.default_rng(0).normal(size=(3, N, 14)).astype(np.float32)
     rng = jax.random.key(3)
-    loss, m = nnx.jit(lambda mo, b, r, s: task.loss(mo, b, r, step=s))(model, {"gaussians": jnp.asarray(rows)}, rng,
-                                                                        jnp.int32(1))
-    pred, aux = nnx.jit(lambda mo, x, r: mo(x, rng=r))(model, jnp.asarray(rows), rng)
-    pred, mean, logvar = (np.asarray(a, np.float64) for a in (pred, aux["mean"], aux["logvar"]))
-    mse = ((pred - rows) ** 2).mean()
-    kl = (0.5 * (mean ** 2 + np.exp(logvar) - 1 - logvar).sum(-1)).mean()
-    beta = config.loss.beta * min(1.0, 1 / config.loss.kl_anneal_steps)
-    np.testing.assert_allclose(float(loss), mse + beta * kl, rtol=1e-5)
-    np.testing.assert_allclose(float(m["kl"]), kl, rtol=1e-5)
-    np.testing.assert_allclose(float(m["l2_mean"]), np.sqrt(((pred - rows) ** 2).sum((1, 2))).mean(), rtol=1e-5)
-    np.testing.assert_allclose(float(m["mse_scale"]), ((pred - rows)[..., 7:10] ** 2).mean(), rtol=1e-5)
+    loss_fn = nnx.jit(lambda mo, b, r, s: task.loss(mo, b, r, step=s))
+    for step, sample in ((5, True), (0, False)):
+        loss, m = loss_fn(model, {"gaussians": jnp.asarray(rows)}, rng, jnp.int32(step))
+        pred, aux = nnx.jit(lambda mo, x, r: mo(x, rng=r, sample_posterior=sample))(model, jnp.asarray(rows), rng)
+        pred, mean, logvar = (np.asarray(a, np.float64) for a in (pred, aux["mean"], aux["logvar"]))
+        mse = ((pred - rows) ** 2).mean()
+        kl = (0.5 * (mean ** 2 + np.exp(logvar) - 1 - logvar).sum(-1)).mean()
+        beta = config.loss.beta * min(1.0, step / config.loss.kl_anneal_steps)
+        np.testing.assert_allclose(float(loss), mse + beta * kl, rtol=1e-5)
+        np.testing.assert_allclose(float(m["kl"]), kl, rtol=1e-5)
+        np.testing.assert_allclose(float(m["posterior_noise"]), min(1.0, step / 4))
+        np.testing.assert_allclose(float(m["l2_mean"]), np.sqrt(((pred - rows) ** 2).sum((1, 2))).mean(), rtol=1e-5)
+        np.testing.assert_allclose(float(m["mse_scale"]), ((pred - rows)[..., 7:10] ** 2).mean(), rtol=1e-5)
     with pytest.raises(ValueError, match=r"batch\['gaussians'\].*\(B, 48, 14\)"):
         task.loss(model, {"gaussians": jnp.zeros((2, N + 1, 14))}, rng, step=0)
+
+
+def test_release18_rows_target_the_raw_channels(data_dir):
+    """rows='release18' + input_offset=4: the 4 voxel columns are input only; loss, metrics and renders use the 14
+    raw channels behind them."""
+    config = tiny_config(data_dir, **{"data.gaussians.rows": "release18", "model.input_offset": 4,
+                                      "loss.posterior_warmup_steps": 0})
+    task = AutoencodeTask(config)
+    model = task.build_model(nnx.Rngs(0))
+    rng = np.random.default_rng(1)
+    raw = rng.normal(size=(2, N, 14)).astype(np.float32)
+    rows = np.concatenate([rng.normal(size=(2, N, 4)).astype(np.float32), raw], -1)
+    m = nnx.jit(lambda mo, b: task.evaluate(mo, b, None))(model, {"gaussians": jnp.asarray(rows)})
+    pred = np.asarray(nnx.jit(lambda mo, x: mo(x, sample_posterior=False)[0])(model, jnp.asarray(rows)), np.float64)
+    assert pred.shape == (2, N, 14)
+    np.testing.assert_allclose(float(m["mse"]), ((pred - raw) ** 2).mean(), rtol=1e-5)
+    np.testing.assert_allclose(task.reconstruct(model, jnp.asarray(rows)), pred, rtol=1e-6, atol=1e-6)
+    imgs = task.images(model, {"gaussians": jnp.asarray(rows)}, None)
+    assert imgs["recon_0"].shape == (36, 36, 3)
+    with pytest.raises(ValueError, match=r"\(B, 48, 18\) \(config.model.num_gaussians x 4 prefix columns"):
+        task.loss(model, {"gaussians": jnp.zeros((2, N, 14))}, jax.random.key(0), step=0)
+    with pytest.raises(ValueError, match="config.model.input_offset.*rows='release18'.*expected 4, got 0"):
+        AutoencodeTask(tiny_config(data_dir, **{"data.gaussians.rows": "release18"}))
 
 
 def test_config_errors(data_dir):
@@ -154,6 +181,8 @@ def test_config_errors(data_dir):
         AutoencodeTask(tiny_config(data_dir, **{"data.gaussians.num_gaussians": 64}))
     with pytest.raises(ValueError, match="config.model.input_offset"):
         AutoencodeTask(tiny_config(data_dir, **{"model.input_offset": 4}))
+    with pytest.raises(ValueError, match="config.loss.posterior_warmup_steps"):
+        AutoencodeTask(tiny_config(data_dir, **{"loss.posterior_warmup_steps": -1}))
     with pytest.raises(ValueError, match="config.loss.recon"):
         AutoencodeTask(tiny_config(data_dir, **{"loss.recon": "l1"}))
     c = tiny_config(data_dir)
