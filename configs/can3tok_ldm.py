@@ -20,6 +20,9 @@ see ``scene3d.tasks.generate.scene_colours``): 'label' = the dominant colour (11
 hashed bag-of-words features; 'hf_local' with path=... for a local transformers text encoder); 'image' = a preview
 render of the crop (--cond=view.png at sampling).
 """
+import ml_collections
+
+from configs import can3tok
 from configs.common import base_config
 from scene3d.core.config import parse_arg
 
@@ -29,15 +32,13 @@ def get_config(arg=None):
     c = base_config()
     c.task = "generate"
 
-    num_gaussians = 40_000
-    c.data = dict(name="builtin_gaussians", preset="full",
-                  gaussians=dict(num_gaussians=num_gaussians, sh_degree=0, radius=1.0, crop_seed="random",
-                                 knn=16, min_opacity=0.0, rotate=True))
+    # Data and the frozen stage-1 tokenizer come from the stage-1 config, so the two stages cannot drift apart
+    # (Gaussian count, row order / layout, model sizes).
+    stage1 = can3tok.get_config("variant=release" + (",runlocal" if arg.runlocal else "") + (",bf16" if arg.bf16 else ""))
+    c.data = ml_collections.ConfigDict(stage1.data.to_dict())
     # The frozen stage-1 tokenizer. workdir: a configs/can3tok.py run; model: used only without a workdir.
     c.tokenizer = dict(workdir=arg.tokenizer or None, step=None, use_ema=True, sample_posterior=False, scale=1.0,
-                       model=dict(name="can3tok", variant="release", input_offset=0, point_feats=11, gs_channels=14,
-                                  num_gaussians=num_gaussians, head_layout="correct", attn_impl="auto", scan=True,
-                                  remat="none", dtype="bfloat16" if arg.bf16 else "float32", param_dtype="float32"))
+                       model=stage1.model.to_dict())
     # The generator over the (T, E) latent tokens: a set with learned positions, condition by cross-attention.
     c.model = dict(name="latent_dit", variant=arg.variant, pos="learned", qk_norm=True, attn_impl="auto", scan=True,
                    remat="none", dtype="bfloat16" if arg.bf16 else "float32", param_dtype="float32")
@@ -56,10 +57,6 @@ def get_config(arg=None):
     c.eval_batch_size = 32
 
     if arg.runlocal:
-        n = 1024  # = configs/can3tok.py:runlocal
-        c.data.update(preset="runlocal", num_scenes=40, num_eval=8)
-        c.data.gaussians.num_gaussians = n
-        c.tokenizer.model.update(variant="tiny", num_gaussians=n, attn_impl="xla")
         c.model.update(variant="tiny", width=64, depth=2, heads=2, attn_impl="xla")
         c.cond.text.update(dim=32, max_words=12)
         c.flow.update(sample_steps=16, sampler="euler")
