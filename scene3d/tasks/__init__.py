@@ -7,6 +7,8 @@ from __future__ import annotations
 _TASKS = {
     "generate": ("scene3d.tasks.generate", "GenerateTask"),
     "autoencode": ("scene3d.tasks.autoencode", "AutoencodeTask"),
+    "rae3d": ("scene3d.tasks.rae3d", "RAE3DTask"),
+    "dit3d": ("scene3d.tasks.dit3d", "DiT3DTask"),
 }
 
 
