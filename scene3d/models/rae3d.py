@@ -37,7 +37,7 @@ from flax import nnx
 from scene3d import nn
 from scene3d.core.sharding import constrain
 from scene3d.geometry import rays as rays_lib
-from scene3d.kernels import attention as attention_kernel
+from scene3d.nn.attention import attention_kernel  # the kernels dispatcher (models reach kernels via nn)
 from scene3d.models import vit as vit_lib
 
 # Perceiver / decoder sizes. The tower is chosen separately (``encoder``: a vit.VARIANTS name) and so is K.
