@@ -9,6 +9,8 @@ _TASKS = {
     "autoencode": ("scene3d.tasks.autoencode", "AutoencodeTask"),
     "rae3d": ("scene3d.tasks.rae3d", "RAE3DTask"),
     "dit3d": ("scene3d.tasks.dit3d", "DiT3DTask"),
+    "scenetok": ("scene3d.tasks.scenetok", "SceneTokTask"),
+    "scenegen": ("scene3d.tasks.scenegen", "SceneGenTask"),
 }
 
 

@@ -1,0 +1,88 @@
+"""SceneTok (CVPR 2026) stage 1: Scene Perceiver compressor + rectified-flow decoder trained jointly on posed views.
+
+    python -m scene3d.train --config=configs/scenetok.py:runlocal --workdir=/tmp/stok_run
+    python -m scene3d.train --config=configs/scenetok.py:variant=re10k,vae=/ckpt/vavae-f16d32.pt --workdir=... \
+        --config.data.name=clips --config.data.source_dir=/data/re10k
+    python -m scene3d.train --config=configs/scenetok.py:variant=dl3dv,vae=... --workdir=... \
+        --config.data.name=clips --config.data.layout=dl3dv --config.data.source_dir=/data/dl3dv
+
+Args: variant=re10k|dl3dv|tiny (``scene3d.models.scenetok.VARIANTS``: 512 x 64 or 1024 x 64 tokens), latent=
+vavae|pixels|tiny_vae (image latents: VA-VAE f16c32, patchified pixels, or the tiny VAE trained from scratch
+alongside), vae=PATH (official VA-VAE weights, safetensors or .pt; without it a 'vavae' compressor is random:
+smoke tests only), bf16, runlocal (CPU-minutes: pixel latents on the built-in scenes at 32 px, 2 context and 2
+target views, a tiny model, a few hundred steps).
+
+The release's decoder renders VideoDC video latents (4 cameras per latent); here context and target views share
+one image compressor, so the decoder takes one camera per latent (``temporal_downsample=1``) and the task sets both
+networks' ``in_channels`` / ``input_size`` from the compressor. Recipe: velocity loss with logit-normal times (one
+per chunk of target views), null scene tokens with probability 0.1 (CFG), KL weight as released (1e-10 for re10k,
+0 for dl3dv), AdamW 1e-4 with warmup, EMA; Euler sampling with 25 steps.
+"""
+from configs.common import base_config
+from scene3d.core.config import parse_arg
+
+KL = {"re10k": 1e-10, "dl3dv": 0.0, "tiny": 1e-4}
+LATENTS = ("vavae", "pixels", "tiny_vae")
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, variant="re10k", latent="vavae", vae="", runlocal=False, bf16=False)
+    if arg.variant not in KL:
+        raise ValueError(f"configs/scenetok.py: variant must be one of {sorted(KL)}, got {arg.variant!r}")
+    latent = "pixels" if arg.runlocal and arg.latent == "vavae" and not arg.vae else arg.latent
+    if latent not in LATENTS:
+        raise ValueError(f"configs/scenetok.py: latent must be one of {LATENTS}, got {latent!r}")
+    c = base_config()
+    c.task = "scenetok"
+
+    c.data = dict(name="builtin", preset="full",
+                  views=dict(num_context=2, num_target=4, strategy="nearby", window=(4, 32), resolution=(256, 256),
+                             relative_poses=True, scale_mode="max_camera_distance", with_depth=False))
+    c.image_compressor = {
+        "vavae": dict(kind="vavae", variant="f16c32", weights=arg.vae or None, train=False),
+        "pixels": dict(kind="pixels", patch=16, scale=1.0),
+        "tiny_vae": dict(kind="vavae", variant="tiny", train=True),
+    }[latent]
+    # compressor / decoder: SceneTok keys overriding the variant (in_channels / input_size come from the latents).
+    c.model = dict(name="scenetok", variant=arg.variant, compressor={}, decoder={}, attn_impl="auto", scan=True,
+                   remat="none", dtype="bfloat16" if arg.bf16 else "float32", param_dtype="float32")
+    c.flow = dict(time_sampler="logit_normal", num_chunks=1, null_prob=0.1, sample_steps=25, sample_shift=1.0,
+                  sampler="euler", cfg_scale=1.0, cfg_interval=None)
+    # kl_weight None = the variant's; vae_*: the loss of a trainable VA-VAE (latent=tiny_vae).
+    c.loss = dict(kl_weight=KL[arg.variant], vae_recon_weight=1.0, vae_kl_weight=1e-6)
+    # Figures: [context | target | rendered] rows; orbit GIFs around the point focus_depth in front of context 0.
+    c.render = dict(num_scenes=2, orbit=dict(num_frames=24, focus_depth=1.0, elevation_deg=0.0, arc_deg=360.0,
+                                             fps=8.0))
+
+    c.global_batch_size = 64
+    c.total_steps = 300_000
+    c.optim.update(lr=1e-4, warmup_steps=5000, schedule="cosine", end_lr_factor=0.1, weight_decay=0.0, b2=0.99,
+                   clip_norm=1.0)
+    c.ema_decay = 0.9999
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    c.eval_batch_size = 32
+    c.eval_batches = 4
+
+    if arg.runlocal:
+        c.data.update(preset="runlocal", num_scenes=40, num_eval=8)
+        c.data.views.update(num_context=2, num_target=2, window=(3, 10), resolution=(32, 32))
+        if latent == "pixels":
+            c.image_compressor.update(patch=4, scale=2.0)  # pixel std ~0.5 -> about unit variance, like the noise
+        c.model.update(variant="tiny", attn_impl="xla",
+                       compressor=dict(width=64, heads=4, depth=2, patch=2, num_tokens=32, token_dim=8, ray_patch=4),
+                       decoder=dict(width=64, heads=4, depth=3, patch=1, ray_patch=4, freq_dim=64))
+        # Shifted times (more training near t = 1, where only the tokens inform the decoder), 20 Euler steps.
+        c.flow.update(time_sampler="logit_normal,shift=3.0", sample_shift=3.0, sample_steps=20)
+        c.loss.update(kl_weight=1e-6)  # 1e-4 collapses the tiny model's tokens within a few hundred steps
+        c.render.orbit.update(num_frames=12, fps=6.0)
+        c.global_batch_size = 8
+        c.total_steps = 600
+        c.optim.update(lr=1e-3, warmup_steps=20, schedule="cosine", end_lr_factor=0.1)
+        c.ema_decay = 0.0
+        c.mesh = dict(data=-1, fsdp=1, tensor=1)
+        c.log_every = 20
+        c.ckpt_every = 200
+        c.eval_every = 150
+        c.eval_batches = 1
+        c.eval_batch_size = 8
+    return c

@@ -1,0 +1,285 @@
+"""SceneGen stage 2: flow matching over a frozen SceneTok's scene tokens, conditioned on views and camera anchors.
+
+The stage-1 model (``scene3d.tasks.scenetok.SceneTokModel``: image compressor + SceneTok) lives inside the stage-2
+model as ``Frozen`` variables (``scene3d.tasks.stage1``). ``restore_pretrained`` fills it from
+``tokenizer.workdir`` (a configs/scenetok.py run: its config.json gives the architecture, its checkpoint the
+weights, EMA if kept); without a workdir it is built from ``tokenizer.image_compressor`` / ``tokenizer.model`` and
+randomly initialised (smoke tests only).
+
+Per example (the multi-view examples of scene3d.tasks.scenetok, poses in context view 0's frame):
+  x0      = token_scale x the stage-1 tokens of the Vc context views (posterior mean, or a sample with
+            ``tokenizer.sample_tokens``) (K, d);
+  cond    = the context views' image latents and cameras, each view kept with probability 1 - ``cond.p_view``
+            (view 0 always), all dropped with probability ``cond.p_uncond`` (the null scene condition, for CFG);
+  anchors = the context cameras (the extent of the scene the tokens describe), as Pluecker maps.
+loss = velocity loss of SceneGen at x_t = (1 - t) x0 + t eps, t from ``flow.time_sampler`` (logit-normal with
+a time shift). Sampling integrates t = 1 -> 0 (``flow.sampler``, ``flow.sample_steps``, shift
+``flow.sample_shift``) with classifier-free guidance ``flow.cfg_scale`` over the scene condition (anchors kept);
+the generated tokens decode with the stage-1 renderer along any cameras without another generative pass.
+
+Evaluation: the velocity loss at fixed times, and tokens generated from the first ``sample.num_cond_views``
+context views rendered at the target cameras: PSNR / SSIM vs the ground truth (``gen_psnr``), vs the renders of
+the stage-1 tokens (``stage1_psnr`` is stage 1's own PSNR, the ceiling), and the token error. ``images``: rows
+[conditioning views | target | rendered from generated tokens | rendered from stage-1 tokens];
+``write_outputs``: an orbit GIF of each generated scene.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from scene3d.diffusion import paths, timesteps
+from scene3d.metrics import image as image_metrics
+from scene3d.models import scenegen, scenetok
+from scene3d.tasks import stage1
+from scene3d.tasks import scenetok as stok
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_MODEL_KEYS = frozenset({"name", "variant", "hidden", "depth", "heads", "mlp_ratio", "latent_patch", "camera_patch",
+                         "freq_dim", "token_scale", "camera_dtype", "camera_dropout", "attn_impl", "scan", "remat",
+                         "dtype", "param_dtype"})
+
+
+def _dtype(name: str, field: str):
+    if name not in _DTYPES:
+        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
+    return _DTYPES[name]
+
+
+class SceneGenModel(nnx.Module):
+    """The stage-2 model: ``generator`` (SceneGen, trained) and ``tokenizer`` (the frozen SceneTokModel)."""
+
+    def __init__(self, generator: scenegen.SceneGen, tokenizer: stok.SceneTokModel):
+        self.generator, self.tokenizer = generator, tokenizer
+
+
+class SceneGenTask:
+    """SceneGen training on a frozen SceneTok (module docstring). Config fields: tokenizer, model, cond, flow,
+    sample, render, data.views."""
+
+    def __init__(self, config):
+        self.config = config
+        tc = config.tokenizer
+        self.workdir = tc.get("workdir") or None
+        if self.workdir:
+            self.stage1 = stage1.stage1_config(self.workdir)
+            if self.stage1.task != "scenetok":
+                raise ValueError(f"config.tokenizer.workdir={self.workdir!r}: a {self.stage1.task!r} run, expected a "
+                                 "'scenetok' run (configs/scenetok.py)")
+        else:
+            if tc.get("model") is None:
+                raise ValueError("config.tokenizer: set workdir (a scenetok run) or model + image_compressor (random "
+                                 "init, for smoke tests)")
+            self.stage1 = ml_collections.ConfigDict({
+                "task": "scenetok", "model": tc.model.to_dict(), "data": config.data.to_dict(),
+                "image_compressor": (tc.get("image_compressor") or ml_collections.ConfigDict()).to_dict(),
+                "flow": config.flow.to_dict()})
+        # The stage-1 task renders generated tokens: its flow settings, with ``decode`` overrides, and ``render``.
+        s1 = self.stage1.to_dict()
+        s1["flow"] = dict(s1.get("flow") or {}, **{k: v for k, v in (config.get("decode") or {}).items()
+                                                   if v is not None})
+        s1["render"] = (config.get("render") or ml_collections.ConfigDict()).to_dict()
+        self.tok_task = stok.SceneTokTask(ml_collections.ConfigDict(s1))
+        views = dict(config.data.get("views") or {})
+        res = tuple(int(v) for v in views.get("resolution") or ())
+        if res != self.tok_task.resolution:
+            raise ValueError(f"config.data.views.resolution={res or None} must equal the stage-1 run's "
+                             f"{self.tok_task.resolution} (the tokenizer's latents are tied to it)")
+        self.num_context = int(views.get("num_context", 2))
+        self.num_target = int(views.get("num_target", 1))
+        self.info = stok.latent_info(self.tok_task)
+        mc = config.model
+        unknown = set(mc.keys()) - _MODEL_KEYS
+        if unknown:
+            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)}")
+        if mc.get("variant", "tiny") not in scenegen.VARIANTS:
+            raise ValueError(f"config.model.variant: unknown SceneGen variant {mc.variant!r} "
+                             f"(known: {sorted(scenegen.VARIANTS)})")
+        lp = int(mc.get("latent_patch", 1))
+        gh, gw = self.info["latent_grid"]
+        if gh % lp or gw % lp:
+            raise ValueError(f"config.model.latent_patch={lp} must divide the stage-1 latent grid {(gh, gw)}")
+        cp = int(mc.get("camera_patch", 2))
+        # The camera patch grid must equal the latent token grid: Pluecker maps of (grid x camera_patch) pixels.
+        self.camera_size = (gh // lp * cp, gw // lp * cp)
+        fc = config.flow
+        self.time_sampler = timesteps.TimeSampler.from_spec(fc.get("time_sampler", "logit_normal,shift=4.0"))
+        cc = config.get("cond") or {}
+        self.p_view, self.p_uncond = float(cc.get("p_view", 0.5)), float(cc.get("p_uncond", 0.1))
+        sc = config.get("sample") or {}
+        self.num_cond_views = int(sc.get("num_cond_views", 1))
+        if not 1 <= self.num_cond_views <= self.num_context:
+            raise ValueError(f"config.sample.num_cond_views={self.num_cond_views} must be in 1..data.views."
+                             f"num_context={self.num_context}")
+        self.sample_tokens = bool(tc.get("sample_tokens", False))
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def build_generator(self, rngs: nnx.Rngs) -> scenegen.SceneGen:
+        mc = self.config.model
+        kw = {k: mc[k] for k in ("hidden", "depth", "heads", "freq_dim") if mc.get(k) is not None}
+        return scenegen.SceneGen(
+            mc.get("variant", "tiny"), num_tokens=self.info["num_tokens"], token_dim=self.info["token_dim"],
+            latent_channels=self.info["latent_channels"], latent_patch=int(mc.get("latent_patch", 1)),
+            camera_size=self.camera_size, camera_patch=int(mc.get("camera_patch", 2)),
+            mlp_ratio=float(mc.get("mlp_ratio", 4.0)), token_scale=float(mc.get("token_scale", 1.0)),
+            shift=float(self.config.flow.get("sample_shift", 4.0)), camera_dtype=mc.get("camera_dtype", "float32"),
+            camera_dropout=float(mc.get("camera_dropout", 0.1)), max_cond_views=self.num_context,
+            attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True), remat=mc.get("remat", "none"),
+            dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+            param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"), rngs=rngs, **kw)
+
+    def build_model(self, rngs: nnx.Rngs) -> SceneGenModel:
+        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
+        return SceneGenModel(self.build_generator(rngs), tokenizer)
+
+    def restore_pretrained(self, params):
+        """Fill the frozen stage-1 model of a fresh run's (sharded) state from ``tokenizer.workdir``."""
+        if not self.workdir:
+            logging.warning("config.tokenizer.workdir unset: the stage-1 SceneTok is RANDOMLY initialised")
+            return params
+        tc = self.config.tokenizer
+        restored, info = stage1.restore_variables(self.workdir, params["tokenizer"], step=tc.get("step"),
+                                                  prefer_ema=bool(tc.get("use_ema", True)))
+        params["tokenizer"] = restored
+        logging.info("stage-1 SceneTok: state[%r] of step %d from %s", info["key"], info["step"], info["workdir"])
+        return params
+
+    def data_transforms(self, split: str):
+        return [stok.flatten_views]
+
+    # -- pieces ------------------------------------------------------------------------------------------------
+    def prepare(self, model: SceneGenModel, batch: dict, rng=None) -> dict:
+        """Stage-1 tokens (x0 = token_scale x tokens), the context latents and the poses (context 0's frame)."""
+        stok.check_views(batch, "scenegen batch")
+        ctx_c2w, tgt_c2w = scenetok.relative_to_reference(jnp.asarray(batch["context_c2w"], jnp.float32),
+                                                          jnp.asarray(batch["target_c2w"], jnp.float32))
+        tok = model.tokenizer
+        lat = jax.lax.stop_gradient(tok.latents(batch["context_images"]))
+        sample = self.sample_tokens and rng is not None
+        tokens, _ = tok.scenetok.encode(lat, ctx_c2w, batch["context_intrinsics"], rng=rng, sample=sample)
+        tokens = jax.lax.stop_gradient(tokens)
+        return dict(tokens=tokens, x0=model.generator.scale_tokens(tokens), cond_latents=lat, context_c2w=ctx_c2w,
+                    context_intrinsics=jnp.asarray(batch["context_intrinsics"], jnp.float32), target_c2w=tgt_c2w,
+                    target_intrinsics=jnp.asarray(batch["target_intrinsics"], jnp.float32))
+
+    def velocity(self, model: SceneGenModel, inputs: dict, x_t, t, cond_mask, rng=None):
+        return model.generator(x_t, t, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"],
+                               inputs["context_c2w"], inputs["context_intrinsics"], cond_mask=cond_mask, rng=rng)[0]
+
+    def eval_mask(self, batch_size: int) -> jax.Array:
+        """(B, Vc) condition mask keeping the first ``sample.num_cond_views`` context views."""
+        return jnp.broadcast_to(jnp.arange(self.num_context) < self.num_cond_views, (batch_size, self.num_context))
+
+    def generate(self, model: SceneGenModel, inputs: dict, rng, cond_mask, *, num_steps=None, cfg_scale=None):
+        """Scene tokens (B, K, d) (compressor units) sampled from noise for the condition in ``inputs``."""
+        fc = self.config.flow
+        interval = fc.get("cfg_interval")
+        scale = float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
+        return model.generator.sample(
+            rng, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"], inputs["context_c2w"],
+            inputs["context_intrinsics"], cond_mask=cond_mask, num_steps=int(num_steps or fc.get("sample_steps", 25)),
+            method=fc.get("sampler", "euler"), shift=float(fc.get("sample_shift", 4.0)),
+            cfg_scale=None if scale == 1.0 else scale,
+            cfg_interval=None if interval is None else tuple(float(v) for v in interval))
+
+    def render(self, model: SceneGenModel, tokens, c2w, intrinsics, rng):
+        """Target-view images (B, M, H, W, 3) (float, unclipped [-1, 1]) rendered by the frozen stage 1."""
+        return model.tokenizer.pixels(self.tok_task.render(model.tokenizer, tokens, c2w, intrinsics, rng))
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def loss(self, model, batch, rng, step=None):
+        r_tok, r_t, r_eps, r_mask, r_cam = jax.random.split(rng, 5)
+        inputs = self.prepare(model, batch, r_tok)
+        x0 = inputs["x0"]
+        b = x0.shape[0]
+        t = self.time_sampler(r_t, (b,))
+        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
+        mask = scenegen.random_cond_mask(r_mask, b, self.num_context, p_view=self.p_view, p_uncond=self.p_uncond)
+        x_t = paths.interpolate(x0, eps, t)
+        v = self.velocity(model, inputs, x_t, t, mask, r_cam)
+        loss = paths.velocity_loss(v, x0, eps)
+        std = jnp.std(inputs["tokens"])
+        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(paths.x0_from_velocity(x_t, v, t) - x0))),
+                      "token_std": std, "suggested_token_scale": 1.0 / jnp.maximum(std, 1e-12),
+                      "x0_std": jnp.std(x0), "cond_views": jnp.mean(jnp.sum(mask, axis=1).astype(jnp.float32))}
+
+    def evaluate(self, model, batch, rng):
+        """Velocity loss at t in (0.25, 0.5, 0.75) (all context views kept) and the PSNR / SSIM of renders of
+        generated tokens (module docstring)."""
+        r_eps, r_gen, r_render = jax.random.split(rng, 3)
+        inputs = self.prepare(model, batch)
+        x0 = inputs["x0"]
+        b = x0.shape[0]
+        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
+        full = jnp.ones((b, self.num_context), bool)
+        out, vals = {}, []
+        for tv in (0.25, 0.5, 0.75):
+            t = jnp.full((b,), tv, jnp.float32)
+            vals.append(paths.velocity_loss(self.velocity(model, inputs, paths.interpolate(x0, eps, t), t, full),
+                                            x0, eps))
+            out[f"val_loss_t{tv}"] = vals[-1]
+        out["val_loss"] = sum(vals) / len(vals)
+        if not bool((self.config.get("sample") or {}).get("in_eval", True)):
+            return out
+        gen = self.generate(model, inputs, r_gen, self.eval_mask(b))
+        cams = (inputs["target_c2w"], inputs["target_intrinsics"])
+        # The same decoder noise for both token sets: differences come from the tokens.
+        pred = stok.to_unit(self.render(model, gen, *cams, r_render))
+        ref = stok.to_unit(self.render(model, inputs["tokens"], *cams, r_render))
+        gt = stok.to_unit(batch["target_images"])
+        out.update(gen_psnr=jnp.mean(image_metrics.psnr(pred, gt)), gen_ssim=jnp.mean(image_metrics.ssim(pred, gt)),
+                   stage1_psnr=jnp.mean(image_metrics.psnr(ref, gt)),
+                   gen_vs_stage1_psnr=jnp.mean(image_metrics.psnr(pred, ref)),
+                   token_rmse=jnp.sqrt(jnp.mean(jnp.square(gen - inputs["tokens"]))))
+        return out
+
+    # -- figures and files -------------------------------------------------------------------------------------
+    def _num_scenes(self, batch) -> int:
+        return min(int((self.config.get("render") or {}).get("num_scenes", 2)),
+                   int(batch["context_images"].shape[0]))
+
+    def generate_tokens(self, model, batch: dict, rng) -> jax.Array:
+        """Tokens generated for a batch's first ``sample.num_cond_views`` context views (host or device arrays)."""
+        return _generate_tokens(self, model, {k: jnp.asarray(v) for k, v in batch.items()}, rng)
+
+    def images(self, model, batch, rng):
+        """``views``: one row per scene: [conditioning views | target | rendered from generated tokens | rendered
+        from the stage-1 tokens of all context views] (the same decoder noise for both token sets)."""
+        k = self._num_scenes(batch)
+        if k <= 0:
+            return {}
+        host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in batch}
+        r_gen, r_render = jax.random.split(rng)
+        gen = self.generate_tokens(model, host, r_gen)
+        ref = self.tok_task.context_tokens(model.tokenizer, host)
+        cams = (stok.relative_to_first(host["context_c2w"], host["target_c2w"]), host["target_intrinsics"])
+        u8 = stok.uint8
+        out = [self.tok_task.render_views(model.tokenizer, tokens, *cams, r_render) for tokens in (gen, ref)]
+        rows = [[u8(host["context_images"][i, :self.num_cond_views]), u8(host["target_images"][i]), u8(out[0][i]),
+                 u8(out[1][i])] for i in range(k)]
+        return {"views": stok.view_rows(rows)}
+
+    def write_outputs(self, model, batch, rng, out_dir):
+        """``orbit_<i>.gif``: the orbit of ``render.orbit`` rendered from scene i's generated tokens."""
+        k = self._num_scenes(batch)
+        if k <= 0:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in batch}
+        r_gen, r_render = jax.random.split(rng)
+        tokens = self.generate_tokens(model, host, r_gen)
+        self.tok_task.write_orbits(model.tokenizer, tokens, host["context_intrinsics"][0, 0], r_render, out_dir)
+
+
+def _generate(task: SceneGenTask, model, batch, rng):
+    inputs = task.prepare(model, batch)
+    return task.generate(model, inputs, rng, task.eval_mask(inputs["x0"].shape[0]))
+
+
+_generate_tokens = nnx.jit(_generate, static_argnums=0)  # compiled once per task instance and shapes

@@ -1,0 +1,484 @@
+"""SceneTok stage 1: the Scene Perceiver compressor and the rectified-flow decoder, trained jointly on posed views.
+
+An example (after the data's ``MultiViewTransform`` and this task's ``flatten_views``) holds Vc context and M
+target views: ``context_images`` / ``target_images`` (V, H, W, 3) in [-1, 1], ``*_c2w`` (V, 4, 4) OpenCV and
+``*_intrinsics`` (V, 4) normalised. Poses are expressed in the frame of the first context camera (the data does
+it with ``views.relative_poses``; the task applies ``relative_to_reference`` again, a no-op then, so data without
+it is normalised too) and the scene scale is normalised by the data (``views.scale_mode``).
+
+Image latents come from an image compressor (``config.image_compressor``, ``get_image_compressor``):
+  - ``kind='pixels'``: patchified pixels (``patch``, ``scale``), no weights: runs need no pretrained compressor;
+  - ``kind='vavae'``: an ImageVAE (``variant`` 'f16c32' | 'tiny' + ImageVAE kwargs). ``weights``: an official
+    VA-VAE checkpoint (safetensors / .pt) imported at the start of a run, then frozen; ``train=True``: trained
+    from scratch alongside SceneTok by its own loss ``vae_recon_weight * MSE(recon) + vae_kl_weight * KL``
+    (SceneTok sees its latents through a stop-gradient); neither: random and frozen (smoke tests only).
+Context and target views share the compressor; its channels and latent grid set the SceneTok compressor's and
+decoder's ``in_channels`` / ``input_size`` (and the decoder's ``temporal_downsample`` = 1: one camera per latent).
+
+loss = flow-matching velocity loss of the decoder on the target latents (x_t = (1 - t) x0 + t eps, v = eps - x0,
+one t per chunk of M / ``flow.num_chunks`` target views from ``flow.time_sampler``, the scene tokens replaced by
+the null token with probability ``flow.null_prob``) + ``loss.kl_weight`` x KL of the K x d tokens (0 allowed)
+[+ the VAE loss]. Evaluation encodes the context (posterior mean), renders the target views from the tokens alone
+(Euler / Heun, ``flow.sample_steps``, ``flow.sample_shift``, CFG ``flow.cfg_scale``), decodes them to pixels and
+reports PSNR / SSIM against the ground truth, plus the velocity loss at fixed times. ``images``: per scene one row
+[context | target | rendered]; ``write_outputs``: an orbit GIF rendered from the tokens alone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from scene3d.diffusion import paths, timesteps
+from scene3d.geometry import trajectories
+from scene3d.metrics import image as image_metrics
+from scene3d.models import image_vae, scenetok
+from scene3d.render import video
+from scene3d.tasks import stage1
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_MODEL_KEYS = frozenset({"name", "variant", "compressor", "decoder", "attn_impl", "scan", "remat", "dtype",
+                         "param_dtype"})
+# SceneTok fields the image compressor determines.
+_DATA_FIELDS = ("in_channels", "input_size")
+
+
+def _dtype(name: str, field: str):
+    if name not in _DTYPES:
+        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
+    return _DTYPES[name]
+
+
+def _as_dict(x) -> dict:
+    if x is None:
+        return {}
+    return dict(x.to_dict() if hasattr(x, "to_dict") else x)
+
+
+# ================================================================================================ data
+
+VIEW_FIELDS = ("images", "c2w", "intrinsics")
+
+
+def flatten_views(example: dict) -> dict:
+    """Grain map: a multi-view example -> flat numeric fields ``{context,target}_{images,c2w,intrinsics}`` (the
+    string ``scene_id`` and optional depth / points are dropped: the jitted steps take numbers only)."""
+    out = {}
+    for part in ("context", "target"):
+        if part not in example:
+            raise ValueError(f"scenetok example: expected 'context' and 'target' views (a multi-view dataset: "
+                             f"data.name in builtin | clips | captures), got fields {sorted(example)}")
+        for k in VIEW_FIELDS:
+            out[f"{part}_{k}"] = np.asarray(example[part][k], np.float32)
+    if "scale" in example:
+        out["scale"] = np.float32(example["scale"])
+    return out
+
+
+def check_views(batch: dict, name: str = "scenetok batch") -> None:
+    """Clear errors for missing fields or inconsistent shapes of a flattened multi-view batch."""
+    for part in ("context", "target"):
+        keys = [f"{part}_{k}" for k in VIEW_FIELDS]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise ValueError(f"{name}: missing {missing} (has {sorted(batch)}); are the task's data_transforms "
+                             "applied?")
+        im, c2w, k = (batch[key] for key in keys)
+        if im.ndim != 5 or im.shape[-1] != 3:
+            raise ValueError(f"{name}['{part}_images']: expected (B, V, H, W, 3), got {tuple(im.shape)}")
+        if tuple(c2w.shape) != tuple(im.shape[:2]) + (4, 4):
+            raise ValueError(f"{name}['{part}_c2w']: expected {tuple(im.shape[:2]) + (4, 4)}, got {tuple(c2w.shape)}")
+        if tuple(k.shape) != tuple(im.shape[:2]) + (4,):
+            raise ValueError(f"{name}['{part}_intrinsics']: expected {tuple(im.shape[:2]) + (4,)} normalised "
+                             f"(fx/W, fy/H, cx/W, cy/H), got {tuple(k.shape)}")
+
+
+def to_unit(images) -> jax.Array:
+    """[-1, 1] -> [0, 1], clipped."""
+    return jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
+
+
+def uint8(images) -> np.ndarray:
+    """[-1, 1] floats -> uint8."""
+    return np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def view_rows(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Rows of groups of views (each group (V, H, W, 3) uint8) -> one uint8 figure; 1 px between views, ``gap``
+    px between groups and rows, white background."""
+    widths = [sum(g.shape[0] * (g.shape[2] + 1) - 1 for g in row) + gap * (len(row) - 1) for row in rows]
+    heights = [max(g.shape[1] for g in row) for row in rows]
+    out = np.full((sum(heights) + gap * (len(rows) - 1), max(widths), 3), 255, np.uint8)
+    y = 0
+    for row, h in zip(rows, heights):
+        x = 0
+        for g in row:
+            for v in g:
+                out[y:y + v.shape[0], x:x + v.shape[1]] = v
+                x += v.shape[1] + 1
+            x += gap - 1
+        y += h + gap
+    return out
+
+
+def orbit_trajectory(num: int, *, focus_depth: float, elevation_deg: float = 0.0, arc_deg: float = 360.0,
+                     radius: float | None = None) -> np.ndarray:
+    """(num, 4, 4) OpenCV c2w in the reference-camera frame: an orbit around the point ``focus_depth`` in front of
+    the reference camera (identity), about the camera's up axis (-y), over ``arc_deg`` degrees, starting at the
+    reference camera (for radius = focus_depth and elevation 0)."""
+    if num < 1 or focus_depth <= 0:
+        raise ValueError(f"orbit_trajectory: need num >= 1 and focus_depth > 0, got {num}, {focus_depth}")
+    r = float(focus_depth if radius is None else radius)
+    return trajectories.orbit((0.0, 0.0, float(focus_depth)), r, int(num), elevation_deg=elevation_deg,
+                              up=(0.0, -1.0, 0.0), start_azimuth_deg=180.0, turns=arc_deg / 360.0)
+
+
+def relative_to_first(context_c2w: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    """Host-side pose normalisation: poses (B, V, 4, 4) in the frame of context view 0 ((B, Vc, 4, 4))."""
+    ref = np.linalg.inv(np.asarray(context_c2w, np.float64)[:, :1])
+    return (ref @ np.asarray(c2w, np.float64)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSpec:
+    """Static settings of the decoder's sampler (``flow.*``) and the latent grid."""
+    latent_grid: tuple
+    num_steps: int
+    shift: float
+    method: str
+    cfg_scale: float
+    cfg_interval: tuple | None
+
+
+def _render_latents(spec: RenderSpec, model, tokens, c2w, intrinsics, rng):
+    return model.scenetok.render(tokens, c2w, intrinsics, rng, latent_size=spec.latent_grid,
+                                 num_steps=spec.num_steps, shift=spec.shift, method=spec.method,
+                                 cfg_scale=spec.cfg_scale, cfg_interval=spec.cfg_interval)
+
+
+def _render_pixels(spec: RenderSpec, model, tokens, c2w, intrinsics, rng):
+    return model.pixels(_render_latents(spec, model, tokens, c2w, intrinsics, rng))
+
+
+def _context_tokens(model, images, c2w, intrinsics):
+    return model.tokens(images, scenetok.relative_to_reference(c2w), intrinsics)[0]
+
+
+# Jitted once per process (compile caches shared by every task instance with the same settings and shapes).
+render_pixels = nnx.jit(_render_pixels, static_argnums=0)
+context_tokens_jit = nnx.jit(_context_tokens)
+
+
+# ================================================================================================ model
+
+
+class SceneTokModel(nnx.Module):
+    """The stage-1 model: ``image`` (PixelLatent or ImageVAE) and ``scenetok`` (compressor + decoder)."""
+
+    def __init__(self, image, model: scenetok.SceneTok):
+        self.image, self.scenetok = image, model
+
+    def latents(self, images: jax.Array, rng=None) -> jax.Array:
+        """Views (B, V, H, W, 3) in [-1, 1] -> latents (B, V, h, w, C)."""
+        b, v = images.shape[:2]
+        lat = self.image.encode(images.reshape((b * v,) + images.shape[2:]), rng)
+        return lat.reshape((b, v) + lat.shape[1:])
+
+    def pixels(self, latents: jax.Array) -> jax.Array:
+        """Latents (B, V, h, w, C) -> views (B, V, H, W, 3) (float32, unclipped)."""
+        b, v = latents.shape[:2]
+        im = self.image.decode(latents.reshape((b * v,) + latents.shape[2:])).astype(jnp.float32)
+        return im.reshape((b, v) + im.shape[1:])
+
+    def tokens(self, images, c2w, intrinsics, *, rng=None, sample: bool = False):
+        """Context views -> scene tokens (B, K, d) (posterior mean unless ``sample``) and the compressor's aux."""
+        lat = jax.lax.stop_gradient(self.latents(images))
+        return self.scenetok.encode(lat, c2w, intrinsics, rng=rng, sample=sample)
+
+
+# ================================================================================================ task
+
+
+class SceneTokTask:
+    """SceneTok stage-1 training (module docstring). Config fields: image_compressor, model, flow, loss, render."""
+
+    def __init__(self, config):
+        self.config = config
+        mc = config.model
+        if mc.get("name", "scenetok") != "scenetok":
+            raise ValueError(f"config.model.name: the scenetok task trains 'scenetok', got {mc.name!r}")
+        unknown = set(mc.keys()) - _MODEL_KEYS
+        if unknown:
+            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)} (sizes go "
+                             f"in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
+        self.variant = mc.get("variant", "tiny")
+        if self.variant not in scenetok.VARIANTS:
+            raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "
+                             f"(known: {sorted(scenetok.VARIANTS)})")
+        self.ic = _as_dict(config.get("image_compressor")) or {"kind": "pixels", "patch": 8}
+        self.train_vae = bool(self.ic.get("train", False))
+        self.vae_weights = self.ic.get("weights") or None
+        if self.ic.get("kind", "pixels") == "pixels" and (self.train_vae or self.vae_weights):
+            raise ValueError("config.image_compressor: train / weights apply to kind='vavae' only")
+        if self.train_vae and self.vae_weights:
+            raise ValueError("config.image_compressor: set either train=True (from scratch) or weights (frozen)")
+        views = _as_dict(config.data.get("views"))
+        res = views.get("resolution")
+        if res is None:
+            raise ValueError("config.data.views.resolution: the scenetok task needs a fixed (h, w) view size")
+        self.resolution = (int(res[0]), int(res[1]))
+        self.num_context, self.num_target = int(views.get("num_context", 2)), int(views.get("num_target", 1))
+        probe = nnx.eval_shape(lambda: self._build_image(nnx.Rngs(0)))
+        f = int(probe.downsample)
+        if self.resolution[0] % f or self.resolution[1] % f:
+            raise ValueError(f"config.data.views.resolution {self.resolution} must be divisible by the image "
+                             f"compressor's downsampling factor {f}")
+        self.latent_grid = (self.resolution[0] // f, self.resolution[1] // f)
+        self.latent_channels = int(probe.latent_channels)
+        if self.latent_grid[0] != self.latent_grid[1]:
+            raise ValueError(f"config.data.views.resolution {self.resolution}: SceneTok needs square latents, got "
+                             f"{self.latent_grid}")
+        self.compressor_cfg = self._overrides("compressor", dict(in_channels=self.latent_channels,
+                                                                 input_size=self.latent_grid[0]))
+        self.decoder_cfg = self._overrides("decoder", dict(in_channels=self.latent_channels,
+                                                           input_size=self.latent_grid[0], temporal_downsample=1))
+        fc = config.get("flow") or {}
+        self.flow = fc
+        self.time_sampler = timesteps.TimeSampler.from_spec(fc.get("time_sampler", "logit_normal"))
+        self.num_chunks = int(fc.get("num_chunks", 1))
+        if self.num_target % self.num_chunks:
+            raise ValueError(f"config.flow.num_chunks={self.num_chunks} must divide data.views.num_target="
+                             f"{self.num_target} (one noise level per chunk of target views)")
+        self.null_prob = float(fc.get("null_prob", 0.0))
+        lc = config.get("loss") or {}
+        kl = lc.get("kl_weight")
+        self.kl_weight = None if kl is None else float(kl)
+        if self.kl_weight is not None and self.kl_weight < 0:
+            raise ValueError(f"config.loss.kl_weight must be >= 0, got {self.kl_weight}")
+        self.vae_recon_weight = float(lc.get("vae_recon_weight", 1.0))
+        self.vae_kl_weight = float(lc.get("vae_kl_weight", 1e-6))
+
+    def _overrides(self, part: str, derived: dict) -> dict:
+        given = _as_dict(self.config.model.get(part))
+        keys = scenetok.COMPRESSOR_KEYS if part == "compressor" else scenetok.DECODER_KEYS
+        unknown = set(given) - keys
+        if unknown:
+            raise ValueError(f"config.model.{part}: unknown keys {sorted(unknown)}; known: {sorted(keys)}")
+        for k, v in derived.items():
+            if k in given and given[k] != v:
+                raise ValueError(f"config.model.{part}.{k}={given[k]} disagrees with the image latents ({k}={v} from "
+                                 f"config.image_compressor and data.views.resolution); leave it unset")
+        return dict(given, **derived)
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def _build_image(self, rngs):
+        cfg = {k: v for k, v in self.ic.items() if k not in ("train", "weights")}
+        for k in ("ch_mult", "attn_levels"):
+            if k in cfg:
+                cfg[k] = tuple(cfg[k])
+        return image_vae.get_image_compressor(cfg, rngs=rngs)
+
+    def build_model(self, rngs: nnx.Rngs) -> SceneTokModel:
+        mc = self.config.model
+        image = self._build_image(rngs)
+        if isinstance(image, image_vae.ImageVAE) and not self.train_vae:
+            image = stage1.freeze(image)
+        model = scenetok.SceneTok(variant=self.variant, compressor=self.compressor_cfg, decoder=self.decoder_cfg,
+                                  attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
+                                  remat=mc.get("remat", "none"),
+                                  dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+                                  param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"),
+                                  rngs=rngs)
+        return SceneTokModel(image, model)
+
+    def restore_pretrained(self, params):
+        """Import the official VA-VAE weights (``image_compressor.weights``) into the frozen image compressor."""
+        if self.ic.get("kind", "pixels") != "vavae" or self.train_vae:
+            return params
+        if not self.vae_weights:
+            logging.warning("config.image_compressor: a frozen VA-VAE without weights is RANDOM (smoke tests only)")
+            return params
+        from scene3d.models import convert_image_vae
+        vae = nnx.eval_shape(lambda: self._build_image(nnx.Rngs(0)))
+        loaded, report = convert_image_vae.official_to_state(vae, convert_image_vae.load_official(self.vae_weights),
+                                                              name=str(self.vae_weights))
+        target = params["image"]
+        values = jax.tree.map(lambda t, v: jax.device_put(jnp.asarray(v, t.dtype), t.sharding),
+                              nnx.to_pure_dict(target), nnx.to_pure_dict(loaded))
+        nnx.replace_by_pure_dict(target, values)
+        params["image"] = target
+        logging.info("image compressor: VA-VAE weights from %s (%s)", self.vae_weights, report)
+        return params
+
+    def data_transforms(self, split: str):
+        return [flatten_views]
+
+    # -- pieces ------------------------------------------------------------------------------------------------
+    def prepare(self, model: SceneTokModel, batch: dict, rng=None) -> dict:
+        """Flattened batch -> SceneTok.loss inputs: latents of both view sets (no gradient into the image
+        compressor) and poses in the first context camera's frame."""
+        check_views(batch)
+        ctx_c2w, tgt_c2w = scenetok.relative_to_reference(jnp.asarray(batch["context_c2w"], jnp.float32),
+                                                          jnp.asarray(batch["target_c2w"], jnp.float32))
+        ctx = jax.lax.stop_gradient(model.latents(batch["context_images"]))
+        tgt = jax.lax.stop_gradient(model.latents(batch["target_images"]))
+        return dict(context_latents=ctx, context_c2w=ctx_c2w, context_intrinsics=batch["context_intrinsics"],
+                    target_latents=tgt, target_c2w=tgt_c2w, target_intrinsics=batch["target_intrinsics"])
+
+    def vae_loss(self, model: SceneTokModel, batch: dict, rng) -> tuple[jax.Array, dict]:
+        """Reconstruction (+ KL) loss of a trainable VA-VAE on all views of the batch."""
+        images = jnp.concatenate([batch["context_images"], batch["target_images"]], axis=1)
+        flat = images.reshape((-1,) + images.shape[2:]).astype(jnp.float32)
+        rec, aux = model.image(flat, rng)
+        mse = jnp.mean(jnp.square(rec.astype(jnp.float32) - flat))
+        kl = jnp.mean(scenetok.gaussian_kl(aux["mean"], aux["logvar"]))
+        loss = self.vae_recon_weight * mse + self.vae_kl_weight * kl
+        return loss, {"vae_mse": mse, "vae_kl": kl, "vae_psnr": jnp.mean(image_metrics.psnr(
+            to_unit(rec), to_unit(flat)))}
+
+    def render_spec(self, *, num_steps=None, cfg_scale=None) -> RenderSpec:
+        fc = self.flow
+        interval = fc.get("cfg_interval")
+        return RenderSpec(latent_grid=tuple(self.latent_grid), num_steps=int(num_steps or fc.get("sample_steps", 25)),
+                          shift=float(fc.get("sample_shift", 1.0)), method=fc.get("sampler", "euler"),
+                          cfg_scale=float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale),
+                          cfg_interval=None if interval is None else tuple(float(v) for v in interval))
+
+    def render(self, model: SceneTokModel, tokens, c2w, intrinsics, rng, *, num_steps=None, cfg_scale=None):
+        """Target-view latents (B, M, h, w, C) for cameras (B, M, ...) from the scene tokens alone."""
+        return _render_latents(self.render_spec(num_steps=num_steps, cfg_scale=cfg_scale), model, tokens, c2w,
+                               intrinsics, rng)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def loss(self, model, batch, rng, step=None):
+        r_loss, r_vae = jax.random.split(rng)
+        inputs = self.prepare(model, batch)
+        loss, aux = model.scenetok.loss(inputs, r_loss, time_sampler=self.time_sampler, num_chunks=self.num_chunks,
+                                        null_prob=self.null_prob, kl_weight=self.kl_weight)
+        metrics = {"flow_loss": aux["flow_loss"], "kl": aux["kl"],
+                   "token_std": jnp.std(aux["mean"]), "token_logvar": jnp.mean(aux["logvar"]),
+                   "latent_std": jnp.std(inputs["target_latents"])}
+        if self.train_vae:
+            vl, vm = self.vae_loss(model, batch, r_vae)
+            loss = loss + vl
+            metrics.update(vm)
+        return loss, metrics
+
+    def evaluate(self, model, batch, rng):
+        """PSNR / SSIM of target views rendered from the context's tokens (``psnr_1step``: of the one-step
+        conditional-mean estimate x0 = eps - v(eps, t=1)), and the velocity loss at t in (0.25, 0.5, 0.75)."""
+        r_render, r_eps = jax.random.split(rng)
+        inputs = self.prepare(model, batch)
+        tokens, aux = model.scenetok.encode(inputs["context_latents"], inputs["context_c2w"],
+                                            inputs["context_intrinsics"], sample=False)
+        lat = self.render(model, tokens, inputs["target_c2w"], inputs["target_intrinsics"], r_render)
+        pred, gt = to_unit(model.pixels(lat)), to_unit(batch["target_images"])
+        # One Euler step from t = 1: the decoder's conditional-mean estimate of the views from the tokens alone.
+        noise = jax.random.normal(r_render, lat.shape, jnp.float32)
+        ones = jnp.ones(lat.shape[:2], jnp.float32)
+        v1, _ = model.scenetok.decoder(noise, ones, inputs["target_c2w"], inputs["target_intrinsics"], tokens)
+        mean_view = to_unit(model.pixels(noise - v1))
+        out = {"psnr": jnp.mean(image_metrics.psnr(pred, gt)), "ssim": jnp.mean(image_metrics.ssim(pred, gt)),
+               "psnr_1step": jnp.mean(image_metrics.psnr(mean_view, gt)),
+               "latent_mse": jnp.mean(jnp.square(lat - inputs["target_latents"])),
+               "kl": jnp.mean(aux["kl"])}
+        x0 = inputs["target_latents"]
+        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
+        vals = []
+        for tv in (0.25, 0.5, 0.75):
+            t = jnp.full(x0.shape[:2], tv, jnp.float32)
+            v, _ = model.scenetok.decoder(paths.interpolate(x0, eps, jnp.float32(tv)), t,
+                                          inputs["target_c2w"], inputs["target_intrinsics"], tokens)
+            vals.append(paths.velocity_loss(v, x0, eps))
+            out[f"val_flow_loss_t{tv}"] = vals[-1]
+        out["val_flow_loss"] = sum(vals) / len(vals)
+        if isinstance(model.image, image_vae.ImageVAE):  # the compressor's own ceiling on the PSNR
+            out["compressor_psnr"] = jnp.mean(image_metrics.psnr(to_unit(model.pixels(x0)), gt))
+        return out
+
+    # -- figures and files -------------------------------------------------------------------------------------
+    def _num_scenes(self, batch) -> int:
+        return min(int((self.config.get("render") or {}).get("num_scenes", 2)),
+                   int(batch["context_images"].shape[0]))
+
+    def context_tokens(self, model: SceneTokModel, batch: dict) -> jax.Array:
+        """Posterior-mean scene tokens (B, K, d) of a batch's context views (host or device arrays)."""
+        return context_tokens_jit(model, *(jnp.asarray(batch[k], jnp.float32) for k in
+                                           ("context_images", "context_c2w", "context_intrinsics")))
+
+    def render_views(self, model: SceneTokModel, tokens, c2w: np.ndarray, intrinsics: np.ndarray, rng
+                     ) -> np.ndarray:
+        """Images (B, n, H, W, 3) in [-1, 1] (unclipped) for cameras (B, n, 4, 4) / (B, n, 4) in context view 0's
+        frame, from scene tokens (B, K, d) alone, ``data.views.num_target`` views per decoder call (the number it
+        was trained on; the last chunk repeats its final camera), one key per chunk from ``rng``."""
+        c2w, intrinsics = np.asarray(c2w, np.float32), np.asarray(intrinsics, np.float32)
+        n, m = c2w.shape[1], self.num_target
+        chunks = math.ceil(n / m)
+        idx = np.minimum(np.arange(chunks * m), n - 1)
+        spec = self.render_spec()
+        keys = jax.random.split(rng, chunks) if chunks > 1 else rng[None]
+        out = [np.asarray(jax.device_get(render_pixels(spec, model, tokens, jnp.asarray(c2w[:, idx[j * m:(j + 1) * m]]),
+                                                       jnp.asarray(intrinsics[:, idx[j * m:(j + 1) * m]]), keys[j])))
+               for j in range(chunks)]
+        return np.concatenate(out, axis=1)[:, :n]
+
+    def images(self, model, batch, rng):
+        """``views``: one row per scene, [context | target | rendered from the context's tokens]."""
+        k = self._num_scenes(batch)
+        if k <= 0:
+            return {}
+        host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in batch}
+        tokens = self.context_tokens(model, host)
+        rendered = self.render_views(model, tokens, relative_to_first(host["context_c2w"], host["target_c2w"]),
+                                     host["target_intrinsics"], rng)
+        rows = [[uint8(host["context_images"][i]), uint8(host["target_images"][i]), uint8(rendered[i])]
+                for i in range(k)]
+        return {"views": view_rows(rows)}
+
+    def orbit(self, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The orbit of ``render.orbit`` (reference-camera frame) with the given (4,) intrinsics for every frame."""
+        oc = (self.config.get("render") or {}).get("orbit") or {}
+        c2w = orbit_trajectory(int(oc.get("num_frames", 24)), focus_depth=float(oc.get("focus_depth", 1.0)),
+                               elevation_deg=float(oc.get("elevation_deg", 0.0)),
+                               arc_deg=float(oc.get("arc_deg", 360.0)), radius=oc.get("radius"))
+        return c2w.astype(np.float32), np.broadcast_to(np.asarray(intrinsics, np.float32), (len(c2w), 4))
+
+    def write_orbits(self, model, tokens, intrinsics: np.ndarray, rng, out_dir: str) -> None:
+        """``orbit_<i>.gif`` for each scene's tokens (B, K, d): the orbit of ``render.orbit`` with ``intrinsics``
+        (4,), rendered from the tokens alone."""
+        c2w, intr = self.orbit(intrinsics)
+        b = int(tokens.shape[0])
+        frames = self.render_views(model, tokens, np.broadcast_to(c2w, (b,) + c2w.shape),
+                                   np.broadcast_to(intr, (b,) + intr.shape), rng)
+        fps = float(((self.config.get("render") or {}).get("orbit") or {}).get("fps", 8.0))
+        for i in range(b):
+            video.write_gif(os.path.join(out_dir, f"orbit_{i}.gif"), uint8(frames[i]), fps=fps)
+
+    def write_outputs(self, model, batch, rng, out_dir):
+        """``orbit_<i>.gif``: the orbit of ``render.orbit`` rendered from scene i's tokens alone; ``context_<i>.png``:
+        its context views."""
+        k = self._num_scenes(batch)
+        if k <= 0:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in
+                ("context_images", "context_c2w", "context_intrinsics")}
+        self.write_orbits(model, self.context_tokens(model, host), host["context_intrinsics"][0, 0], rng, out_dir)
+        from PIL import Image
+        for i in range(k):
+            Image.fromarray(view_rows([[uint8(host["context_images"][i])]])).save(
+                os.path.join(out_dir, f"context_{i}.png"))
+
+
+def latent_info(task: SceneTokTask) -> dict[str, Any]:
+    """Shapes a stage-2 model needs from a stage-1 SceneTok task: latent grid / channels, token shape."""
+    c = dict(scenetok.VARIANTS[task.variant]["compressor"], **task.compressor_cfg)
+    return dict(latent_grid=task.latent_grid, latent_channels=task.latent_channels,
+                num_tokens=int(c["num_tokens"]), token_dim=int(c["token_dim"]), resolution=task.resolution)
