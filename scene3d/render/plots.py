@@ -326,3 +326,26 @@ def compose(panels: Sequence[Image.Image], title: str = "", footer: Sequence[str
         draw.text((gap, y), ln, fill=INK, font=f_mono)
         y += line_h
     return out
+
+
+def signed_to_uint8(images) -> np.ndarray:
+    """Images with values in [-1, 1] -> uint8 (clipped, rounded)."""
+    return np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def view_rows(rows, gap: int = 2) -> np.ndarray:
+    """Rows of groups of views (each group (V, H, W, 3) uint8) -> one uint8 figure on white; 1 px between views,
+    ``gap`` px between groups and rows."""
+    widths = [sum(g.shape[0] * (g.shape[2] + 1) - 1 for g in row) + gap * (len(row) - 1) for row in rows]
+    heights = [max(g.shape[1] for g in row) for row in rows]
+    out = np.full((sum(heights) + gap * (len(rows) - 1), max(widths), 3), 255, np.uint8)
+    y = 0
+    for row, h in zip(rows, heights):
+        x = 0
+        for g in row:
+            for v in g:
+                out[y:y + v.shape[0], x:x + v.shape[1]] = v
+                x += v.shape[1] + 1
+            x += gap - 1
+        y += h + gap
+    return out

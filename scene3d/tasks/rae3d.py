@@ -39,6 +39,7 @@ from scene3d.losses import pointmap
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import vit as vit_lib
 from scene3d.render import ply, video
+from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "encoder_weights", "attn_impl", "scan", "remat", "dtype", "param_dtype"}
@@ -110,11 +111,6 @@ def psnr(a, b) -> jax.Array:
     return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
 
 
-def uint8(images) -> np.ndarray:
-    """[-1, 1] floats -> uint8."""
-    return np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
 def depth_image(depth, lo=None, hi=None) -> np.ndarray:
     """(..., H, W) depth -> uint8 (..., H, W, 3) grey (near = bright) on the 2-98 percentile range."""
     d = np.asarray(depth, np.float32)
@@ -122,24 +118,6 @@ def depth_image(depth, lo=None, hi=None) -> np.ndarray:
     hi = np.percentile(d, 98) if hi is None else hi
     g = 1.0 - np.clip((d - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     return np.repeat((g[..., None] * 255 + 0.5).astype(np.uint8), 3, -1)
-
-
-def view_rows(rows, gap: int = 2) -> np.ndarray:
-    """Rows of groups of views (each (V, H, W, 3) uint8) -> one uint8 figure on white (1 px between views,
-    ``gap`` px between groups and rows)."""
-    widths = [sum(g.shape[0] * (g.shape[2] + 1) - 1 for g in row) + gap * (len(row) - 1) for row in rows]
-    heights = [max(g.shape[1] for g in row) for row in rows]
-    out = np.full((sum(heights) + gap * (len(rows) - 1), max(widths), 3), 255, np.uint8)
-    y = 0
-    for row, h in zip(rows, heights):
-        x = 0
-        for g in row:
-            for v in g:
-                out[y:y + v.shape[0], x:x + v.shape[1]] = v
-                x += v.shape[1] + 1
-            x += gap - 1
-        y += h + gap
-    return out
 
 
 def arc_trajectory(num: int, focus: float, arc_deg: float = 60.0, elevation_deg: float = 10.0) -> np.ndarray:

@@ -42,6 +42,7 @@ from scene3d.metrics import image as image_metrics
 from scene3d.models import image_vae, scenetok
 from scene3d.render import video
 from scene3d.tasks import stage1
+from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "compressor", "decoder", "attn_impl", "scan", "remat", "dtype",
@@ -103,29 +104,6 @@ def check_views(batch: dict, name: str = "scenetok batch") -> None:
 def to_unit(images) -> jax.Array:
     """[-1, 1] -> [0, 1], clipped."""
     return jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
-
-
-def uint8(images) -> np.ndarray:
-    """[-1, 1] floats -> uint8."""
-    return np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
-def view_rows(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
-    """Rows of groups of views (each group (V, H, W, 3) uint8) -> one uint8 figure; 1 px between views, ``gap``
-    px between groups and rows, white background."""
-    widths = [sum(g.shape[0] * (g.shape[2] + 1) - 1 for g in row) + gap * (len(row) - 1) for row in rows]
-    heights = [max(g.shape[1] for g in row) for row in rows]
-    out = np.full((sum(heights) + gap * (len(rows) - 1), max(widths), 3), 255, np.uint8)
-    y = 0
-    for row, h in zip(rows, heights):
-        x = 0
-        for g in row:
-            for v in g:
-                out[y:y + v.shape[0], x:x + v.shape[1]] = v
-                x += v.shape[1] + 1
-            x += gap - 1
-        y += h + gap
-    return out
 
 
 def orbit_trajectory(num: int, *, focus_depth: float, elevation_deg: float = 0.0, arc_deg: float = 360.0,
