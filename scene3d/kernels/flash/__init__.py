@@ -139,7 +139,8 @@ def flash_attention(q, k, v, *, mask=None, kv_lengths=None, scale: float | None 
     blocks = block_sizes or BlockSizes.get_default(backend, lq, lk, d, q.dtype)
     scale = float(1.0 / np.sqrt(d) if scale is None else scale)
     qm = mod.q_multiple(blocks) if hasattr(mod, "q_multiple") else blocks.q_multiple
-    lq_pad, lk_pad = round_up(lq, qm), round_up(lk, blocks.k_multiple)
+    km = mod.k_multiple(blocks) if hasattr(mod, "k_multiple") else blocks.k_multiple
+    lq_pad, lk_pad = round_up(lq, qm), round_up(lk, km)
     mod.check_supported(q.shape, k.shape, q.dtype, blocks, lq_pad, lk_pad)
     valid, _ = key_validity(mask, kv_lengths, b, h, lq, lk, lk_pad)
     qp, kp, vp = pad_axis(q, 1, lq_pad), pad_axis(k, 1, lk_pad), pad_axis(v, 1, lk_pad)
