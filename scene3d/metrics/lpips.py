@@ -265,6 +265,7 @@ class LPIPS:
             raise ValueError(f"LPIPS({net!r}): no weights given and nothing downloads; use LPIPS.from_files("
                              f"backbone_path, lin_path, net) with the torchvision and lpips v0.1 weights, or "
                              f"LPIPS.random(net, seed) for tests")
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
         self.net, self.params, self.random_weights, self.precision = net, params, bool(random_weights), precision
         self._check_params()
 
@@ -305,8 +306,15 @@ class LPIPS:
         return cls(net, random_params(net, seed), random_weights=True)
 
     def layers(self, x, y):
-        """(B, 5) per-tap terms; their sum over the last axis is ``self(x, y)``."""
-        return _layers_jit(self.params, x, y, net=self.net, precision=self.precision)
+        """(B, 5) per-tap terms; their sum over the last axis is ``self(x, y)`` (any leading axes work)."""
+        x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+        if x.shape != y.shape or x.ndim < 4:
+            raise ValueError(f"LPIPS: images must be (..., H, W, 3) of equal shape with a batch axis, got {x.shape} "
+                             f"and {y.shape}")
+        lead, tail = x.shape[:-3], x.shape[-3:]  # one compiled function per (N, H, W) whatever the leading axes
+        out = _layers_jit(self.params, x.reshape((-1,) + tail), y.reshape((-1,) + tail), net=self.net,
+                          precision=self.precision)
+        return out.reshape(lead + out.shape[-1:])
 
     def __call__(self, x, y):
         """(B,) LPIPS distances of images x, y (B, H, W, 3) in [-1, 1] (any leading axes work)."""
