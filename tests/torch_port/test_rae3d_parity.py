@@ -1,0 +1,240 @@
+"""scene3d_torch ViT and RAE3D vs the JAX models: same weights (torch_port export, strict load), same inputs.
+
+JAX models are built tiny, then every parameter (Frozen tower included) is perturbed with random noise so no
+layer is zero / identity (zero-initialised biases, unit norms and LayerScales would make parity trivial).
+Tolerance: float32, |torch - jax| <= 1e-4 + 1e-4 |jax| (observed max errors ~1e-6 .. 1e-5).
+Cases: DINOv2 (+ registers) and SigLIP2 towers at native and non-square non-native grids (position-embedding
+resize), hidden states and pooling head; RAE3D encode / decode / forward with several non-square views, a
+view_mask with NaN images in the ignored views, both point-map modes, align features, read_layers > 1 and
+process_depth 0, a different decode size; Pluecker rays vs the JAX geometry.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from scene3d.geometry import rays as jrays
+from scene3d.models import rae3d as jrae3d
+from scene3d.models import vit as jvit
+import scene3d_torch
+from scene3d.models.convert_torch_port import export_torch_port, model_spec
+from scene3d_torch import geometry as tgeometry
+from scene3d_torch import rae3d as trae3d
+from scene3d_torch import vit as tvit
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+H, W = 28, 42  # non-square: 2 x 3 patches of 14
+
+
+def _perturb(model: nnx.Module, seed: int) -> nnx.Module:
+    """Add noise to every variable: matrices +0.05 N(0, 1), vectors / grids +0.1 N(0, 1) (norm scales stay ~1)."""
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.to_flat_state(nnx.state(model)):
+        v = np.asarray(var.get_value())
+        noise = rng.standard_normal(v.shape).astype(v.dtype)
+        var.set_value(jnp.asarray(v + (0.05 if v.ndim >= 2 else 0.1) * noise))
+    return model
+
+
+def _port(jax_model: nnx.Module) -> torch.nn.Module:
+    """The torch model from the JAX model's spec, with its exported weights loaded strictly."""
+    spec = model_spec(jax_model)
+    assert spec["kwargs"] == dataclasses.asdict(jax_model.config)
+    torch_model = scene3d_torch.build(spec)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in export_torch_port(jax_model).items()}
+    torch_model.load_state_dict(sd, strict=True)
+    return torch_model.eval()
+
+
+def _t(x):
+    return torch.from_numpy(np.array(x))
+
+
+def _close(t, j, name=""):
+    t = t.detach().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+    np.testing.assert_allclose(t, np.asarray(j), err_msg=name, **TOL)
+
+
+def _views(rng, b, v, h=H, w=W):
+    im = rng.uniform(-1, 1, (b, v, h, w, 3)).astype(np.float32)
+    c2w = np.tile(np.eye(4, dtype=np.float32), (b, v, 1, 1))
+    ang = rng.uniform(-0.6, 0.6, (b, v))
+    c2w[..., 0, 0], c2w[..., 0, 2], c2w[..., 2, 0], c2w[..., 2, 2] = (np.cos(ang), np.sin(ang), -np.sin(ang),
+                                                                      np.cos(ang))
+    c2w[..., :3, 3] = rng.normal(size=(b, v, 3)) * 0.4
+    k = np.tile(np.array([0.8, 1.1, 0.5, 0.45], np.float32), (b, v, 1))
+    k = k + rng.uniform(-0.05, 0.05, k.shape).astype(np.float32)
+    return im, c2w, k
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Geometry
+
+
+def test_plucker_and_ray_map_match_jax():
+    rng = np.random.default_rng(0)
+    _, c2w, k = _views(rng, 2, 3)
+    for p in (1, 7, 14):
+        _close(tgeometry.plucker_map(_t(c2w), _t(k), H, W, p), jrays.plucker_map(jnp.asarray(c2w), jnp.asarray(k),
+                                                                                 H, W, p), f"plucker p={p}")
+    for norm in (True, False):
+        to, td = tgeometry.ray_map(_t(c2w), _t(k), H, W, 1, normalise=norm)
+        jo, jd = jrays.ray_map(jnp.asarray(c2w), jnp.asarray(k), H, W, 1, normalise=norm)
+        _close(to, jo)
+        _close(td, jd)
+    with pytest.raises(ValueError, match="divisible"):
+        tgeometry.ray_map(_t(c2w), _t(k), H, W, 5)
+    with pytest.raises(ValueError, match="c2w"):
+        tgeometry.plucker_map(_t(c2w[..., :3, :]), _t(k), H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ViT towers
+
+
+@pytest.fixture(scope="module", params=["tiny-dinov2", "tiny-dinov2reg", "tiny-siglip2"])
+def towers(request):
+    jm = _perturb(jvit.ViT(request.param, rngs=nnx.Rngs(1)), seed=2)
+    return jm, _port(jm)
+
+
+def test_vit_matches_jax(towers):
+    jm, tm = towers
+    cfg = jm.config
+    p = cfg.patch
+    rng = np.random.default_rng(3)
+    # native grid, and a non-square grid that is not the native one (position-embedding resize)
+    for gh, gw in ((cfg.pos_grid, cfg.pos_grid), (2, 5)):
+        img = rng.integers(0, 256, (2, gh * p, gw * p, 3), dtype=np.uint8)
+        jx = jvit.preprocess(img, cfg.family)
+        tx = tvit.preprocess(torch.from_numpy(img), cfg.family)
+        _close(tx, jx, "preprocess uint8")
+        imf = rng.uniform(-1, 1, img.shape).astype(np.float32)
+        _close(tvit.preprocess(_t(imf), cfg.family), jvit.preprocess(imf, cfg.family), "preprocess float")
+        jf, jaux = jm(jx, return_hidden_states=True)
+        with torch.no_grad():
+            tf, taux = tm(tx, return_hidden_states=True)
+        assert tf.shape == (2, gh, gw, cfg.dim)
+        _close(tf, jf, f"features {(gh, gw)}")
+        assert set(taux) == set(jaux)
+        for key, jv in jaux.items():
+            if jv is None:
+                assert taux[key] is None, key
+            else:
+                _close(taux[key], jv, f"aux {key} {(gh, gw)}")
+        # hidden states: the ViT's layers are exercised (not an identity)
+        assert float(np.abs(np.asarray(jaux["hidden_states"][-1] - jaux["hidden_states"][0])).mean()) > 1e-2
+    if cfg.family == "siglip2":
+        assert taux["pooled"] is not None and tm.head is not None
+
+
+def test_vit_errors():
+    tm = tvit.ViT("tiny-dinov2")
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        tm(torch.zeros(1, 20, 28, 3))
+    with pytest.raises(ValueError, match="unknown variant"):
+        tvit.ViT("nope")
+    with pytest.raises(ValueError, match="num_registers"):
+        tvit.ViT(family="dinov2_reg", dim=8, depth=1, num_heads=2, patch=4, pos_grid=2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RAE3D
+
+RAE3D_CASES = {
+    # dinov2 tower, depth points, align features, 2 reads, dec_patch 7 < tower patch
+    "depth_align": dict(encoder="tiny-dinov2", num_tokens=8, dec_patch=7, view_chunk=2, align=True,
+                        read_layers=2, dim=32, dec_dim=32, dec_depth=2, process_depth=1, points="depth"),
+    # siglip2 tower (patch 16), xyz points, no process blocks, no token norm
+    "xyz_siglip": dict(encoder="tiny-siglip2", num_tokens=6, view_chunk=2, read_layers=1, dim=32, dec_dim=32,
+                       dec_depth=1, process_depth=0, points="xyz", token_norm=False, heads=2, dec_heads=2),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RAE3D_CASES))
+def raes(request):
+    jm = _perturb(jrae3d.RAE3D("tiny", rngs=nnx.Rngs(4), **RAE3D_CASES[request.param]), seed=5)
+    return jm, _port(jm)
+
+
+def _size(cfg):
+    p = cfg.patch
+    return (2 * p, 3 * p)
+
+
+def test_rae3d_encode_decode_forward_match_jax(raes):
+    jm, tm = raes
+    cfg = jm.config
+    hh, ww = _size(cfg)
+    rng = np.random.default_rng(6)
+    im, c2w, k = _views(rng, 2, 3, hh, ww)  # 3 views: not a multiple of view_chunk (JAX pads a block)
+    jt = jm.encode(jnp.asarray(im), jnp.asarray(c2w), jnp.asarray(k))
+    with torch.no_grad():
+        tt = tm.encode(_t(im), _t(c2w), _t(k))
+    assert tt.shape == (2, cfg.num_tokens, cfg.latent_dim)
+    _close(tt, jt, "encode")
+
+    # decode the JAX tokens at the context size and at another size (more target views than context views)
+    _, tc2w, tk = _views(rng, 2, 4, hh, ww)
+    for size in ((hh, ww), (3 * cfg.patch, 2 * cfg.patch)):
+        jout = jm.decode(jt, jnp.asarray(tc2w), jnp.asarray(tk), size)
+        with torch.no_grad():
+            tout = tm.decode(_t(np.asarray(jt)), _t(tc2w), _t(tk), size)
+        assert set(tout) == set(jout)
+        for key in jout:
+            assert tuple(tout[key].shape) == tuple(jout[key].shape), key
+            _close(tout[key], jout[key], f"decode {key} {size}")
+        expected = {"rgb", "points", "depth", "conf"} | ({"features"} if cfg.align else set())
+        assert set(tout) == expected
+
+    # forward (target size from target images)
+    ctx = dict(images=im, c2w=c2w, intrinsics=k)
+    tgt = dict(c2w=tc2w[:, :2], intrinsics=tk[:, :2], images=np.zeros((2, 2, hh, ww, 3), np.float32))
+    jout, jaux = jm({a: jnp.asarray(b) for a, b in ctx.items()}, {a: jnp.asarray(b) for a, b in tgt.items()})
+    with torch.no_grad():
+        tout, taux = tm({a: _t(b) for a, b in ctx.items()}, {a: _t(b) for a, b in tgt.items()})
+    assert set(tout) == set(jout) and set(taux) == set(jaux) == {"tokens", "latents"}
+    for key in jout:
+        _close(tout[key], jout[key], f"forward {key}")
+    for key in jaux:
+        _close(taux[key], jaux[key], f"forward aux {key}")
+
+
+def test_rae3d_view_mask_matches_jax(raes):
+    jm, tm = raes
+    hh, ww = _size(jm.config)
+    rng = np.random.default_rng(7)
+    im, c2w, k = _views(rng, 2, 3, hh, ww)
+    mask = np.array([[True, False, True], [False, True, True]])
+    im[~mask] = np.nan  # ignored views may hold anything
+    jt = jm.encode(jnp.asarray(im), jnp.asarray(c2w), jnp.asarray(k), view_mask=jnp.asarray(mask))
+    with torch.no_grad():
+        tt = tm.encode(_t(im), _t(c2w), _t(k), view_mask=torch.from_numpy(mask))
+    assert np.isfinite(tt.numpy()).all()
+    _close(tt, jt, "encode view_mask")
+    # masking a view equals dropping it
+    with torch.no_grad():
+        t0 = tm.encode(_t(im[:1, [0, 2]]), _t(c2w[:1, [0, 2]]), _t(k[:1, [0, 2]]))
+    _close(tt[:1], t0.numpy(), "masked view == dropped view")
+    with pytest.raises(ValueError, match="view_mask"):
+        tm.encode(_t(im), _t(c2w), _t(k), view_mask=torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_rae3d_errors():
+    tm = trae3d.RAE3D(num_tokens=4, dim=32, dec_dim=32, dec_depth=1)
+    im = torch.zeros(1, 2, H, W, 3)
+    c2w, k = torch.eye(4).expand(1, 2, 4, 4), torch.tensor([1.0, 1.0, 0.5, 0.5]).expand(1, 2, 4)
+    with pytest.raises(ValueError, match="multiple of the patch"):
+        tm.encode(torch.zeros(1, 2, 20, W, 3), c2w, k)
+    with pytest.raises(ValueError, match="c2w must be"):
+        tm.encode(im, c2w[:, :1], k)
+    with pytest.raises(ValueError, match="tokens must be"):
+        tm.decode(torch.zeros(1, 4, 7), c2w, k, (H, W))
+    with pytest.raises(ValueError, match="dec_patch"):
+        tm.decode(torch.zeros(1, 4, 32), c2w, k, (20, W))
+    with pytest.raises(ValueError, match="unknown config fields"):
+        trae3d.RAE3D(bogus=1)
