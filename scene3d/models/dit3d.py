@@ -59,6 +59,11 @@ class DiT3D(nnx.Module):
             raise ValueError(f"DiT3D: unknown size overrides {sorted(unknown)}; expected some of {sorted(sizes)}")
         sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
         d = sizes["dim"]
+        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert_torch_port.model_spec).
+        self.spec_kwargs = tuple(dict(
+            variant=variant, num_tokens=int(num_tokens), latent_dim=int(latent_dim), view_dim=int(view_dim),
+            cond_mode=cond_mode, ray_bands=int(ray_bands), traj_grid=int(traj_grid), mlp_ratio=float(mlp_ratio),
+            qk_norm=qk_norm, **{k: int(v) for k, v in sizes.items()}).items())
         self.dim, self.num_tokens, self.latent_dim, self.view_dim = d, int(num_tokens), int(latent_dim), int(view_dim)
         self.cond_mode, self.traj_grid, self.dtype = cond_mode, int(traj_grid), dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype)

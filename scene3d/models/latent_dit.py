@@ -41,6 +41,11 @@ class LatentDiT(nnx.Module):
             raise ValueError(f"LatentDiT pos {pos!r}: expected 'learned', 'rope2d' or 'none'")
         if pos == "rope2d" and (grid is None or grid[0] * grid[1] != num_tokens):
             raise ValueError(f"LatentDiT pos='rope2d' needs grid (gh, gw) with gh*gw = num_tokens={num_tokens}, got {grid}")
+        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert_torch_port.model_spec).
+        self.spec_kwargs = tuple(dict(
+            in_dim=int(in_dim), num_tokens=int(num_tokens), variant=variant, width=int(width), depth=int(depth),
+            heads=int(heads), mlp_ratio=float(mlp_ratio), num_classes=int(num_classes), cond_dim=int(cond_dim),
+            pos=pos, grid=None if grid is None else (int(grid[0]), int(grid[1])), qk_norm=qk_norm).items())
         self.in_dim, self.num_tokens, self.width = in_dim, num_tokens, width
         self.num_classes, self.cond_dim, self.pos, self.grid = num_classes, cond_dim, pos, grid
         self.dtype = dtype

@@ -1,0 +1,171 @@
+"""PyTorch port of ``scene3d.models.dit3d.DiT3D`` (inference; weights in the torch_port layout).
+
+``DiT3D(x_t (B, K, latent_dim), t (B,), cond) -> (v, {'cond_tokens', 'cond_mask'})`` with ``cond`` the same dict
+of (torch) tensors as the JAX model: view_features (B, V, h, w, F), view_rays (B, V, h, w, 6), view_mask (B, V);
+traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T). Also holds the small pieces DiT3D needs
+from scene3d.models.rae3d / scene3d.geometry.rays: :class:`RayEmbed` and :func:`plucker_map`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from scene3d_torch import nn as tnn
+
+# Same tables as scene3d.models.dit3d.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tiny": dict(dim=64, depth=2, heads=4),
+    "S": dict(dim=384, depth=12, heads=6),
+    "B": dict(dim=768, depth=12, heads=12),
+    "L": dict(dim=1024, depth=24, heads=16),
+}
+COND_MODES = ("cross", "in_context")
+
+
+def plucker_map(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(..., height, width, 6) Pluecker rays (o x d, d), unit d through pixel centres (scene3d.geometry.rays).
+
+    c2w (..., 4, 4) OpenCV camera-to-world; intrinsics (..., 4) = (fx/W, fy/H, cx/W, cy/H).
+    """
+    dt, dev = c2w.dtype, c2w.device
+    u = torch.arange(width, dtype=dt, device=dev) + 0.5
+    v = torch.arange(height, dtype=dt, device=dev) + 0.5
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    pix = torch.stack([uu, vv], -1)  # (h, w, 2)
+    scale = torch.tensor([width, height], dtype=dt, device=dev)
+    f = intrinsics[..., None, None, :2] * scale
+    c = intrinsics[..., None, None, 2:] * scale
+    xy = (pix - c) / f
+    d = torch.cat([xy, torch.ones_like(xy[..., :1])], -1)
+    d = d / torch.linalg.norm(d, dim=-1, keepdim=True)
+    d_world = (c2w[..., None, None, :3, :3] * d[..., None, :]).sum(-1)
+    o = torch.broadcast_to(c2w[..., None, None, :3, 3], d_world.shape)
+    return torch.cat([torch.linalg.cross(o, d_world, dim=-1), d_world], -1)
+
+
+class RayEmbed(nn.Module):
+    """Pluecker rays (..., 6) -> Fourier features (bands 2^0..2^(n-1), input included) -> linear ``proj``."""
+
+    def __init__(self, dim: int, num_bands: int, **_):
+        super().__init__()
+        self.num_bands = int(num_bands)
+        self.proj = tnn.linear(tnn.fourier_dim(6, self.num_bands), dim)
+
+    def forward(self, rays: torch.Tensor) -> torch.Tensor:
+        if rays.shape[-1] != 6:
+            raise ValueError(f"RayEmbed: rays must be (..., 6) Pluecker coordinates, got {tuple(rays.shape)}")
+        return self.proj(tnn.fourier_features(rays, self.num_bands).to(self.proj.weight.dtype))
+
+
+class DiT3D(nn.Module):
+    """Velocity model over 3DRAE scene tokens (scene3d.models.dit3d.DiT3D); same keyword arguments, with
+    rngs / dtype / param_dtype / scan / remat / impl accepted and ignored."""
+
+    def __init__(self, variant: str = "tiny", *, num_tokens: int, latent_dim: int, view_dim: int,
+                 cond_mode: str = "cross", ray_bands: int = 4, traj_grid: int = 4, mlp_ratio: float = 4.0,
+                 qk_norm: bool | str = True, impl: str = "xla", scan: bool = True, remat: str = "none",
+                 dtype=None, param_dtype=None, rngs=None, **overrides):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"DiT3D: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        if cond_mode not in COND_MODES:
+            raise ValueError(f"DiT3D: cond_mode must be one of {COND_MODES}, got {cond_mode!r}")
+        sizes = dict(VARIANTS[variant])
+        unknown = set(overrides) - set(sizes)
+        if unknown:
+            raise ValueError(f"DiT3D: unknown size overrides {sorted(unknown)}; expected some of {sorted(sizes)}")
+        sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
+        d = sizes["dim"]
+        self.dim, self.num_tokens, self.latent_dim, self.view_dim = d, int(num_tokens), int(latent_dim), int(view_dim)
+        self.cond_mode, self.traj_grid = cond_mode, int(traj_grid)
+        self.x_in = tnn.linear(self.latent_dim, d)
+        self.pos = nn.Parameter(torch.zeros(self.num_tokens, d))
+        self.t_embed = tnn.TimestepEmbedder(d)
+        self.view_norm = tnn.LayerNorm(self.view_dim)
+        self.view_proj = tnn.linear(self.view_dim, d)
+        self.view_ray = RayEmbed(d, ray_bands)
+        self.cam_mlp = tnn.Mlp(self.traj_grid ** 2 * 6, d, d, act="silu")
+        self.type_embed = nn.Parameter(torch.zeros(3, d))  # rows: null token, view type, trajectory type
+        self.cond_norm = tnn.LayerNorm(d)
+        cross = cond_mode == "cross"
+        self.blocks = tnn.Stack(lambda: tnn.DiTBlock(d, sizes["heads"], d, mlp_ratio=mlp_ratio, qk_norm=qk_norm,
+                                                     cross_attn=cross, context_dim=d if cross else None),
+                                sizes["depth"])
+        self.final = tnn.FinalLayer(d, self.latent_dim, d)
+
+    @property
+    def _dtype(self):
+        return self.x_in.weight.dtype
+
+    def view_tokens(self, features, rays, view_mask):
+        """features (B, V, h, w, F), rays (B, V, h, w, 6), view_mask (B, V) -> tokens (B, V*h*w, dim), mask."""
+        if features.ndim != 5 or features.shape[-1] != self.view_dim:
+            raise ValueError(f"DiT3D: view_features must be (B, V, h, w, {self.view_dim}), got "
+                             f"{tuple(features.shape)}")
+        if tuple(rays.shape) != tuple(features.shape[:4]) + (6,):
+            raise ValueError(f"DiT3D: view_rays must be {tuple(features.shape[:4]) + (6,)}, got {tuple(rays.shape)}")
+        b, v, h, w = features.shape[:4]
+        view_mask = torch.as_tensor(view_mask, device=features.device).bool()
+        if tuple(view_mask.shape) != (b, v):
+            raise ValueError(f"DiT3D: view_mask must be ({b}, {v}), got {tuple(view_mask.shape)}")
+        t = self.view_proj(self.view_norm(features.to(self._dtype))) + self.view_ray(rays)
+        t = t + self.type_embed[1].to(t.dtype)
+        t = torch.where(view_mask[:, :, None, None, None], t, torch.zeros((), dtype=t.dtype, device=t.device))
+        return t.reshape(b, v * h * w, self.dim), view_mask.repeat_interleave(h * w, dim=1)
+
+    def camera_tokens(self, c2w, intrinsics, traj_mask):
+        """c2w (B, T, 4, 4), intrinsics (B, T, 4), traj_mask (B, T) -> tokens (B, T, dim), mask."""
+        b, t = c2w.shape[:2]
+        if tuple(c2w.shape) != (b, t, 4, 4) or tuple(intrinsics.shape) != (b, t, 4):
+            raise ValueError(f"DiT3D: traj_c2w must be (B, T, 4, 4) and traj_intrinsics (B, T, 4), got "
+                             f"{tuple(c2w.shape)} and {tuple(intrinsics.shape)}")
+        valid = torch.as_tensor(traj_mask, device=c2w.device).bool()
+        if tuple(valid.shape) != (b, t):
+            raise ValueError(f"DiT3D: traj_mask must be ({b}, {t}), got {tuple(valid.shape)}")
+        g = self.traj_grid
+        eye = torch.eye(4, dtype=torch.float32, device=c2w.device)
+        c2w = torch.where(valid[..., None, None], c2w.float(), eye)
+        default = torch.tensor([1.0, 1.0, 0.5, 0.5], device=c2w.device)
+        intr = torch.where(valid[..., None], intrinsics.float(), default)
+        r = plucker_map(c2w, intr, g, g).reshape(b, t, g * g * 6)
+        tok = self.cam_mlp(r.to(self._dtype)) + self.type_embed[2].to(self._dtype)
+        return torch.where(valid[..., None], tok, torch.zeros((), dtype=tok.dtype, device=tok.device)), valid
+
+    def condition(self, cond: dict | None, batch_size: int):
+        """Condition tokens (B, L, dim) and key mask (B, L) (None = no condition: the null token only)."""
+        cond = cond or {}
+        dev = self.pos.device
+        null = self.type_embed[0].to(self._dtype)
+        toks = [torch.broadcast_to(null, (batch_size, 1, self.dim))]
+        masks = [torch.ones((batch_size, 1), dtype=torch.bool, device=dev)]
+        if cond.get("view_features") is not None:
+            vm = cond.get("view_mask")
+            vm = torch.ones(cond["view_features"].shape[:2], dtype=torch.bool, device=dev) if vm is None else vm
+            t, m = self.view_tokens(cond["view_features"], cond["view_rays"], vm)
+            toks.append(t)
+            masks.append(m)
+        if cond.get("traj_c2w") is not None:
+            tm = cond.get("traj_mask")
+            tm = torch.ones(cond["traj_c2w"].shape[:2], dtype=torch.bool, device=dev) if tm is None else tm
+            t, m = self.camera_tokens(cond["traj_c2w"], cond["traj_intrinsics"], tm)
+            toks.append(t)
+            masks.append(m)
+        return self.cond_norm(torch.cat(toks, 1)), torch.cat(masks, 1)
+
+    def forward(self, x: torch.Tensor, t, cond: dict | None = None):
+        """x (B, K, latent_dim) at time t (B,) -> (velocity (B, K, latent_dim), aux {'cond_tokens', 'cond_mask'})."""
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.num_tokens, self.latent_dim):
+            raise ValueError(f"DiT3D: x must be (B, {self.num_tokens}, {self.latent_dim}), got {tuple(x.shape)}")
+        b = x.shape[0]
+        h = self.x_in(x.to(self._dtype)) + self.pos.to(self._dtype)[None]
+        c = self.t_embed(torch.broadcast_to(torch.as_tensor(t, dtype=torch.float32, device=x.device), (b,)))
+        ctx, cmask = self.condition(cond, b)
+        if self.cond_mode == "cross":
+            h = self.blocks(h, c, ctx, context_mask=cmask[:, None, None, :])
+        else:
+            seq = torch.cat([h, ctx.to(h.dtype)], 1)
+            keys = torch.cat([torch.ones((b, self.num_tokens), dtype=torch.bool, device=x.device), cmask], 1)
+            h = self.blocks(seq, c, mask=keys[:, None, None, :])[:, :self.num_tokens]
+        return self.final(h, c).float(), {"cond_tokens": ctx, "cond_mask": cmask}
