@@ -1,13 +1,16 @@
 """Attention kernels on the current device: forward / forward+backward time, peak memory, TFLOP/s.
 
-    python benchmarks/attention.py [--impls xla,cudnn,pallas,tokamax] [--shapes B,Lq,Lk,H,D;...] [--dtype bf16]
-                                   [--smoke]
+    python benchmarks/attention.py [--impls xla,cudnn,pallas_mosaic_gpu,pallas_triton,tokamax]
+                                   [--shapes B,Lq,Lk,H,D;...] [--dtype bf16] [--smoke]
 
 Prints one row per (impl, shape): median fwd ms and fwd+bwd ms (wall clock after compile, --repeats runs,
 fresh random inputs), peak temp memory from ``compiled.memory_analysis()`` of the fwd+bwd program, and TFLOP/s
 (4 B H Lq Lk D for the forward, 2.5x that for the backward). Impls that cannot run on this device (cuDNN
-off GPU, ...) are listed with the reason. On CPU the Pallas kernels run in interpret mode, so --smoke uses
-tiny shapes: it checks that the script works, not kernel speed.
+off GPU, the Mosaic GPU kernels off Hopper, ...) are listed with the reason. Impls: any name the attention
+dispatcher takes; 'pallas' is what it picks on this device, 'pallas_mosaic_gpu' pins our FlashAttention-3 style
+Hopper kernels (Mosaic GPU forward and dK/dV + dQ backward), 'pallas_triton' the Triton ones. On CPU the Pallas
+kernels run in interpret mode, so --smoke uses tiny shapes (and skips cuDNN and the much slower Mosaic GPU
+interpreter): it checks that the script works, not kernel speed.
 
 The default shapes are the ones our models run: Perceiver cross-attention from 1024 queries to 4k / 16k / 64k
 multi-view keys, and DiT self-attention over 1024 and 4096 tokens, heads 12-16, head dims 64 / 128. Before the
@@ -74,10 +77,12 @@ def bench(impl, shape, dtype, repeats, seed=0):
         return jnp.sum(attn(q, k, v).astype(jnp.float32) ** 2)
     bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
     try:
-        compiled = bwd.lower(q, k, v).compile()
+        lowered = bwd.lower(q, k, v)
+        compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - report why an impl cannot run here
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:90]}"
         return row
+    row["kernels"] = kernel_counts(lowered.as_text())
     mem = compiled.memory_analysis()
     row["peak_mib"] = None if mem is None else (mem.temp_size_in_bytes + mem.output_size_in_bytes) / 2**20
     flops = 4.0 * b * h * lq * lk * d
@@ -88,25 +93,32 @@ def bench(impl, shape, dtype, repeats, seed=0):
     return row
 
 
+def kernel_counts(hlo_text: str) -> str:
+    """Pallas kernels in a lowered fwd+bwd program: 'mgpu:3' (Mosaic GPU), 'triton:2', 'tpu:3', or '-'."""
+    counts = {"mgpu": hlo_text.count("custom_call @mosaic_gpu"), "triton": hlo_text.count("custom_call @__gpu$xla.gpu.triton"),
+              "tpu": hlo_text.count("custom_call @tpu_custom_call")}
+    return " ".join(f"{k}:{n}" for k, n in counts.items() if n) or "-"
+
+
 def format_table(rows, peak_tflops: float | None = None) -> str:
-    head = f"{'impl':<8} {'B,Lq,Lk,H,D':<22} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'fwd TF/s':>9} " \
-           f"{'f+b TF/s':>9} {'fwd/peak':>9}"
+    head = f"{'impl':<17} {'B,Lq,Lk,H,D':<22} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} {'fwd TF/s':>9} " \
+           f"{'f+b TF/s':>9} {'fwd/peak':>9}  kernels (fwd+bwd)"
     lines = [head, "-" * len(head)]
     for r in rows:
         s = ",".join(map(str, r["shape"]))
         if "error" in r:
-            lines.append(f"{r['impl']:<8} {s:<22} unavailable: {r['error']}")
+            lines.append(f"{r['impl']:<17} {s:<22} unavailable: {r['error']}")
             continue
         peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}"
         frac = "n/a" if not peak_tflops else f"{100 * r['fwd_tflops'] / peak_tflops:.1f}%"
-        lines.append(f"{r['impl']:<8} {s:<22} {r['fwd_ms']:>9.3f} {r['bwd_ms']:>11.3f} {peak:>9} "
-                     f"{r['fwd_tflops']:>9.3f} {r['bwd_tflops']:>9.3f} {frac:>9}")
+        lines.append(f"{r['impl']:<17} {s:<22} {r['fwd_ms']:>9.3f} {r['bwd_ms']:>11.3f} {peak:>9} "
+                     f"{r['fwd_tflops']:>9.3f} {r['bwd_tflops']:>9.3f} {frac:>9}  {r['kernels']}")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--impls", default="xla,cudnn,pallas,tokamax")
+    p.add_argument("--impls", default="xla,cudnn,pallas_mosaic_gpu,pallas_triton,tokamax")
     p.add_argument("--shapes", default=None, help="';'-separated B,Lq,Lk,H,D")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     p.add_argument("--repeats", type=int, default=10)
@@ -117,7 +129,7 @@ def main(argv=None):
     impls = a.impls.split(",")
     repeats = 1 if a.smoke else a.repeats
     if a.smoke and jax.default_backend() == "cpu":
-        impls = [i for i in impls if i != "cudnn"]
+        impls = [i for i in impls if i not in ("cudnn", "pallas_mosaic_gpu")]
     peak = matmul_peak_tflops(dtype, repeats, n=256 if a.smoke else None)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {a.dtype}, "
           f"measured matmul peak {peak:.2f} TFLOP/s")

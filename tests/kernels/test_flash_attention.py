@@ -2,14 +2,17 @@
 
 ``TestFlashAttention`` runs the kernels compiled for real (only on a GPU / TPU: Triton + Mosaic GPU on GPU,
 Mosaic TPU on TPU); ``TestFlashAttentionInterpret`` re-runs the whole suite in Pallas interpret mode on CPU for
-the Triton and Mosaic TPU kernels. The Mosaic GPU kernel cannot run in interpret mode with JAX 0.10.2 (its GPU
-interpreter lacks run_state / plgpu.load), so on CPU it is checked by lowering it for CUDA.
+the Triton and Mosaic TPU kernels. The Mosaic GPU kernels (forward, dK/dV, dQ) run on CPU in JAX's Mosaic GPU
+interpreter (TMA copies, barriers, warpgroup threads; products as register dots, see mosaic_gpu._mma) on one
+small bf16 case (``MGPU_CASES``: it is slow), and are lowered for CUDA (wgmma, layouts, transposed operands) to
+check that fwd + bwd are three Mosaic GPU kernels and no Triton call.
 
 Tolerances per dtype (fresh random N(0, 1) inputs): fp32 - max abs error 2e-5 on out / lse, 1e-4 on grads
 (interpret mode computes exact fp32; on GPU the fp32 path uses full-precision dots); bf16 - error relative to
 the reference's norm (||x - ref|| / ||ref||) below 1e-2 on out and 2e-2 on grads, against the fp32 reference
 on the same bf16 inputs.
 """
+import dataclasses
 import functools
 import logging
 import zlib
@@ -31,6 +34,12 @@ CASES = {
     "cross_gqa_lengths_mask_fp32": (2, 40, 17, 4, 2, 128, "float32", "lengths+mask", 0.3),
     "cross_headmask_bf16": (1, 64, 40, 2, 2, 64, "bfloat16", "head_mask", None),
     "multi_tile_lengths_fp32": (2, 40, 300, 2, 1, 64, "float32", "lengths", None),
+}
+# Mosaic GPU interpret mode only (bf16; ~1 min per fwd+bwd on CPU): cross-attention with odd lengths (Lq 70 -> 128 in
+# two warpgroup tiles, Lk 150 -> 256 in four streamed 64-key tiles through a 2-deep TMA ring), grouped kv heads,
+# kv_lengths + a per-head key mask with one head seeing no key (empty rows: out 0, lse -inf, zero grads).
+MGPU_CASES = {
+    "mgpu_cross_gqa_masked_bf16": (1, 70, 150, 2, 1, 64, "bfloat16", "lengths+head_mask_empty", 0.2),
 }
 SMALL_BLOCKS = {  # several q / k tiles per program, to exercise the loops, tile skipping and DMA clamping
     "triton": BlockSizes(16, 32, 16, 32, 16, 32, num_warps=4),
@@ -57,19 +66,21 @@ def np_attention(q, k, v, valid, scale):
 
 
 def make_inputs(case, seed):
-    b, lq, lk, h, hk, d, dtype, mask_kind, scale = CASES[case]
+    b, lq, lk, h, hk, d, dtype, mask_kind, scale = {**CASES, **MGPU_CASES}[case]
     rng = np.random.default_rng(seed)
     dt = jnp.dtype(dtype)
     q, k, v = (jnp.asarray(rng.standard_normal(s, np.float32), dt) for s in ((b, lq, h, d), (b, lk, hk, d),
                                                                              (b, lk, hk, d)))
     kw, valid = {}, np.ones((b, 1, lk), bool)
     if mask_kind and "lengths" in mask_kind:
-        lengths = np.array([lk - 3, 0][:b] if mask_kind == "lengths+mask" else [lk - 10, 100][:b], np.int32)
+        lengths = np.array([lk - 3, 0][:b] if mask_kind.startswith("lengths+") else [lk - 10, 100][:b], np.int32)
         kw["kv_lengths"] = jnp.asarray(lengths)
         valid = valid & (np.arange(lk)[None, None, :] < lengths[:, None, None])
     if mask_kind and "mask" in mask_kind:
-        shape = (b, h, 1, lk) if mask_kind == "head_mask" else (b, 1, 1, lk)
+        shape = (b, h, 1, lk) if "head_mask" in mask_kind else (b, 1, 1, lk)
         m = rng.random(shape) < 0.7
+        if mask_kind.endswith("_empty"):
+            m[:, -1] = False  # the last head sees no key
         kw["mask"] = m
         valid = valid & m[:, :, 0, :]
     return (q, k, v), kw, valid, (1 / np.sqrt(d) if scale is None else scale)
@@ -114,6 +125,28 @@ def _err(x, ref, dtype):
     return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-12)
 
 
+def check_forward(result, case):
+    """out / lse against float64 numpy; rows with no visible key: lse -inf, out 0."""
+    ((out, lse), _), _, (np_out, np_lse) = result
+    b, lq, lk, h, hk, d, dtype = case[:7]
+    assert out.shape == (b, lq, h, d) and out.dtype == jnp.dtype(dtype) and lse.shape == (b, lq, h)
+    assert not np.any(np.isnan(out)) and not np.any(np.isnan(lse))
+    empty = np.isneginf(np_lse)
+    np.testing.assert_array_equal(np.isneginf(lse), empty)
+    np.testing.assert_array_equal(out.astype(np.float32)[empty], 0.0)
+    assert _err(out, np_out, dtype) < TOL[dtype]["out"]
+    assert _err(np.where(empty, 0, lse), np.where(empty, 0, np_lse), dtype) < TOL[dtype]["out"]
+
+
+def check_gradients(result, case):
+    """dq, dk, dv (through out and lse) against the einsum reference's autodiff."""
+    (_, grads), (_, ref_grads), _ = result
+    dtype = case[6]
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
+        assert g.shape == r.shape and g.dtype == jnp.dtype(dtype) and np.all(np.isfinite(g)), name
+        assert _err(g, r, dtype) < TOL[dtype]["grad"], (name, _err(g, r, dtype))
+
+
 class TestFlashAttention:
     INTERPRET = False
     BACKENDS = ("triton", "mosaic_gpu", "mosaic_tpu")
@@ -133,27 +166,14 @@ class TestFlashAttention:
     @pytest.mark.parametrize("backend", ["triton", "mosaic_gpu", "mosaic_tpu"])
     @pytest.mark.parametrize("case", list(CASES))
     def test_forward_and_lse_vs_numpy(self, backend, case):
-        dtype = CASES[case][6]
-        self.backend_or_skip(backend, dtype)
-        ((out, lse), _), _, (np_out, np_lse) = run_case(backend, self.INTERPRET, case, case == "multi_tile_lengths_fp32")
-        b, lq, lk, h, hk, d = CASES[case][:6]
-        assert out.shape == (b, lq, h, d) and out.dtype == jnp.dtype(dtype) and lse.shape == (b, lq, h)
-        assert not np.any(np.isnan(out)) and not np.any(np.isnan(lse))
-        empty = np.isneginf(np_lse)
-        np.testing.assert_array_equal(np.isneginf(lse), empty)  # rows with no visible key: lse -inf, out 0
-        np.testing.assert_array_equal(out.astype(np.float32)[empty], 0.0)
-        assert _err(out, np_out, dtype) < TOL[dtype]["out"]
-        assert _err(np.where(empty, 0, lse), np.where(empty, 0, np_lse), dtype) < TOL[dtype]["out"]
+        self.backend_or_skip(backend, CASES[case][6])
+        check_forward(run_case(backend, self.INTERPRET, case, case == "multi_tile_lengths_fp32"), CASES[case])
 
     @pytest.mark.parametrize("backend", ["triton", "mosaic_gpu", "mosaic_tpu"])
     @pytest.mark.parametrize("case", list(CASES))
     def test_gradients_vs_reference(self, backend, case):
-        dtype = CASES[case][6]
-        self.backend_or_skip(backend, dtype)
-        (_, grads), (_, ref_grads), _ = run_case(backend, self.INTERPRET, case, case == "multi_tile_lengths_fp32")
-        for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-            assert g.shape == r.shape and np.all(np.isfinite(g)), name
-            assert _err(g, r, dtype) < TOL[dtype]["grad"], (name, _err(g, r, dtype))
+        self.backend_or_skip(backend, CASES[case][6])
+        check_gradients(run_case(backend, self.INTERPRET, case, case == "multi_tile_lengths_fp32"), CASES[case])
 
     @pytest.mark.parametrize("backend", ["triton", "mosaic_tpu"])
     def test_dispatcher_pinned_backend(self, backend, caplog):
@@ -172,11 +192,31 @@ class TestFlashAttentionInterpret(TestFlashAttention):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Mosaic GPU (Hopper) without a GPU: it lowers for CUDA; tiles and shared memory fit.
+# Mosaic GPU (Hopper) without a GPU: the kernels run in the Mosaic GPU interpreter; they lower for CUDA; tiles and
+# shared memory fit.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(MGPU_CASES))
+def test_mosaic_gpu_interpret_forward_and_gradients(case):
+    """Forward, lse and the Mosaic GPU backward (dq, dk, dv) in the Mosaic GPU interpreter vs numpy / reference."""
+    result = run_case("mosaic_gpu", True, case, True)
+    check_forward(result, MGPU_CASES[case])
+    check_gradients(result, MGPU_CASES[case])
+    (_, grads), _, (_, np_lse) = result
+    b, lq, lk, h, hk = MGPU_CASES[case][:5]
+    dk, dv = (np.asarray(g, np.float32) for g in grads[1:])
+    if MGPU_CASES[case][7].endswith("_empty"):  # a head that sees no key gets exactly zero dq
+        assert np.all(np.isneginf(np_lse[:, :, -1]))
+        np.testing.assert_array_equal(np.asarray(grads[0], np.float32)[:, :, -1], 0.0)
+    np.testing.assert_array_equal(dk[:, lk - 3:], 0.0)  # keys beyond kv_lengths get no gradient
+    np.testing.assert_array_equal(dv[:, lk - 3:], 0.0)
 
 
 @pytest.mark.parametrize("d,masked", [(64, True), (128, False)])
 def test_mosaic_gpu_lowers_for_cuda(d, masked):
+    """fwd + bwd of backend='mosaic_gpu' lower (Pallas -> Mosaic GPU, wgmma layouts included) to three Mosaic GPU
+    kernels (forward, dK/dV, dQ) and no Triton call."""
     q = jax.ShapeDtypeStruct((2, 200, 4, d), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((2, 77, 2, d), jnp.bfloat16)
 
@@ -185,8 +225,8 @@ def test_mosaic_gpu_lowers_for_cuda(d, masked):
         return jax.grad(lambda q, k, v: jnp.sum(flash_attention(q, k, v, backend="mosaic_gpu", interpret=False,
                                                                 **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
     text = jax.jit(f).trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count("custom_call @mosaic_gpu_v2") == 1  # the forward
-    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2  # dK/dV and dQ (Triton on Hopper)
+    assert text.count("custom_call @mosaic_gpu_v2") == 3  # forward, dK/dV, dQ
+    assert "triton" not in text
 
 
 def test_block_sizes_defaults_and_smem_budget():
@@ -196,12 +236,14 @@ def test_block_sizes_defaults_and_smem_budget():
             bs = BlockSizes.get_default(backend, lq, lk, d, jnp.bfloat16)
             mod = flash._backend_module(backend)
             qm = mosaic_gpu.q_multiple(bs) if backend == "mosaic_gpu" else bs.q_multiple
-            mod.check_supported((1, lq, 2, d), (1, lk, 2, d), jnp.bfloat16, bs, -(-lq // qm) * qm,
-                                -(-lk // bs.k_multiple) * bs.k_multiple)
+            km = mosaic_gpu.k_multiple(bs) if backend == "mosaic_gpu" else bs.k_multiple
+            mod.check_supported((1, lq, 2, d), (1, lk, 2, d), jnp.bfloat16, bs, -(-lq // qm) * qm, -(-lk // km) * km)
     tiny = BlockSizes.get_default("triton", 17, 40, 64)
     assert (tiny.block_q, tiny.block_k) == (32, 64)  # shrunk to the sequence: little padding
     hopper = BlockSizes.get_default("mosaic_gpu", 4096, 4096, 128)
-    assert mosaic_gpu.smem_bytes(hopper, 128) <= 227 * 1024  # H100 / H200 shared memory per block
+    assert mosaic_gpu.smem_bytes(hopper, 128) <= 227 * 1024  # H100 / H200 shared memory per block (all 3 kernels)
+    big = dataclasses.replace(hopper, block_k_dq=128, block_q_dkv=128)
+    assert mosaic_gpu.smem_bytes(big, 128) <= 227 * 1024
 
 
 def test_clear_errors():

@@ -158,6 +158,14 @@ def _tile_transforms(dtype):
     return (plgpu.TilingTransform((8, _SWIZZLE // jnp.dtype(dtype).itemsize)), plgpu.SwizzleTransform(_SWIZZLE))
 
 
+def _drain(steps: int, depth: int, *done_barriers):
+    """Memory warpgroup, after its refill loop: wait until the last ``depth`` steps are consumed, so that it
+    observes every phase of the 'consumed' barriers it waits on (free on hardware; the interpreter checks it)."""
+    for t in range(max(0, steps - depth), steps):
+        for bar in done_barriers:
+            plgpu.barrier_wait(bar.at[t % depth])
+
+
 def _bias(valid):
     """Validity (B, Hm, 1, Lk) int32 | None -> additive fp32 bias (B, Hm, Lk): 0 visible, MASK_VALUE masked."""
     if valid is None:
@@ -278,6 +286,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, bias_ref, out_ref, lse_ref, *, qo_smem2, k_
             plgpu.barrier_wait(v_done.at[slot])
             fetch_v(t + depth, slot)
 
+        _drain(steps, depth, k_done, v_done)
+
 
 def forward(q, k, v, valid, *, scale: float, blocks: BlockSizes, interpret=False):
     """Padded (B, Lq, H, D), (B, Lk, Hk, D) x2, validity (B, Hm, 1, Lk) | None -> (out, lse2 (B, H, Lq))."""
@@ -324,7 +334,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dk_re
 
     @pl.when(wg < COMPUTE_WGS)
     def _compute():
-        plgpu.set_max_registers(240, action="increase")
+        plgpu.set_max_registers(232, action="increase")
         k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
         k_base = lax.axis_index("kv_seq") * (COMPUTE_WGS * block_k) + wg * block_k
         kvh = hh if groups == 1 else lax.div(hh, jnp.int32(groups))
@@ -396,6 +406,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dk_re
             fetch_do(t + depth, slot)
             plgpu.barrier_wait(q_done.at[slot])
             fetch_q(t + depth, slot)
+
+        _drain(steps, depth, do_done, q_done)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -478,6 +490,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref
             fetch_v(t + depth, slot)
             plgpu.barrier_wait(k_done.at[slot])
             fetch_k(t + depth, slot)
+
+        _drain(steps, depth, v_done, k_done)
 
 
 def backward(q, k, v, valid, do, lse2, delta, *, scale: float, blocks: BlockSizes, dkv_dtype, interpret=False):
