@@ -130,3 +130,68 @@ def test_plucker_map_matches_geometry():
     want = plucker_map(jnp.asarray(c2w), jnp.asarray(intr), 3, 5)
     got = torch_plucker(torch.from_numpy(c2w), torch.from_numpy(intr), 3, 5)
     _close(got, want, "plucker_map")
+
+
+# ----------------------------------------------------------------------------------------------- nn blocks
+
+
+def _block_pair(name, *args, **kw):
+    from scene3d import nn as snn
+    from scene3d_torch import nn as tnn
+    from tests.torch_port import perturb
+    jm = perturb(getattr(snn, name)(*args, rngs=nnx.Rngs(0), **kw), seed=4, scale=0.2)
+    tm = getattr(tnn, name)(*args, **kw)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in ctp.export_torch_port(jm).items()}, strict=True)
+    return jm, tm
+
+
+def test_nn_blocks_parity():
+    """The scene3d_torch.nn mirrors (also used by the ViT / RAE3D ports) on their less common options."""
+    from scene3d import nn as snn
+    from scene3d_torch import nn as tnn
+    rng = np.random.default_rng(6)
+    b, lq, lk = 2, 8, 6
+    x = rng.normal(size=(b, lq, 32)).astype(np.float32)
+    ctx = rng.normal(size=(b, lk, 24)).astype(np.float32)
+    mask = rng.uniform(size=(b, 1, lq, lk)) > 0.4
+    mask[0, 0, 3] = False  # a query with no key: zeros
+    lengths = np.array([6, 4])
+    qpos, kpos = rng.uniform(0, 9, (b, lq)).astype(np.float32), rng.uniform(0, 9, (b, lk)).astype(np.float32)
+    grid = np.asarray(snn.grid_positions_3d(2, 2, 2))
+    jx, jc, tx, tc = jnp.asarray(x), jnp.asarray(ctx), torch.from_numpy(x), torch.from_numpy(ctx)
+    tm_ = lambda a: torch.from_numpy(np.array(a))  # noqa: E731
+    cases = []
+    # cross-attention: GQA, LayerNorm qk-norm, interleaved 1D RoPE on q and k, mask + kv_lengths
+    jm, tmod = _block_pair("Attention", 32, 4, kv_dim=24, num_kv_heads=2, qk_norm="layer")
+    cases.append(("attention", jm(jx, jc, q_rope=snn.make_rope(qpos, axial=False, interleaved=True),
+                                  k_rope=snn.make_rope(kpos, axial=False, interleaved=True), mask=mask,
+                                  kv_lengths=lengths),
+                  tmod(tx, tc, q_rope=tnn.make_rope(tm_(qpos), axial=False, interleaved=True),
+                       k_rope=tnn.make_rope(tm_(kpos), axial=False, interleaved=True), mask=tm_(mask),
+                       kv_lengths=tm_(lengths))))
+    # self-attention, axial 3D RoPE with an uneven split, release head layout
+    jm, tmod = _block_pair("Attention", 32, 4, head_layout="release")
+    cases.append(("attention_nd", jm(jx, q_rope=snn.make_rope(grid, split=(4, 2, 2), axial=True)),
+                  tmod(tx, q_rope=tnn.make_rope(tm_(grid), split=(4, 2, 2), axial=True))))
+    # Block: RMSNorm, SwiGLU, LayerScale, cross-attention with context lengths
+    jm, tmod = _block_pair("Block", 32, 4, mlp="swiglu", norm="rms", layer_scale=0.5, cross_attn=True,
+                           context_dim=24, mlp_dim=48, qk_norm=True)
+    cases.append(("block", jm(jx, jc, context_lengths=lengths), tmod(tx, tc, context_lengths=tm_(lengths))))
+    jm, tmod = _block_pair("Block", 32, 4, mlp="gelu")
+    cases.append(("block_gelu", jm(jx, mask=mask[:, :, :, :1].repeat(lq, -1)),
+                  tmod(tx, mask=tm_(mask[:, :, :, :1].repeat(lq, -1)))))
+    # DiTBlock with per-token conditioning
+    c = rng.normal(size=(b, lq, 16)).astype(np.float32)
+    jm, tmod = _block_pair("DiTBlock", 32, 4, 16, qk_norm="rms")
+    cases.append(("ditblock_tokens", jm(jx, jnp.asarray(c)), tmod(tx, tm_(c))))
+    # PerceiverRead with learned latents and a (B, Lin) key mask; PerceiverProcess (a Stack) with 1D RoPE
+    kmask = mask[:, 0, 0]
+    kmask[:, 0] = True
+    jm, tmod = _block_pair("PerceiverRead", 32, 4, input_dim=24, num_latents=5, qk_norm="rms")
+    cases.append(("perceiver_read", jm(jc, mask=kmask), tmod(tc, mask=tm_(kmask))))
+    jm, tmod = _block_pair("PerceiverProcess", 32, 4, 2, mlp="gelu")
+    pos = np.arange(lq)
+    cases.append(("perceiver_process", jm(jx, rope=snn.make_rope(pos)), tmod(tx, rope=tnn.make_rope(tm_(pos)))))
+    for name, want, got in cases:
+        assert np.asarray(want).std() > 0.05, name
+        _close(got.detach(), want, name)
