@@ -16,7 +16,8 @@ row per key tile (0 or MASK_VALUE), copied by TMA. Every TMA copy signals its ow
   dtype; grouped kv heads are summed by the caller).
 - dQ: grid (heads, Lq / 128, batch); a compute warpgroup owns a 64-row q tile (``block_q_dq``) and its dO, lse2,
   delta and streams k/v tiles (``block_k_dq``): s = Q K^T, dp = dO V^T, ds = p (dp - delta), dQ += ds K.
-  Two kernels (no dQ atomics: Pallas Mosaic GPU in JAX 0.10.2 has no register-to-global atomic add).
+  Two kernels, so no dQ atomics. (FA3 proper accumulates fp32 dQ from the dK/dV kernel with atomic adds; the
+  0.10.2 API could do that with a TMA reduce-add, ``copy_smem_to_gmem(..., reduction_op="add")``; not done here.)
 
 Constraints: bf16/fp16 inputs (wgmma has no fp32 operand mode short of tf32), head_dim 64 or 128, block_q =
 block_q_dq = block_k_dkv = 64, block_k / block_k_dq in {64, 128, 192, 256}, block_q_dkv in {64, 128}; Lq padded to
@@ -30,12 +31,17 @@ slots, because the 0.10.2 interpreter lacks ``run_state`` (accumulating into a p
 accumulator), wgmma operands in registers and transposed (``transpose_ref``) operands. Row vectors are read with
 ``layout_cast(ref[...])`` (the same lowering as ``plgpu.load``, which the interpreter also lacks).
 
-JAX >= 0.11: this file uses only ``plgpu.kernel``, SMEM / Barrier / ACC scratch, ``copy_gmem_to_smem`` /
-``copy_smem_to_gmem``, ``barrier_wait`` / ``barrier_arrive``, ``wgmma``, ``transpose_ref``, ``layout_cast``,
-``set_max_registers`` and the private interpreter params class (``InterpretGPUParams``, the one import to
-re-check first). The Triton lowering, which JAX is retiring, is no longer used on Hopper (the backward was
-Triton until this kernel); the 'triton' backend (scene3d.kernels.flash.triton) stays for A100 and needs its own
-move (see its docstring). The pinned 0.10.2 carries no deprecation warning for either lowering.
+JAX >= 0.11: the Pallas changelog (docs.jax.dev, pallas/CHANGELOG) marks the Triton backend deprecated with 0.11.0
+("will be removed in a future version"); the pinned 0.10.2 site-packages carry no deprecation warning for it. On
+Hopper nothing here uses Triton any more (fwd + bwd are these three Mosaic GPU kernels); the 'triton' backend
+(scene3d.kernels.flash.triton) stays for A100 and needs its own move (see its docstring; after 0.11 Mosaic GPU
+gains a pre-Hopper ``cp.async`` copy path, where ``copy_gmem_to_smem`` takes no barrier). This file uses only
+``plgpu.kernel`` (not the deprecated ``core_map``), ``out_type`` / ``scratch_types`` (the 0.10 names), SMEM /
+Barrier / ACC scratch, ``copy_gmem_to_smem`` / ``copy_smem_to_gmem``, ``barrier_wait`` / ``barrier_arrive``,
+``wgmma``, ``transpose_ref`` (not ``TransposeTransform``, removed after 0.11), ``layout_cast``,
+``set_max_registers``, and the private ``jax._src.pallas.mosaic_gpu.interpret.params.InterpretGPUParams``
+(re-check that import first). If a newer interpreter gains ``run_state`` / register and transposed wgmma operands
+/ ``layout_cast``, drop the interpret branches of :func:`_mma` and :func:`_cast`.
 """
 from __future__ import annotations
 
@@ -496,9 +502,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref
 
 def backward(q, k, v, valid, do, lse2, delta, *, scale: float, blocks: BlockSizes, dkv_dtype, interpret=False):
     """Padded inputs, dO (B, Lq, H, D), lse2 / delta (B, H, Lq) fp32 (lse2 +inf on rows with no visible key) ->
-    dq (B, Lq, H, D), dk, dv per q head (B, Lk, H, D) in the input dtype (``dkv_dtype`` is ignored: the wgmma
-    tiles leave through 16-bit shared memory; the caller sums grouped heads in fp32)."""
-    del dkv_dtype
+    dq (B, Lq, H, D), dk, dv per q head (B, Lk, H, D). The kernels write dK / dV in the input dtype (the tiles
+    leave through 16-bit shared memory); they are cast to ``dkv_dtype`` (fp32 for grouped kv heads, which the
+    caller sums)."""
     b, lq, h, d = q.shape
     lk, hk = k.shape[1], k.shape[2]
     bias = _bias(valid)
@@ -557,4 +563,4 @@ def backward(q, k, v, valid, do, lse2, delta, *, scale: float, blocks: BlockSize
     dq = _call(functools.partial(_dq_kernel, block_q=bq, block_k=bk, steps=steps, depth=depth, **common),
                args, jax.ShapeDtypeStruct(q.shape, q.dtype), scratch, grid=(h, lq // (COMPUTE_WGS * bq), b),
                grid_names=("heads", "q_seq", "batch"), interpret=interpret, name="scene3d_flash_bwd_dq_mgpu")
-    return dq, dk, dv
+    return dq, dk.astype(dkv_dtype), dv.astype(dkv_dtype)
