@@ -92,12 +92,23 @@ class _Entry:
 def _entries(model: nnx.Module, state=None) -> Iterator[tuple[_Entry, Any]]:
     """(entry, variable) for every non-RNG variable of ``model`` (values from ``state`` if given)."""
     modules = _module_types(model)
-    st = nnx.state(model, _VARS) if state is None else state
+    own = nnx.state(model, _VARS)
+    st = own if state is None else state
+    flat = []
     for path, var in nnx.to_flat_state(st):
-        path = tuple(path)
         value = var.get_value() if isinstance(var, nnx.Variable) else var
-        if isinstance(var, nnx.RngState) or not hasattr(value, "shape"):
+        if (isinstance(var, nnx.RngState) or not hasattr(value, "shape")
+                or jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key)):
             continue
+        flat.append((tuple(path), var, value))
+    if state is not None:
+        want = {tuple(p) for p, _ in nnx.to_flat_state(own)}
+        got = {p for p, _, _ in flat}
+        if want != got:
+            raise ValueError(f"torch_port: the state does not match {type(model).__name__}: missing "
+                             f"{sorted('.'.join(map(str, p)) for p in want - got)[:10]}, unexpected "
+                             f"{sorted('.'.join(map(str, p)) for p in got - want)[:10]}")
+    for path, var, value in flat:
         owner = modules.get(path[:-1])
         stack = _stack_axes(path, modules)
         torch_leaf, _ = _rename(owner, str(path[-1]), len(value.shape) - len(stack))

@@ -119,6 +119,11 @@ def test_round_trip_and_import(models, tmp_path):
     assert set(got) == set(want)
     for k in want:
         np.testing.assert_array_equal(np.asarray(got[k][...]), np.asarray(want[k][...]), err_msg=str(k))
+    # export of an explicit state (e.g. restored from a checkpoint) with RNG state included and filtered out
+    other = latent_dit("learned_labels", seed=3)
+    _same(ctp.export_torch_port(m, nnx.split(other)[1]), ctp.export_torch_port(other))
+    with pytest.raises(ValueError, match="does not match"):
+        ctp.export_torch_port(m, nnx.state(models["latent_rope"]))
     # a differently initialised model takes the weights (dict of torch tensors, and a safetensors file)
     fresh = latent_dit("learned_labels", seed=7)
     assert not np.array_equal(ctp.export_torch_port(fresh)["proj_in.weight"], sd["proj_in.weight"])
