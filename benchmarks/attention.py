@@ -95,7 +95,8 @@ def bench(impl, shape, dtype, repeats, seed=0):
 
 def kernel_counts(hlo_text: str) -> str:
     """Pallas kernels in a lowered fwd+bwd program: 'mgpu:3' (Mosaic GPU), 'triton:2', 'tpu:3', or '-'."""
-    counts = {"mgpu": hlo_text.count("custom_call @mosaic_gpu"), "triton": hlo_text.count("custom_call @__gpu$xla.gpu.triton"),
+    counts = {"mgpu": hlo_text.count("custom_call @mosaic_gpu"),
+              "triton": hlo_text.count("custom_call @__gpu$xla.gpu.triton"),
               "tpu": hlo_text.count("custom_call @tpu_custom_call")}
     return " ".join(f"{k}:{n}" for k, n in counts.items() if n) or "-"
 

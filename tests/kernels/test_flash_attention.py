@@ -186,7 +186,7 @@ class TestFlashAttention:
 
 
 class TestFlashAttentionInterpret(TestFlashAttention):
-    """The same suite in Pallas interpret mode (CPU)."""
+    """The same suite in Pallas interpret mode (CPU); Mosaic GPU: test_mosaic_gpu_interpret_forward_and_gradients."""
     INTERPRET = True
     BACKENDS = ("triton", "mosaic_tpu")
 
@@ -226,6 +226,8 @@ def test_mosaic_gpu_lowers_for_cuda(d, masked):
                                                                 **kw).astype(jnp.float32)), argnums=(0, 1, 2))(q, k, v)
     text = jax.jit(f).trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("custom_call @mosaic_gpu_v2") == 3  # forward, dK/dV, dQ
+    for name in ("fwd", "bwd_dkv", "bwd_dq"):
+        assert f"scene3d_flash_{name}_mgpu" in text
     assert "triton" not in text
 
 
