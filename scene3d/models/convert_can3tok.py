@@ -26,11 +26,10 @@ import numpy as np
 from flax import nnx
 
 from scene3d.models.can3tok import Can3Tok, config_from_official
+from scene3d.models.convert_common import ImportReport, Path, flatten, is_abstract, load_state_dict, set_path
 
 PREFIX = "shape_model."
 IGNORED_PREFIXES = ("geo_decoder.",)
-
-Path = tuple  # a path into nnx.to_pure_dict(state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +43,6 @@ class Entry:
     kind: str
     ours: tuple[tuple[Path, int | None], ...]
     heads: int = 1
-
-
-@dataclasses.dataclass
-class ImportReport:
-    """What an import did: consumed official keys, ignored ones (key -> reason) and their tensors."""
-    prefix: str
-    consumed: list[str]
-    ignored: dict[str, str]
-    ignored_tensors: dict[str, np.ndarray] = dataclasses.field(repr=False)
-
-    def summary(self) -> str:
-        return (f"imported {len(self.consumed)} official tensors (prefix {self.prefix!r}); ignored "
-                f"{len(self.ignored)}: " + ", ".join(f"{k} ({r})" for k, r in sorted(self.ignored.items())))
 
 
 # ---------------------------------------------------------------------------------------------------- mapping
@@ -154,21 +140,6 @@ def unused_official_shapes(model: Can3Tok) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _flatten(tree, prefix=()) -> dict[Path, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, prefix + (k,)))
-        return out
-    return {prefix: tree}
-
-
-def _set(tree: dict, path: Path, value) -> None:
-    for k in path[:-1]:
-        tree = tree[k]
-    tree[path[-1]] = value
-
-
 def _to_official(entry: Entry, arrays: list, xp=np) -> Any:
     """Our arrays (one per part) -> the official tensor (``xp`` = np, or jnp to trace under eval_shape)."""
     if entry.kind == "copy":
@@ -201,10 +172,6 @@ def _from_official(entry: Entry, t: np.ndarray) -> list[np.ndarray]:
     raise ValueError(f"unknown entry kind {entry.kind!r}")
 
 
-def _is_abstract(pure) -> bool:
-    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(pure))
-
-
 # ---------------------------------------------------------------------------------------------------- export
 
 
@@ -225,7 +192,7 @@ def export_official(model: Can3Tok, state: nnx.State | None = None, *, prefix: s
     if state is None:
         state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    flat = _flatten(pure)
+    flat = flatten(pure)
     missing = sorted({p for e in entries for p, _ in e.ours} - set(flat), key=str)
     if missing:
         raise ValueError(f"export_official: the state lacks {['/'.join(map(str, p)) for p in missing]}")
@@ -240,7 +207,7 @@ def export_official(model: Can3Tok, state: nnx.State | None = None, *, prefix: s
             out[k] = xp.zeros(shape, np.float32)
         return out
 
-    if _is_abstract(pure):
+    if is_abstract(pure):
         out = jax.eval_shape(lambda f: convert(f, jnp), flat)
     else:
         out = {k: np.ascontiguousarray(v) for k, v in convert({p: np.asarray(a) for p, a in flat.items()},
@@ -264,9 +231,8 @@ def official_shapes(model: Can3Tok, *, unused: str = "omit") -> dict[str, tuple[
 
 
 def load_official(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A safetensors state_dict file -> {key: numpy array}."""
-    from safetensors.numpy import load_file
-    return load_file(os.fspath(path))
+    """A safetensors state_dict file (or a torch checkpoint's ``state_dict``) -> {key: numpy array}."""
+    return load_state_dict(path)
 
 
 def _detect_prefix(keys, model_keys) -> str:
@@ -324,7 +290,7 @@ def official_to_state(model: Can3Tok, state_dict: Mapping[str, Any], *, prefix: 
 
     abstract = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(abstract)
-    flat = _flatten(pure)
+    flat = flatten(pure)
     stacked: dict[Path, dict[int, np.ndarray]] = {}
     new: dict[Path, np.ndarray] = {}
     for e in entries:
@@ -341,10 +307,10 @@ def official_to_state(model: Can3Tok, state_dict: Mapping[str, Any], *, prefix: 
         if tuple(new[path].shape) != tuple(target.shape):
             raise ValueError(f"{name}: our parameter {'/'.join(map(str, path))} expects {tuple(target.shape)}, "
                              f"the mapping produced {new[path].shape}")
-        _set(pure, path, jnp.asarray(new[path], dtype=target.dtype))
+        set_path(pure, path, jnp.asarray(new[path], dtype=target.dtype))
     nnx.replace_by_pure_dict(abstract, pure)
     report = ImportReport(prefix=prefix, consumed=sorted(prefix + e.official for e in entries), ignored=ignored,
-                          ignored_tensors=ignored_tensors)
+                          passthrough=ignored_tensors)
     return abstract, report
 
 

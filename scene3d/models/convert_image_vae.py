@@ -14,7 +14,6 @@ listed in the report.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Mapping
 
@@ -23,21 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scene3d.models.convert_common import ImportReport, flatten, load_state_dict, set_path
 from scene3d.models.image_vae import ImageVAE
 
 TRAINING_ONLY_PREFIXES = ("loss.", "foundation_model.", "linear_proj")
-
-
-@dataclasses.dataclass
-class ImportReport:
-    """Consumed official keys and ignored ones (key -> reason)."""
-    prefix: str
-    consumed: list[str]
-    ignored: dict[str, str]
-
-    def summary(self) -> str:
-        return (f"imported {len(self.consumed)} tensors (prefix {self.prefix!r}); ignored {len(self.ignored)}: "
-                + ", ".join(f"{k} ({r})" for k, r in sorted(self.ignored.items())))
 
 
 def config_from_official(ddconfig: Mapping[str, Any], embed_dim: int | None = None) -> dict[str, Any]:
@@ -56,16 +44,6 @@ def config_from_official(ddconfig: Mapping[str, Any], embed_dim: int | None = No
                 attn_levels=tuple(i for i in range(len(ch_mult)) if res // 2 ** i in attn_res), z_channels=z,
                 embed_dim=int(embed_dim if embed_dim is not None else z), in_channels=int(ddconfig["in_channels"]),
                 out_channels=int(ddconfig["out_ch"]), num_groups=32)
-
-
-def _flat(pure, prefix=()):
-    out = {}
-    for k, v in pure.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
 
 
 def _official_key(path: tuple) -> str:
@@ -101,7 +79,7 @@ def _from_official(arr: np.ndarray, target_ndim: int) -> np.ndarray:
 
 def official_shapes(model: ImageVAE) -> dict[str, tuple[int, ...]]:
     """{official key: torch shape} for ``model``'s configuration (nothing allocated)."""
-    flat = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    flat = flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     return {_official_key(p): _torch_shape(a.shape) for p, a in flat.items()}
 
 
@@ -118,7 +96,7 @@ def export_official(model: ImageVAE, state: nnx.State | None = None, *, prefix: 
     state = nnx.state(model, nnx.Param) if state is None else state
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
     out = {}
-    for p, a in _flat(pure).items():
+    for p, a in flatten(pure).items():
         if isinstance(a, jax.ShapeDtypeStruct):
             out[prefix + _official_key(p)] = jax.ShapeDtypeStruct(_torch_shape(a.shape), a.dtype)
         else:
@@ -143,7 +121,7 @@ def official_to_state(model: ImageVAE, state_dict: Mapping[str, Any], *, prefix:
     prefix = _detect_prefix(keys) if prefix is None else prefix
     params = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(params)
-    flat = _flat(pure)
+    flat = flatten(pure)
     wanted = {_official_key(p): p for p in flat}
     missing = [prefix + k for k in wanted if prefix + k not in state_dict]
     if missing:
@@ -173,27 +151,15 @@ def official_to_state(model: ImageVAE, state_dict: Mapping[str, Any], *, prefix:
             raise ValueError(f"{name}: {prefix + k} has shape {arr.shape}, expected {_torch_shape(target.shape)}")
         new[p] = jnp.asarray(_from_official(arr, len(target.shape)), target.dtype)
 
-    def put(d, path, v):
-        for q in path[:-1]:
-            d = d[q]
-        d[path[-1]] = v
-
     for p, v in new.items():
-        put(pure, p, v)
+        set_path(pure, p, v)
     nnx.replace_by_pure_dict(params, pure)
     return params, ImportReport(prefix=prefix, consumed=sorted(prefix + k for k in wanted), ignored=ignored)
 
 
 def load_official(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A safetensors file, or a torch checkpoint (``.pt`` / ``.ckpt``, its ``state_dict`` entry) -> numpy dict."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return load_file(path)
-    import torch
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
-    return {k: v.float().numpy() for k, v in sd.items() if hasattr(v, "numpy")}
+    return load_state_dict(path)
 
 
 def import_official(model: ImageVAE, state_dict: Mapping[str, Any] | str | os.PathLike, **kwargs) -> ImportReport:

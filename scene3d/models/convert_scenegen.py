@@ -9,7 +9,6 @@ v; SwiGLU ``w12`` (2H, D) -> w_gate (first H rows), w_up; per-block tensors stac
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Mapping
@@ -19,20 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scene3d.models.convert_common import ImportReport, flatten, load_state_dict, set_path
 from scene3d.models.scenegen import VARIANTS, Buffer, SceneGen
 
 PREFIX = "scene_generator."
-
-
-@dataclasses.dataclass
-class ImportReport:
-    prefix: str
-    consumed: list[str]
-    ignored: dict[str, str]
-
-    def summary(self) -> str:
-        return (f"imported {len(self.consumed)} tensors (prefix {self.prefix!r}); ignored {len(self.ignored)}: "
-                + ", ".join(f"{k} ({r})" for k, r in sorted(self.ignored.items())))
 
 
 def config_from_official(config: Mapping[str, Any] | str | os.PathLike) -> dict[str, Any]:
@@ -146,16 +135,6 @@ def _patch_to_official(kernel, channels, patch, xp):
     return xp.transpose(kernel.reshape(patch, patch, channels, d), (3, 2, 0, 1))
 
 
-def _flat(pure, prefix=()):
-    out = {}
-    for k, v in pure.items():
-        if isinstance(v, Mapping):
-            out.update(_flat(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
 def _patch_info(model: SceneGen, path) -> tuple[int, int]:
     if path[0] == "c_embedder":
         return model.latent_channels, model.latent_patch
@@ -167,7 +146,7 @@ def export_official(model: SceneGen, state: nnx.State | None = None, *, prefix: 
     (``nnx.eval_shape``) gives {key: jax.ShapeDtypeStruct} without allocating anything."""
     state = nnx.state(model, (nnx.Param, Buffer)) if state is None else state
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    flat = _flat(pure)
+    flat = flatten(pure)
     entries = mapping(model)
 
     def convert(f, xp):
@@ -249,7 +228,7 @@ def official_to_state(model: SceneGen, state_dict: Mapping[str, Any], *, prefix:
 
     state = nnx.state(model, (nnx.Param, Buffer))
     pure = nnx.to_pure_dict(state)
-    flat = _flat(pure)
+    flat = flatten(pure)
     new, stacked = {}, {}
     for key, (kind, paths) in mapping(model).items():
         for path, arr in zip(paths, _from_official(kind, np.asarray(sd[key], np.float32), len(paths), model,
@@ -267,10 +246,7 @@ def official_to_state(model: SceneGen, state_dict: Mapping[str, Any], *, prefix:
         if tuple(new[p].shape) != tuple(target.shape):
             raise ValueError(f"{name}: our variable {'/'.join(map(str, p))} expects {tuple(target.shape)}, the "
                              f"mapping produced {new[p].shape}")
-        d = pure
-        for q in p[:-1]:
-            d = d[q]
-        d[p[-1]] = jnp.asarray(new[p], target.dtype)
+        set_path(pure, p, jnp.asarray(new[p], target.dtype))
     nnx.replace_by_pure_dict(state, pure)
     return state, ImportReport(prefix=prefix, consumed=sorted(prefix + k for k in expected), ignored=ignored)
 
@@ -278,13 +254,7 @@ def official_to_state(model: SceneGen, state_dict: Mapping[str, Any], *, prefix:
 def load_official(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A safetensors file, or a Lightning ``.ckpt`` (its ``state_dict``) -> {key: numpy array}."""
     path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return load_file(path)
-    import torch
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    sd = ckpt.get("state_dict", ckpt)
-    return {k: v.float().numpy() for k, v in sd.items() if k.startswith(PREFIX) and hasattr(v, "numpy")}
+    return load_state_dict(path, prefix=None if path.endswith(".safetensors") else PREFIX)
 
 
 def import_official(model: SceneGen, state_dict: Mapping[str, Any] | str | os.PathLike, **kwargs) -> ImportReport:

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scene3d.models.convert_common import ImportReport, Path, flatten, is_abstract, load_state_dict, set_path
 from scene3d.models.scenetok import SceneTok, config_from_official, eva_rope_tables
 
-Path = tuple  # a path into nnx.to_pure_dict(state)
 ROPE_KEYS = ("compressor.feat_rope.freqs_cos", "compressor.feat_rope.freqs_sin")
 NULL_KEY = "denoiser.null_tokens"
 ROPE_ATOL = 1e-5
@@ -47,21 +47,6 @@ class Entry:
     kind: str
     ours: tuple[tuple[Path, int | None], ...]
     shape: tuple[int, ...] | None = None  # official shape for 'reshape' and 'conv'
-
-
-@dataclasses.dataclass
-class ImportReport:
-    """What an import did: consumed keys, ignored keys (key -> reason), initialised parameters (key -> how),
-    and the tensors to pass back to :func:`export_official` for a bit-exact round trip."""
-    consumed: list[str]
-    ignored: dict[str, str]
-    initialised: dict[str, str]
-    passthrough: dict[str, np.ndarray] = dataclasses.field(repr=False)
-
-    def summary(self) -> str:
-        return (f"imported {len(self.consumed)} official tensors; ignored {len(self.ignored)}: "
-                + ", ".join(f"{k} ({r})" for k, r in sorted(self.ignored.items()))
-                + "; initialised: " + (", ".join(f"{k} ({r})" for k, r in self.initialised.items()) or "none"))
 
 
 # ---------------------------------------------------------------------------------------------------- mapping
@@ -161,21 +146,6 @@ def rope_tables(model: SceneTok) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _flatten(tree, prefix=()) -> dict[Path, Any]:
-    if isinstance(tree, Mapping):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, prefix + (k,)))
-        return out
-    return {prefix: tree}
-
-
-def _set(tree: dict, path: Path, value) -> None:
-    for k in path[:-1]:
-        tree = tree[k]
-    tree[path[-1]] = value
-
-
 def _to_official(e: Entry, arrays: list, xp=np) -> Any:
     """Our arrays (one per part) -> the official tensor (``xp`` = np, or jnp under eval_shape)."""
     if e.kind == "copy":
@@ -212,10 +182,6 @@ def _from_official(e: Entry, t: np.ndarray) -> list[np.ndarray]:
     raise ValueError(f"unknown entry kind {e.kind!r}")
 
 
-def _is_abstract(pure) -> bool:
-    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(pure))
-
-
 # ---------------------------------------------------------------------------------------------------- export
 
 
@@ -232,7 +198,7 @@ def export_official(model: SceneTok, state: nnx.State | Mapping | None = None, *
     if state is None:
         state = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    flat = _flatten(pure)
+    flat = flatten(pure)
     missing = sorted({p for e in entries for p, _ in e.ours} - set(flat), key=str)
     if missing:
         raise ValueError(f"export_official: the state lacks {['/'.join(map(str, p)) for p in missing]}")
@@ -241,7 +207,7 @@ def export_official(model: SceneTok, state: nnx.State | Mapping | None = None, *
         return {e.official: _to_official(e, [f[p] if layer is None else f[p][layer] for p, layer in e.ours], xp)
                 for e in entries}
 
-    if _is_abstract(pure):
+    if is_abstract(pure):
         out = jax.eval_shape(lambda f: convert(f, jnp), flat)
         out.update({k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in rope_tables(model).items()})
     else:
@@ -264,9 +230,8 @@ def official_shapes(model: SceneTok, *, null_tokens: bool = False) -> dict[str, 
 
 
 def load_official(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A safetensors state_dict file -> {key: numpy array}."""
-    from safetensors.numpy import load_file
-    return load_file(os.fspath(path))
+    """A safetensors state_dict file (or a torch checkpoint's ``state_dict``) -> {key: numpy array}."""
+    return load_state_dict(path)
 
 
 def official_to_state(model: SceneTok, state_dict: Mapping[str, Any], *, strict: bool = False,
@@ -306,7 +271,7 @@ def official_to_state(model: SceneTok, state_dict: Mapping[str, Any], *, strict:
 
     params = nnx.state(model, nnx.Param)
     pure = nnx.to_pure_dict(params)
-    flat = _flatten(pure)
+    flat = flatten(pure)
     stacked: dict[Path, dict[int, np.ndarray]] = {}
     new: dict[Path, np.ndarray] = {}
     for e in entries:
@@ -328,7 +293,7 @@ def official_to_state(model: SceneTok, state_dict: Mapping[str, Any], *, strict:
         if tuple(new[path].shape) != tuple(target.shape):
             raise ValueError(f"{name}: our parameter {'/'.join(map(str, path))} expects {tuple(target.shape)}, "
                              f"the mapping produced {new[path].shape}")
-        _set(pure, path, jnp.asarray(new[path], dtype=target.dtype))
+        set_path(pure, path, jnp.asarray(new[path], dtype=target.dtype))
     nnx.replace_by_pure_dict(params, pure)
     report = ImportReport(consumed=sorted(e.official for e in entries) + list(ROPE_KEYS), ignored=ignored,
                           initialised=initialised, passthrough=passthrough)
