@@ -294,3 +294,31 @@ def test_tiny_trained_run_round_trips_through_the_torch_port(tmp_path):
     _, ema, _ = export.load_run(str(run), params="ema")
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
                zip(jax.tree.leaves(nnx.state(ema, nnx.Param)), jax.tree.leaves(nnx.state(a, nnx.Param))))
+
+
+def test_wrapper_parts_and_frozen_tokenizers():
+    """Stage-2 wrappers export their generator by default; a frozen tokenizer part exports all its weights (its
+    Frozen variables are read as parameters)."""
+    from scene3d.models.latent_dit import LatentDiT
+    from scene3d.nn.frozen import freeze
+    from scene3d.tasks.generate import LatentDiffusion
+
+    def build():
+        r = nnx.Rngs(0)
+        return LatentDiffusion(LatentDiT(in_dim=4, num_tokens=8, variant="tiny", rngs=r), None,
+                               freeze(can3tok.Can3Tok(variant="tiny", rngs=r)))
+
+    m = nnx.eval_shape(build)
+    assert export.default_part(m) == "dit"
+    assert export.select_part(m, None) == (m.dit, "dit")
+    tok, part = export.select_part(m, "tokenizer")
+    assert part == "tokenizer" and not jax.tree.leaves(nnx.state(tok, nnx.Param))  # all Frozen
+    ours = export.to_state_dict(tok, "official")
+    unfrozen = nnx.eval_shape(lambda: can3tok.Can3Tok(variant="tiny", rngs=nnx.Rngs(0)))
+    want = {"shape_model." + k: v for k, v in convert_can3tok.official_shapes(unfrozen, unused="zeros").items()}
+    assert {k: tuple(v.shape) for k, v in ours.items()} == want
+    assert export.select_part(m, "tokenizer.head_hidden.1")[0] is tok.head_hidden[1]
+    with pytest.raises(ValueError, match=r"--part='tokenizer.nope': tokenizer \(Can3Tok\) has no submodule 'nope'"):
+        export.select_part(m, "tokenizer.nope")
+    with pytest.raises(ValueError, match=r"part 'dit' LatentDiT has no 'official' layout"):
+        export._check_layout(m.dit, "official", "dit")
