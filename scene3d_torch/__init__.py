@@ -39,9 +39,10 @@ def _paths(path: str) -> tuple[str, str]:
 
 
 def load(path: str, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """``FILE.safetensors`` (torch_port weights) + ``FILE.json`` (spec) -> model in eval mode (strict load).
+    """``FILE.safetensors`` (torch_port weights) + ``FILE.json`` -> model in eval mode (strict load).
 
-    ``path`` may name either file or their common stem.
+    The sidecar is the spec ``{"class", "kwargs"}`` or a dict holding it under ``"spec"``. ``path`` may name
+    either file or their common stem.
     """
     from safetensors.torch import load_file
     st, js = _paths(os.fspath(path))
@@ -50,6 +51,8 @@ def load(path: str, *, device: str | torch.device = "cpu") -> torch.nn.Module:
             raise ValueError(f"load: {p} not found (need both {st} and its spec {js})")
     with open(js) as f:
         spec = json.load(f)
+    if isinstance(spec, dict) and "class" not in spec and isinstance(spec.get("spec"), dict):
+        spec = spec["spec"]  # a sidecar with the spec nested (scene3d.export adds step / params / ...)
     model = build(spec)
     model.load_state_dict(load_file(st, device=str(device)), strict=True)
     return model.to(device).eval()

@@ -2,8 +2,7 @@
 
 ``DiT3D(x_t (B, K, latent_dim), t (B,), cond) -> (v, {'cond_tokens', 'cond_mask'})`` with ``cond`` the same dict
 of (torch) tensors as the JAX model: view_features (B, V, h, w, F), view_rays (B, V, h, w, 6), view_mask (B, V);
-traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T). Also holds the small pieces DiT3D needs
-from scene3d.models.rae3d / scene3d.geometry.rays: :class:`RayEmbed` and :func:`plucker_map`.
+traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T).
 """
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ import torch
 from torch import nn
 
 from scene3d_torch import nn as tnn
+from scene3d_torch.geometry import plucker_map
+from scene3d_torch.rae3d import RayEmbed
 
 # Same tables as scene3d.models.dit3d.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -22,41 +23,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "L": dict(dim=1024, depth=24, heads=16),
 }
 COND_MODES = ("cross", "in_context")
-
-
-def plucker_map(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(..., height, width, 6) Pluecker rays (o x d, d), unit d through pixel centres (scene3d.geometry.rays).
-
-    c2w (..., 4, 4) OpenCV camera-to-world; intrinsics (..., 4) = (fx/W, fy/H, cx/W, cy/H).
-    """
-    dt, dev = c2w.dtype, c2w.device
-    u = torch.arange(width, dtype=dt, device=dev) + 0.5
-    v = torch.arange(height, dtype=dt, device=dev) + 0.5
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    pix = torch.stack([uu, vv], -1)  # (h, w, 2)
-    scale = torch.tensor([width, height], dtype=dt, device=dev)
-    f = intrinsics[..., None, None, :2] * scale
-    c = intrinsics[..., None, None, 2:] * scale
-    xy = (pix - c) / f
-    d = torch.cat([xy, torch.ones_like(xy[..., :1])], -1)
-    d = d / torch.linalg.norm(d, dim=-1, keepdim=True)
-    d_world = (c2w[..., None, None, :3, :3] * d[..., None, :]).sum(-1)
-    o = torch.broadcast_to(c2w[..., None, None, :3, 3], d_world.shape)
-    return torch.cat([torch.linalg.cross(o, d_world, dim=-1), d_world], -1)
-
-
-class RayEmbed(nn.Module):
-    """Pluecker rays (..., 6) -> Fourier features (bands 2^0..2^(n-1), input included) -> linear ``proj``."""
-
-    def __init__(self, dim: int, num_bands: int, **_):
-        super().__init__()
-        self.num_bands = int(num_bands)
-        self.proj = tnn.linear(tnn.fourier_dim(6, self.num_bands), dim)
-
-    def forward(self, rays: torch.Tensor) -> torch.Tensor:
-        if rays.shape[-1] != 6:
-            raise ValueError(f"RayEmbed: rays must be (..., 6) Pluecker coordinates, got {tuple(rays.shape)}")
-        return self.proj(tnn.fourier_features(rays, self.num_bands).to(self.proj.weight.dtype))
 
 
 class DiT3D(nn.Module):

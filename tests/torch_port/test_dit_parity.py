@@ -125,7 +125,7 @@ def test_dit3d_parity(d3, with_cond):
 
 def test_plucker_map_matches_geometry():
     from scene3d.geometry.rays import plucker_map
-    from scene3d_torch.dit3d import plucker_map as torch_plucker
+    from scene3d_torch.geometry import plucker_map as torch_plucker
     c2w, intr = _cameras(np.random.default_rng(5), 2, 3)
     want = plucker_map(jnp.asarray(c2w), jnp.asarray(intr), 3, 5)
     got = torch_plucker(torch.from_numpy(c2w), torch.from_numpy(intr), 3, 5)
