@@ -10,7 +10,8 @@ Layout: a flat dict ``name -> np.ndarray`` holding every array variable of the m
   scene3d (``nn.PerceiverProcess`` and ``models.vit`` use it too); scan=True and scan=False hold the same state.
 - Leaf renames, decided by the type of the module that owns the leaf (never by shape):
   ``nnx.Linear``   kernel (in, out)                -> weight (out, in)
-  ``nnx.Conv``     kernel (*spatial, in/g, out)    -> weight (out, in/g, *spatial)   (e.g. (kh, kw, i, o) -> (o, i, kh, kw))
+  ``nnx.Conv``     kernel (*spatial, in/g, out)    -> weight (out, in/g, *spatial),
+                   e.g. (kh, kw, i, o) -> (o, i, kh, kw)
   ``nnx.Embed``    embedding (n, d)                -> weight (n, d)
   norms (``scene3d.nn.LayerNorm`` / ``RMSNorm``, ``nnx.LayerNorm`` / ``RMSNorm`` / ``GroupNorm``)  scale -> weight
   anything else keeps its name and array (biases, learned tokens ``pos_emb``, LayerScale ``ls1`` ...).
