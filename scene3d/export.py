@@ -38,6 +38,10 @@ stage-2 model, e.g. its frozen tokenizer, comes from the config as in training),
 the data iterator's start position), then ``NEWDIR/config.json`` and ``NEWDIR/import.json``. Official tensors that
 have no counterpart in our model but are needed for a bit-exact export (Can3Tok's ``geo_decoder.*``, SceneTok's
 RoPE tables) are kept in ``NEWDIR/official_extra.safetensors`` and written back by later exports of the same part.
+A released SceneTok (its decoder renders VideoDC latents, 4 cameras each) is not a model the scenetok task builds
+(one camera per latent, the compressor's latents): importing one reports the shape mismatch; its weights load with
+``scene3d.models.convert_scenetok.model_from_official`` instead. LatentDiffusion's condition encoder (``cond``) has
+no exported layout: ``--part=dit`` exports the DiT only.
 """
 from __future__ import annotations
 
@@ -247,6 +251,10 @@ def export_run(workdir: str, out: str, layout: str, *, step: int | None = None, 
         record["spec"] = _torch_port().model_spec(as_trainable(module))
     elif extra:
         record["passthrough"] = sorted(extra)
+    if layout == "official" and cls == "Can3Tok" and getattr(module, "head_layout", "release") != "release":
+        record["warning"] = (f"this Can3Tok uses head_layout={module.head_layout!r}: the official code (flash "
+                             "attention path) computes a different function with these weights")
+        print(f"warning: {record['warning']}", file=sys.stderr)
     write_export(out, tensors, record)
     print(f"{out}: {layout} layout of {cls} (part {part or '<whole model>'!r}), step {record['step']}, "
           f"{record['params']} parameters", file=sys.stderr)

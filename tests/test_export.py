@@ -322,3 +322,27 @@ def test_wrapper_parts_and_frozen_tokenizers():
         export.select_part(m, "tokenizer.nope")
     with pytest.raises(ValueError, match=r"part 'dit' LatentDiT has no 'official' layout"):
         export._check_layout(m.dit, "official", "dit")
+
+
+def test_scenetok_run_round_trip_exports_the_scenetok_part(tmp_path):
+    """A SceneTok state_dict in the official layout (random tensors, plus a CFG null token) -> step-0 run of the
+    scenetok task (SceneTokModel: default part 'scenetok') -> export: the same file, bit-exact."""
+    from scene3d import tasks
+    config = load_config("configs/scenetok.py:runlocal")
+    abstract = nnx.eval_shape(lambda: tasks.get_task(config).build_model(nnx.Rngs(0)))
+    part, name = export.select_part(abstract, None)
+    assert name == "scenetok" and isinstance(part, scenetok.SceneTok)
+    shapes = export.to_state_dict(part, "official")
+    rng = np.random.default_rng(0)
+    weights = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in shapes.items()}
+    weights.update(convert_scenetok.rope_tables(part))  # deterministic buffers, checked on import
+    weights[convert_scenetok.NULL_KEY] = rng.standard_normal((1, 1, part.decoder.config["width"])).astype(np.float32)
+    src = tmp_path / "official.safetensors"
+    convert_common.save_safetensors(src, weights)
+    run, out = tmp_path / "run", tmp_path / "export.safetensors"
+    record = export.main([f"--import_from={src}", "--layout=official", "--config=configs/scenetok.py:runlocal",
+                          f"--workdir={run}"])
+    assert record["part"] == "scenetok" and record["class"] == "SceneTok"
+    export.main([f"--workdir={run}", "--layout=official", f"--out={out}"])
+    assert_same_tensors(load_file(out), weights)
+    assert json.loads(out.with_suffix(".json").read_text())["part"] == "scenetok"
