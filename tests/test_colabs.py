@@ -83,3 +83,16 @@ def test_01_encode_and_render(tmp_path, shared_dirs):
     gif = Image.open(out / "trajectory.gif")
     assert gif.n_frames >= 2 and gif.size == (28, 28)
     assert "scene tokens: (1, 16, 32)" in outputs_text(nb)
+
+
+def test_02_train_live(tmp_path, shared_dirs):
+    nb, out = run_notebook("02_train_live.ipynb", tmp_path, shared_dirs)
+    rows = [json.loads(l) for l in (out / "flow_shapes_run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 30 and np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses  # it learned
+    assert any("eval/val_loss" in r for r in rows)
+    assert list((out / "flow_shapes_run" / "images").glob("*samples*.png"))
+    from PIL import Image
+    assert Image.open(out / "loss_curve.png").size == (560, 300)
+    assert f"train loss: first {losses[0]:.4f}, last {losses[-1]:.4f}" in outputs_text(nb)
