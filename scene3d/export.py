@@ -448,4 +448,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # user errors: the message, no traceback
+        sys.exit(f"python -m scene3d.export: error: {e}")
