@@ -245,6 +245,12 @@ def test_rae3d_view_mask_matches_jax(raes):
     _close(tt[:1], t0.numpy(), "masked view == dropped view")
     with pytest.raises(ValueError, match="view_mask"):
         tm.encode(_t(im), _t(ctx["c2w"]), _t(ctx["intrinsics"]), view_mask=torch.ones(2, 2, dtype=torch.bool))
+    # a list of view groups (the JAX encoder's multi-resolution input) reads like one concatenated group
+    with torch.no_grad():
+        sl = (slice(0, 1), slice(1, 3))
+        groups = [(_t(im[:, s]), _t(ctx["c2w"][:, s]), _t(ctx["intrinsics"][:, s])) for s in sl]
+        tg, _ = tm.encoder(groups, view_mask=[torch.from_numpy(mask[:, s]) for s in sl])
+    _close(tg, tt.numpy(), "groups")
 
 
 def test_rae3d_errors():
