@@ -350,8 +350,9 @@ def main(argv):
         raise app.UsageError("both --config=configs/X.py:ARGS and --workdir=DIR are required")
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    if os.environ.get("SCENE3D_DISTRIBUTED"):
-        jax.distributed.initialize()
+    # Multi-process (local launcher, SLURM, TPU pod): the only difference from a single process.
+    from scene3d.core import distributed
+    distributed.initialize_from_env()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -2,12 +2,13 @@
 
 ``make_batch_iterator`` turns any random-access source (``__len__``/``__getitem__`` returning dicts of numpy
 arrays) into a resumable iterator of per-process batches: shuffled with a seed (reshuffled every epoch), repeated,
-mapped through per-example transforms, sliced across processes and batched. Transforms are attached before the
-process slice (MapDataset is lazy: each process still computes only its own elements), so a
-``grain.transforms.RandomMap`` gets a generator seeded by (seed, global element index): the same whatever the
-process count, and reproduced exactly after a state restore. ``to_global`` assembles the per-process batches into
-global arrays sharded along the mesh's batch axes. The iterator supports ``get_state``/``set_state`` and is saved
-in the same orbax checkpoint as the model.
+mapped through per-example transforms, batched and sliced across processes: process p gets the p-th contiguous
+block of each global batch, the rows its devices hold, so a global batch is the same, row for row, whatever the
+process count. Transforms are attached before the process slice (MapDataset is lazy: each process still computes
+only its own elements), so a ``grain.transforms.RandomMap`` gets a generator seeded by (seed, global element
+index): the same whatever the process count, and reproduced exactly after a state restore. ``to_global``
+assembles the per-process batches into global arrays sharded along the mesh's batch axes. The iterator supports
+``get_state``/``set_state`` and is saved in the same orbax checkpoint as the model.
 """
 from __future__ import annotations
 
@@ -43,9 +44,13 @@ def make_batch_iterator(source, *, global_batch_size: int, seed: int, shuffle: b
     ds = ds.repeat(num_epochs)
     for fn in transforms:
         ds = ds.random_map(fn, seed=seed) if isinstance(fn, grain.transforms.RandomMap) else ds.map(fn)
-    # Each process takes every process_count-th example: the global batch is the union over processes.
+    # Process p holds the p-th contiguous block of every global batch (rows p*B/P .. (p+1)*B/P), the rows its
+    # devices own in ``to_global``: the global batch, row for row, does not depend on the process count.
+    per_process = global_batch_size // process_count
+    if num_epochs is not None and drop_remainder:  # finite: every process gets the same number of batches
+        ds = ds[:len(ds) // global_batch_size * global_batch_size]
+    ds = ds.batch(per_process, drop_remainder=drop_remainder)
     ds = ds[process_index::process_count]
-    ds = ds.batch(global_batch_size // process_count, drop_remainder=drop_remainder)
     return iter(ds.to_iter_dataset(read_options))
 
 
