@@ -96,3 +96,17 @@ def test_02_train_live(tmp_path, shared_dirs):
     from PIL import Image
     assert Image.open(out / "loss_curve.png").size == (560, 300)
     assert f"train loss: first {losses[0]:.4f}, last {losses[-1]:.4f}" in outputs_text(nb)
+
+
+def test_03_generate(tmp_path, shared_dirs):
+    nb, out = run_notebook("03_generate.ipynb", tmp_path, shared_dirs)
+    from scene3d.data import splat_io
+    record = json.loads((out / "ldm_run" / "config.json").read_text())
+    assert record["tokenizer"]["workdir"] == str(out / "can3tok_run")  # stage 2 used the notebook's stage 1
+    for i in range(2):
+        g = splat_io.read_ply(out / "samples" / f"sample_{i}.ply")
+        assert np.asarray(g.xyz).shape == (48, 3) and np.isfinite(np.asarray(g.xyz)).all()
+    from PIL import Image
+    assert Image.open(out / "samples" / "sample_0_orbit.gif").n_frames >= 2
+    assert Image.open(out / "points_and_frustums.png").size[0] > 600
+    assert "generated Gaussians: (2, 48, 14)" in outputs_text(nb)
