@@ -110,3 +110,13 @@ def test_03_generate(tmp_path, shared_dirs):
     assert Image.open(out / "samples" / "sample_0_orbit.gif").n_frames >= 2
     assert Image.open(out / "points_and_frustums.png").size[0] > 600
     assert "generated Gaussians: (2, 48, 14)" in outputs_text(nb)
+
+
+def test_04_export_to_pytorch(tmp_path, shared_dirs):
+    nb, out = run_notebook("04_export_to_pytorch.ipynb", tmp_path, shared_dirs)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["velocity_max_abs_diff"] < 1e-4, parity
+    assert parity["sample_max_abs_diff"] < 1e-3, parity
+    sidecar = json.loads((out / "flow_shapes_dit.json").read_text())
+    assert sidecar["layout"] == "torch_port" and sidecar["class"] == "LatentDiT"
+    assert "velocity: max |jax - torch|" in outputs_text(nb)
