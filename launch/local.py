@@ -52,7 +52,8 @@ def _pump(stream, prefix: str, out, lock: threading.Lock):
 
 
 def _stop(procs, grace: float = 10.0):
-    """SIGTERM the process groups still running, SIGKILL those left after ``grace`` seconds."""
+    """SIGTERM the process groups still running, SIGKILL those left after ``grace`` seconds (JAX's preemption
+    service catches SIGTERM in distributed processes)."""
     for p in procs:
         if p.poll() is None:
             try:
@@ -88,6 +89,11 @@ def launch(command: list[str], *, num_processes: int, devices_per_process: int, 
     port = free_port()
     lock = threading.Lock()
     procs, pumps = [], []
+
+    def _on_term(signum, frame):  # `kill LAUNCHER` stops the children too
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, _on_term) if threading.current_thread() is threading.main_thread() else None
     try:
         for i in range(num_processes):
             penv = process_env(base, process_id=i, num_processes=num_processes,
@@ -118,6 +124,8 @@ def launch(command: list[str], *, num_processes: int, devices_per_process: int, 
         first_failure = 130
     finally:
         _stop(procs)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         for t in pumps:
             t.join(timeout=5)
     return first_failure
