@@ -6,7 +6,9 @@ classifier-free guidance over the scene condition.
     python -m scene3d.train --config=configs/scenegen.py:runlocal,tokenizer=/tmp/stok_run --workdir=/tmp/sgen_run
     python -m scene3d.train --config=configs/scenegen.py:variant=re10k,tokenizer=/runs/scenetok_re10k --workdir=...
 
-Args: variant=re10k|tiny (``scene3d.models.scenegen.VARIANTS``), tokenizer=STAGE1_WORKDIR (its config.json gives the
+Args: variant=re10k|tiny (``scene3d.models.scenegen.VARIANTS``), data=re10k|dl3dv (views per example and the
+stage-1 variant without a tokenizer run: RE10K-style 12 context / 8 target views, DL3DV-style 16 / 8),
+tokenizer=STAGE1_WORKDIR (its config.json gives the
 stage-1 architecture, image compressor and view size, its checkpoint the weights (EMA if kept); empty: a randomly
 initialised stage 1 from ``tokenizer.model`` / ``tokenizer.image_compressor``, for smoke tests only), shift=S
 (training and sampling time shift; the release trained 1, 4 and 12), bf16, runlocal (CPU-minutes, matching
@@ -16,22 +18,27 @@ The data must give the stage-1 view size (``data.views.resolution``); the contex
 are generated, every one of them is a potential condition (view 0 always, others with probability 1 - p_view) and
 their cameras are the anchors.
 """
+from configs import scenetok as scenetok_config
 from configs.common import base_config
 from scene3d.core.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="re10k", tokenizer="", shift=4.0, runlocal=False, bf16=False)
+    arg = parse_arg(arg, variant="re10k", data="re10k", tokenizer="", shift=4.0, runlocal=False, bf16=False)
+    if arg.data not in ("re10k", "dl3dv"):
+        raise ValueError(f"configs/scenegen.py: data must be 're10k' or 'dl3dv', got {arg.data!r}")
     c = base_config()
     c.task = "scenegen"
 
+    ctx, tgt, window = scenetok_config.VIEWS[arg.data]  # the stage-1 variant's views: 12 / 8 or 16 / 8
     c.data = dict(name="builtin", preset="full",
-                  views=dict(num_context=3, num_target=4, strategy="nearby", window=(4, 32), resolution=(256, 256),
-                             relative_poses=True, scale_mode="max_camera_distance", with_depth=False))
+                  views=dict(num_context=ctx, num_target=tgt, strategy="nearby", window=window,
+                             resolution=(256, 256), relative_poses=True, scale_mode="max_camera_distance",
+                             with_depth=False))
     # The frozen stage 1. workdir: a configs/scenetok.py run; model / image_compressor: used only without one.
     c.tokenizer = dict(workdir=arg.tokenizer or None, step=None, use_ema=True, sample_tokens=False,
                        image_compressor=dict(kind="vavae", variant="f16c32", train=False),
-                       model=dict(name="scenetok", variant="re10k", compressor={}, decoder={}, attn_impl="auto",
+                       model=dict(name="scenetok", variant=arg.data, compressor={}, decoder={}, attn_impl="auto",
                                   scan=True, remat="none", dtype="bfloat16" if arg.bf16 else "float32",
                                   param_dtype="float32"))
     # latent_patch: patch of the conditioning latents; camera_patch: Pluecker-map pixels per latent token.

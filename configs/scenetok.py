@@ -6,7 +6,8 @@
     python -m scene3d.train --config=configs/scenetok.py:variant=dl3dv,vae=... --workdir=... \
         --config.data.name=clips --config.data.layout=dl3dv --config.data.source_dir=/data/dl3dv
 
-Args: variant=re10k|dl3dv|tiny (``scene3d.models.scenetok.VARIANTS``: 512 x 64 or 1024 x 64 tokens), latent=
+Args: variant=re10k|dl3dv|tiny (``scene3d.models.scenetok.VARIANTS``: 512 x 64 or 1024 x 64 tokens; views per
+example: re10k 12 context / 8 target, dl3dv 16 / 8), latent=
 vavae|pixels|tiny_vae (image latents: VA-VAE f16c32, patchified pixels, or the tiny VAE trained from scratch
 alongside), vae=PATH (official VA-VAE weights, safetensors or .pt; without it a 'vavae' compressor is random:
 smoke tests only), bf16, runlocal (CPU-minutes: pixel latents on the built-in scenes at 32 px, 2 context and 2
@@ -22,6 +23,8 @@ from configs.common import base_config
 from scene3d.core.config import parse_arg
 
 KL = {"re10k": 1e-10, "dl3dv": 0.0, "tiny": 1e-4}
+# (context views, target views, frame window) per variant: RE10K-style clips 12 / 8, DL3DV-style 16 / 8.
+VIEWS = {"re10k": (12, 8, (24, 96)), "dl3dv": (16, 8, (32, 128)), "tiny": (2, 4, (4, 32))}
 LATENTS = ("vavae", "pixels", "tiny_vae")
 
 
@@ -35,9 +38,11 @@ def get_config(arg=None):
     c = base_config()
     c.task = "scenetok"
 
+    ctx, tgt, window = VIEWS[arg.variant]
     c.data = dict(name="builtin", preset="full",
-                  views=dict(num_context=2, num_target=4, strategy="nearby", window=(4, 32), resolution=(256, 256),
-                             relative_poses=True, scale_mode="max_camera_distance", with_depth=False))
+                  views=dict(num_context=ctx, num_target=tgt, strategy="nearby", window=window,
+                             resolution=(256, 256), relative_poses=True, scale_mode="max_camera_distance",
+                             with_depth=False))
     c.image_compressor = {
         "vavae": dict(kind="vavae", variant="f16c32", weights=arg.vae or None, train=False),
         "pixels": dict(kind="pixels", patch=16, scale=1.0),
@@ -50,6 +55,9 @@ def get_config(arg=None):
                   sampler="euler", cfg_scale=1.0, cfg_interval=None)
     # kl_weight None = the variant's; vae_*: the loss of a trainable VA-VAE (latent=tiny_vae).
     c.loss = dict(kl_weight=KL[arg.variant], vae_recon_weight=1.0, vae_kl_weight=1e-6)
+    # Evaluation: renders per view set for the per-pixel variance (uncertainty); LPIPS when weights are given:
+    # lpips=dict(net='alex', backbone=TORCHVISION_ALEXNET.pth, lin=LPIPS_alex.pth) (or file=COMBINED).
+    c.metrics = dict(render_samples=4, lpips=None)
     # Figures: [context | target | rendered] rows; orbit GIFs around the point focus_depth in front of context 0.
     c.render = dict(num_scenes=2, orbit=dict(num_frames=24, focus_depth=1.0, elevation_deg=0.0, arc_deg=360.0,
                                              fps=8.0))
@@ -70,7 +78,9 @@ def get_config(arg=None):
             c.image_compressor.update(patch=4, scale=2.0)  # pixel std ~0.5 -> about unit variance, like the noise
         c.model.update(variant="tiny", attn_impl="xla",
                        compressor=dict(width=64, heads=4, depth=2, patch=2, num_tokens=32, token_dim=8, ray_patch=4),
-                       decoder=dict(width=64, heads=4, depth=3, patch=1, ray_patch=4, freq_dim=64))
+                       decoder=dict(width=64, heads=4, depth=3, patch=1, ray_patch=4, freq_dim=64,
+                                    prediction="x"))
+        # x-prediction: 48-dim pixel-patch latents on a width-64 decoder (see scenetok.SceneTokDecoder).
         # Shifted times (more training near t = 1, where only the tokens inform the decoder), 20 Euler steps.
         c.flow.update(time_sampler="logit_normal,shift=3.0", sample_shift=3.0, sample_steps=20)
         c.loss.update(kl_weight=1e-6)  # 1e-4 collapses the tiny model's tokens within a few hundred steps

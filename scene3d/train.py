@@ -273,7 +273,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                                  async_save=bool(config.get("async_checkpoint", True)))
     latest = ckpt.latest_step()
     if latest is not None:
-        state, _ = ckpt.restore(latest, abstract_state=abstract_like(state), data_iter=data_iter)
+        state, _ = ckpt.restore(latest, abstract_state=abstract_like(state), data_iter=data_iter, require_data=False)
         logging.info("resumed from step %d in %s", latest, workdir)
     first_step = int(jax.device_get(state["step"]))
     total = int(config.total_steps)

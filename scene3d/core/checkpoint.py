@@ -14,6 +14,7 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 import grain
 import jax
 import numpy as np
@@ -143,12 +144,14 @@ class Checkpointer:
         return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=force))
 
     # -- restore ---------------------------------------------------------------------------------------------
-    def restore(self, step: int | None = None, *, abstract_state, data_iter=None) -> tuple[Any, dict]:
+    def restore(self, step: int | None = None, *, abstract_state, data_iter=None, require_data: bool = True
+                ) -> tuple[Any, dict]:
         """Restore ``(state, meta)`` at ``step`` (default: latest) into ``abstract_state``'s structure/shardings.
 
         ``abstract_state``: pytree of ``jax.ShapeDtypeStruct`` (or arrays) whose shardings are those wanted now;
         leaves without a sharding go to the first local device. ``data_iter`` (if given) is set to the saved
-        iterator position in place.
+        iterator position in place; a checkpoint without one (e.g. weights imported by ``scene3d.export``) is an
+        error unless ``require_data=False``, which leaves ``data_iter`` at its start (with a warning).
         """
         self.wait()  # a save of this manager may still be in flight
         if step is None:
@@ -166,6 +169,10 @@ class Checkpointer:
         items = {_STATE: ocp.args.StandardRestore(abstract)}
         if _META in saved_items:
             items[_META] = ocp.args.JsonRestore()
+        if data_iter is not None and _DATA not in saved_items and not require_data:
+            logging.warning("checkpoint step %d in %s holds no data iterator state: the data starts from the "
+                            "beginning", step, self.directory)
+            data_iter = None
         if data_iter is not None:
             if _DATA not in saved_items:
                 raise ValueError(f"checkpoint step {step} in {self.directory} holds no data iterator state, "

@@ -65,7 +65,8 @@ _COMPRESSOR_BASE: dict[str, Any] = dict(
 _DECODER_BASE: dict[str, Any] = dict(
     input_size=8, mlp_ratio=4.0, norm_eps=1e-6, freq_dim=256, temporal_downsample=4, num_target_split=1,
     force_incorrect=False, wan_pose_padding=False, pose_embed_bf16=True, timestep_input="official", ray_kind="official",
-    rope_theta=10000.0)
+    rope_theta=10000.0, prediction="v", x_pred_t_min=0.05)
+PREDICTIONS = ("v", "x")
 
 
 def _variant(compressor: dict, decoder: dict) -> dict[str, dict[str, Any]]:
@@ -481,6 +482,11 @@ class SceneTokDecoder(nnx.Module):
     P cameras per call: M * temporal_downsample, or M / 5 * 17 with ``wan_pose_padding``. scene_tokens (B, K, d) or
     None (the learned null token: the unconditional branch of classifier-free guidance). Sizes come from
     ``VARIANTS[variant]['decoder']`` (+ overrides, DECODER_KEYS).
+
+    ``prediction``: 'v' (the release: the network's output is the velocity) or 'x' (the output is the clean
+    latent x0 and v = (x_t - x0) / max(t, x_pred_t_min); the loss stays the velocity loss). x-prediction learns far
+    faster when the per-token latent (patch^2 x channels) is large next to the width, as in CPU-sized runs on
+    patchified pixels: a network then only has to output the low-dimensional clean signal, never the noise.
     """
 
     def __init__(self, *, variant: str = "tiny", attn_impl: str = "xla", scan: bool = True, remat: str = "none",
@@ -489,6 +495,8 @@ class SceneTokDecoder(nnx.Module):
         if c["timestep_input"] not in TIMESTEP_INPUTS:
             raise ValueError(f"SceneTokDecoder: timestep_input must be one of {TIMESTEP_INPUTS}, "
                              f"got {c['timestep_input']!r}")
+        if c["prediction"] not in PREDICTIONS:
+            raise ValueError(f"SceneTokDecoder: prediction must be one of {PREDICTIONS}, got {c['prediction']!r}")
         if c["wan_pose_padding"] and c["temporal_downsample"] != 4:
             raise ValueError("SceneTokDecoder: wan_pose_padding needs temporal_downsample=4 (17 frames -> 5 x 4)")
         self._config_items = tuple(sorted(c.items()))
@@ -577,6 +585,8 @@ class SceneTokDecoder(nnx.Module):
         feats = self.blocks(constrain(x, ("batch", "length", "act_embed")), cond, state, rope=rope)
         out = self.final(feats, cond).astype(jnp.float32)
         v = nn.unpatchify(out.reshape(b, m, n, -1), p, (h, w))
+        if c["prediction"] == "x":  # the network predicts x0; its velocity is (x_t - x0) / t (t clipped below)
+            v = (x_t.astype(jnp.float32) - v) / jnp.maximum(t, c["x_pred_t_min"])[:, :, None, None, None]
         return v, dict(state=state, pose_embed=pemb.reshape(b, m * n, -1), cond=cond, features=feats)
 
     def scene_state(self, scene_tokens: jax.Array | None, batch: int, drop: jax.Array | None = None) -> jax.Array:

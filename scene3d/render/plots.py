@@ -349,3 +349,13 @@ def view_rows(rows, gap: int = 2) -> np.ndarray:
             x += gap - 1
         y += h + gap
     return out
+
+
+def heatmap(values, vmax: Optional[float] = None) -> np.ndarray:
+    """Non-negative values (..., H, W) -> uint8 (..., H, W, 3) on the dark-blue -> yellow ramp, 0 -> dark blue,
+    ``vmax`` (default: the maximum of ``values``) and above -> yellow."""
+    v = np.asarray(values, np.float64)
+    top = float(v.max()) if vmax is None else float(vmax)
+    t = np.clip(v / top, 0.0, 1.0) if top > 0 else np.zeros_like(v)
+    lut = ramp(256)
+    return lut[np.rint(t * 255).astype(np.int64)]

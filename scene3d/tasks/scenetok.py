@@ -20,8 +20,10 @@ one t per chunk of M / ``flow.num_chunks`` target views from ``flow.time_sampler
 the null token with probability ``flow.null_prob``) + ``loss.kl_weight`` x KL of the K x d tokens (0 allowed)
 [+ the VAE loss]. Evaluation encodes the context (posterior mean), renders the target views from the tokens alone
 (Euler / Heun, ``flow.sample_steps``, ``flow.sample_shift``, CFG ``flow.cfg_scale``), decodes them to pixels and
-reports PSNR / SSIM against the ground truth, plus the velocity loss at fixed times. ``images``: per scene one row
-[context | target | rendered]; ``write_outputs``: an orbit GIF rendered from the tokens alone.
+reports PSNR / SSIM (and LPIPS, ``metrics.lpips``) against the ground truth, the mean-image baseline, the spread
+of repeated renders (``metrics.render_samples``), plus the velocity loss at fixed times. ``images``: per scene one
+row [context | target | rendered] (``views``) and [target | mean render | per-pixel std | error] (``uncertainty``);
+``write_outputs``: an orbit GIF rendered from the tokens alone.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from scene3d.diffusion import paths, timesteps
 from scene3d.geometry import trajectories
 from scene3d.metrics import image as image_metrics
 from scene3d.models import image_vae, scenetok
-from scene3d.render import video
+from scene3d.render import plots, video
 from scene3d.tasks import stage1
 from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
@@ -149,6 +151,52 @@ def _context_tokens(model, images, c2w, intrinsics):
     return model.tokens(images, scenetok.relative_to_reference(c2w), intrinsics)[0]
 
 
+def _tile(x, n: int):
+    """x repeated n times along the batch axis: row j * B + i is x[i]."""
+    return jnp.concatenate([x] * n, axis=0)
+
+
+def render_uncertainty(samples: int, first, gt, render_more, rng) -> dict:
+    """The spread of ``samples`` renders of the same target views from the same tokens (SceneTok's uncertainty
+    analysis: a rectified-flow renderer samples the unseen parts of a scene, so its per-pixel variance is high
+    where the tokens do not determine the view).
+
+    first: one render (B, M, H, W, C) in [0, 1]; gt: the ground truth; ``render_more(n, rng)`` gives n more renders
+    of the same views tiled along the batch ((n * B, M, H, W, C), row j * B + i = view set i). Returns
+    ``render_var`` (per-pixel, per-channel variance over the samples, averaged), ``render_std`` (per-pixel std,
+    averaged), ``psnr_sample_mean`` (PSNR of the samples' mean image) and ``uncertainty_error_corr`` (Pearson
+    correlation over pixels between the per-pixel std and the absolute error of the mean image: > 0 when the
+    renderer is uncertain where it is wrong)."""
+    more = render_more(samples - 1, rng).reshape((samples - 1,) + first.shape)
+    stack = jnp.concatenate([first[None], more]).astype(jnp.float32)
+    mean, var = jnp.mean(stack, axis=0), jnp.var(stack, axis=0)
+    std_px = jnp.sqrt(jnp.mean(var, axis=-1)).ravel()
+    err_px = jnp.mean(jnp.abs(mean - gt), axis=-1).ravel()
+    ds, de = std_px - jnp.mean(std_px), err_px - jnp.mean(err_px)
+    corr = jnp.sum(ds * de) / jnp.maximum(jnp.sqrt(jnp.sum(ds * ds) * jnp.sum(de * de)), 1e-12)
+    return {"render_var": jnp.mean(var), "render_std": jnp.mean(std_px),
+            "psnr_sample_mean": jnp.mean(image_metrics.psnr(mean, gt)), "uncertainty_error_corr": corr}
+
+
+def build_lpips(spec):
+    """The LPIPS metric of ``config.metrics.lpips`` (None: not computed): ``dict(net='alex'|'vgg', backbone=PATH,
+    lin=PATH)`` (torchvision backbone + lpips 'lin' weights) or ``dict(net=..., file=PATH)`` (one combined
+    file); ``dict(net=..., random=True)`` uses random weights (tests only: not LPIPS)."""
+    spec = _as_dict(spec)
+    if not spec:
+        return None
+    from scene3d.metrics import lpips as lpips_lib
+    net = spec.get("net", "alex")
+    if spec.get("random"):
+        return lpips_lib.LPIPS.random(net, int(spec.get("seed", 0)))
+    if spec.get("file"):
+        return lpips_lib.LPIPS.from_files(spec["file"], None, net=net)
+    if not (spec.get("backbone") and spec.get("lin")):
+        raise ValueError("config.metrics.lpips: expected backbone=PATH and lin=PATH, file=PATH, or random=True; "
+                         f"got {spec}")
+    return lpips_lib.LPIPS.from_files(spec["backbone"], spec["lin"], net=net)
+
+
 # Jitted once per process (compile caches shared by every task instance with the same settings and shapes).
 render_pixels = nnx.jit(_render_pixels, static_argnums=0)
 context_tokens_jit = nnx.jit(_context_tokens)
@@ -242,6 +290,11 @@ class SceneTokTask:
             raise ValueError(f"config.loss.kl_weight must be >= 0, got {self.kl_weight}")
         self.vae_recon_weight = float(lc.get("vae_recon_weight", 1.0))
         self.vae_kl_weight = float(lc.get("vae_kl_weight", 1e-6))
+        mc = _as_dict(config.get("metrics"))
+        self.render_samples = int(mc.get("render_samples", 1))
+        if self.render_samples < 1:
+            raise ValueError(f"config.metrics.render_samples must be >= 1, got {self.render_samples}")
+        self.lpips = build_lpips(mc.get("lpips"))
 
     def _overrides(self, part: str, derived: dict) -> dict:
         given = _as_dict(self.config.model.get(part))
@@ -351,8 +404,11 @@ class SceneTokTask:
 
     def evaluate(self, model, batch, rng):
         """PSNR / SSIM of target views rendered from the context's tokens (``psnr_1step``: of the one-step
-        conditional-mean estimate x0 = eps - v(eps, t=1)), and the velocity loss at t in (0.25, 0.5, 0.75)."""
-        r_render, r_eps = jax.random.split(rng)
+        conditional-mean estimate x0 = eps - v(eps, t=1)), ``psnr_mean_image`` (the baseline: each target predicted
+        by the per-pixel mean of the context views), LPIPS (``metrics.lpips`` set), the spread of
+        ``metrics.render_samples`` renders of the same views (:func:`render_uncertainty`) and the velocity loss at
+        t in (0.25, 0.5, 0.75)."""
+        r_render, r_eps, r_repeat = jax.random.split(rng, 3)
         inputs = self.prepare(model, batch)
         tokens, aux = model.scenetok.encode(inputs["context_latents"], inputs["context_c2w"],
                                             inputs["context_intrinsics"], sample=False)
@@ -363,10 +419,22 @@ class SceneTokTask:
         ones = jnp.ones(lat.shape[:2], jnp.float32)
         v1, _ = model.scenetok.decoder(noise, ones, inputs["target_c2w"], inputs["target_intrinsics"], tokens)
         mean_view = to_unit(model.pixels(noise - v1))
+        # Baseline: every target predicted by the per-pixel mean of its scene's context views.
+        mean_image = jnp.broadcast_to(jnp.mean(to_unit(batch["context_images"]), axis=1, keepdims=True), gt.shape)
         out = {"psnr": jnp.mean(image_metrics.psnr(pred, gt)), "ssim": jnp.mean(image_metrics.ssim(pred, gt)),
                "psnr_1step": jnp.mean(image_metrics.psnr(mean_view, gt)),
+               "psnr_mean_image": jnp.mean(image_metrics.psnr(mean_image, gt)),
                "latent_mse": jnp.mean(jnp.square(lat - inputs["target_latents"])),
                "kl": jnp.mean(aux["kl"])}
+        if self.lpips is not None:
+            flat = lambda x: x.reshape((-1,) + x.shape[-3:]) * 2.0 - 1.0  # noqa: E731  LPIPS takes [-1, 1]
+            out["lpips"] = jnp.mean(self.lpips(flat(pred), flat(gt)))
+        if self.render_samples > 1:
+            def render_more(n, key):
+                cams = (_tile(inputs["target_c2w"], n), _tile(inputs["target_intrinsics"], n))
+                return to_unit(model.pixels(self.render(model, _tile(tokens, n), *cams, key)))
+
+            out.update(render_uncertainty(self.render_samples, pred, gt, render_more, r_repeat))
         x0 = inputs["target_latents"]
         eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
         vals = []
@@ -418,7 +486,26 @@ class SceneTokTask:
                                      host["target_intrinsics"], rng)
         rows = [[uint8(host["context_images"][i]), uint8(host["target_images"][i]), uint8(rendered[i])]
                 for i in range(k)]
-        return {"views": view_rows(rows)}
+        out = {"views": view_rows(rows)}
+        if self.render_samples > 1:
+            out["uncertainty"] = self.uncertainty_figure(model, host, tokens, rng)
+        return out
+
+    def uncertainty_figure(self, model, host: dict, tokens, rng) -> np.ndarray:
+        """One row per scene: [target | mean of ``metrics.render_samples`` renders | per-pixel std | |error| of
+        the mean] (std and error on the same colour scale, dark blue 0 -> yellow at the largest error)."""
+        r, k = self.render_samples, int(tokens.shape[0])
+        c2w = relative_to_first(host["context_c2w"], host["target_c2w"])
+        tile = lambda x: np.concatenate([np.asarray(x)] * r, axis=0)  # noqa: E731
+        samples = self.render_views(model, tile(tokens), tile(c2w), tile(host["target_intrinsics"]), rng)
+        samples = (np.clip(samples, -1, 1).reshape((r, k) + samples.shape[1:]) + 1) / 2
+        gt = (np.asarray(host["target_images"], np.float32) + 1) / 2
+        mean, std = samples.mean(0), np.sqrt(samples.var(0).mean(-1))
+        err = np.abs(mean - gt).mean(-1)
+        top = max(float(err.max()), 1e-6)
+        rows = [[uint8(host["target_images"][i]), uint8(mean[i] * 2 - 1), plots.heatmap(std[i], top),
+                 plots.heatmap(err[i], top)] for i in range(k)]
+        return view_rows(rows)
 
     def orbit(self, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The orbit of ``render.orbit`` (reference-camera frame) with the given (4,) intrinsics for every frame."""

@@ -211,3 +211,14 @@ def test_restore_data_iter_without_saved_state_errors(tmp_path):
             ck.restore(abstract_state={"x": jax.ShapeDtypeStruct((1,), jnp.float32)}, data_iter=_Counter())
         _, meta = ck.restore(abstract_state={"x": jax.ShapeDtypeStruct((1,), jnp.float32)})
     assert meta == {}
+
+
+def test_restore_without_saved_data_state_when_optional(tmp_path):
+    """require_data=False (the trainer resuming imported weights): weights restored, the iterator left at its
+    start."""
+    with Checkpointer(tmp_path) as ck:
+        ck.save(1, {"x": jnp.full(1, 3.0)})
+        it = _Counter()
+        state, _ = ck.restore(abstract_state={"x": jax.ShapeDtypeStruct((1,), jnp.float32)}, data_iter=it,
+                              require_data=False)
+    assert float(state["x"][0]) == 3.0 and it.i == 0 and next(it) == 1

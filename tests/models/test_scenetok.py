@@ -361,3 +361,25 @@ def test_input_validation_names_shapes(tiny):
         wan.camera_embed(jnp.zeros((1, 20, 4, 4)), jnp.zeros((1, 20, 4)), 5, (4, 4))
     with pytest.raises(ValueError, match="multiple of 5"):
         wan.num_cameras(4)
+
+
+def test_x_prediction_velocity_from_the_same_network(tiny):
+    """prediction='x' reads the network output as x0: v = (x_t - out) / max(t, t_min), same parameters."""
+    model, batch = tiny
+    dec_v = model.decoder
+    graphdef, state = nnx.split(dec_v)
+    dec_x = randomized(nnx.eval_shape(lambda: st.SceneTokDecoder(variant="tiny", prediction="x", x_pred_t_min=0.1,
+                                                                    rngs=nnx.Rngs(0))))
+    nnx.update(dec_x, state)
+    tokens = jnp.asarray(np.random.default_rng(1).standard_normal((2, 8, 4)), jnp.float32)
+    x_t = batch["target_latents"]
+    t = jnp.asarray([[0.02, 0.3, 0.7, 1.0], [0.5, 0.05, 0.9, 0.2]], jnp.float32)
+    args = (batch["target_c2w"], batch["target_intrinsics"], tokens)
+    out, _ = dec_v(x_t, t, *args)  # the raw network output
+    v, _ = dec_x(x_t, t, *args)
+    expect = (np.asarray(x_t) - np.asarray(out)) / np.maximum(np.asarray(t), 0.1)[:, :, None, None, None]
+    np.testing.assert_allclose(np.asarray(v), expect, rtol=1e-5, atol=1e-5)
+    # at t = 1 the one-step estimate x_t - v is the predicted x0 itself
+    np.testing.assert_allclose(np.asarray(x_t - v)[0, 3], np.asarray(out)[0, 3], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        st.SceneTokDecoder(variant="tiny", prediction="eps", rngs=nnx.Rngs(0))
