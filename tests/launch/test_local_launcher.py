@@ -1,6 +1,6 @@
-"""Multi-process launching: env parsing (explicit / SLURM / TPU auto), the local launcher's process handling, and
-a 2-process x 4-device training that checkpoints, resumes and ends with the parameters of a 1-process x 8-device
-run of the same config."""
+"""Multi-process launching: env parsing (explicit / SLURM / TPU auto), a CPU cluster formed from SLURM variables,
+per-process data blocks, the local launcher's process handling, and a 2-process x 4-device training that
+checkpoints, resumes and ends with the parameters of a 1-process x 8-device run of the same config."""
 import os
 import pathlib
 import subprocess
@@ -89,6 +89,39 @@ def test_tpu_pod_uses_jax_auto_detection():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Data sharding across processes
+
+
+class _Ints:
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {"x": np.int64(i)}
+
+
+@pytest.mark.parametrize("num_epochs", [None, 1])
+def test_each_process_reads_its_block_of_the_global_batch(num_epochs):
+    from scene3d.data import pipeline
+
+    def batches(p, count):
+        it = pipeline.make_batch_iterator(_Ints(21), global_batch_size=8, seed=5, process_index=p,
+                                          process_count=count, num_epochs=num_epochs)
+        return [b["x"] for b in it] if num_epochs else [next(it)["x"] for _ in range(5)]
+
+    full = batches(0, 1)
+    assert len(full) == (2 if num_epochs else 5)
+    for count in (2, 4):
+        per = [batches(p, count) for p in range(count)]
+        assert all(len(b) == len(full) for b in per)  # same number of steps on every process
+        for i, g in enumerate(full):  # process p holds rows p*8/P .. (p+1)*8/P of the same global batch
+            np.testing.assert_array_equal(np.concatenate([b[i] for b in per]), g)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The launcher's process handling (plain python children, no JAX)
 
 
@@ -128,6 +161,39 @@ def test_launcher_stops_all_on_first_failure():
     assert r.returncode == 3, r.stdout + r.stderr
     assert time.monotonic() - t0 < 60  # the sleeping processes were stopped, not waited for
     assert "[p1] failing" in r.stdout and "process 1 exited with 3" in r.stdout
+
+
+_ALLREDUCE = """
+from scene3d.core import distributed
+args = distributed.initialize_from_env()
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+mesh = jax.make_mesh((jax.device_count(),), ("d",))
+local = np.arange(jax.local_device_count(), dtype=np.float32) + 10 * jax.process_index()
+x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), local)
+total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+print("RESULT", args.source, jax.process_index(), jax.process_count(), jax.device_count(), float(total))
+"""
+
+
+def test_slurm_env_initializes_a_working_cluster():
+    """Two processes that only see SLURM variables (as under `srun -N1 -n2`) form one 4-device CPU cluster."""
+    from importlib import util
+    spec = util.spec_from_file_location("local_launcher", LAUNCHER)
+    launcher = util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    base = dict(_clean_env(), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                SLURM_JOB_ID="4242", SLURM_NTASKS="2", SLURM_STEP_NUM_NODES="1", SLURM_STEP_NODELIST="localhost",
+                SCENE3D_COORDINATOR_PORT=str(launcher.free_port()))
+    procs = [subprocess.Popen([sys.executable, "-c", _ALLREDUCE], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=dict(base, SLURM_PROCID=str(i), SLURM_LOCALID=str(i))) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, out[-3000:]
+        line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+        # devices hold 0, 1 (process 0) and 10, 11 (process 1): the sum crosses processes
+        assert line.split()[1:] == ["slurm", str(i), "2", "4", "22.0"], line
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -207,6 +273,9 @@ def test_two_process_resume_matches_one_process(runs):
     assert int(multi["step"]) == int(single["step"]) == N and int(multi["skipped"]) == 0
     paths = jax.tree_util.tree_flatten_with_path(single)[0]
     assert len(paths) == len(jax.tree.leaves(multi))
+    diff = max(float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+               for (_, b), a in zip(paths, jax.tree.leaves(multi)))
+    print(f"max |2x4 - 1x8| over the train state: {diff:.3g}")
     for (path, b), a in zip(paths, jax.tree.leaves(multi)):
         # same XLA program; only the cross-process (gloo) reductions may order float sums differently
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7,
