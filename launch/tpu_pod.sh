@@ -33,8 +33,11 @@ run() {
 CMD="$(printf '%q ' "$@")"
 
 if [[ "${SETUP:-1}" == 1 ]]; then
-  TARBALL="$(mktemp -d)/scene3d.tar.gz"
-  (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -czf "$TARBALL" -T -)
+  TARBALL="${TMPDIR:-/tmp}/scene3d-$$.tar.gz"
+  if [[ "${DRY_RUN:-0}" != 1 ]]; then
+    trap 'rm -f "$TARBALL"' EXIT
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -czf "$TARBALL" -T -)
+  fi
   run "${GCLOUD[@]}" scp "$TARBALL" "$NAME:/tmp/scene3d.tar.gz" "${WHERE[@]}" --worker=all
   run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command \
     "set -e; mkdir -p ~/$REMOTE_DIR && tar -xzf /tmp/scene3d.tar.gz -C ~/$REMOTE_DIR && cd ~/$REMOTE_DIR && \

@@ -283,3 +283,39 @@ def test_two_process_resume_matches_one_process(runs):
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
              zip(jax.tree.leaves(multi["params"]), jax.tree.leaves(init["params"]))]
     assert max(moved) > 1e-4  # training really changed the parameters
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pod / cluster scripts (no cloud or cluster here: gcloud dry run, a stand-in srun)
+
+
+def test_tpu_pod_script_dry_run():
+    cmd = ["bash", str(REPO / "launch" / "tpu_pod.sh"), "my-tpu", "us-east5-a", "--", "python", "-m",
+           "scene3d.train", "--config=configs/flow_shapes.py:variant=B,res=64", "--workdir=gs://b/run"]
+    r = subprocess.run(cmd, cwd=REPO, env=dict(_clean_env(), DRY_RUN="1", PROJECT="proj"), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    scp, setup, train_cmd = r.stdout.strip().splitlines()
+    assert scp.startswith("gcloud compute tpus tpu-vm scp ") and "--worker=all" in scp
+    jax_version = next(l.split("==")[1] for l in (REPO / "requirements.txt").read_text().splitlines()
+                       if l.startswith("jax=="))
+    assert "--worker=all" in setup and "requirements.txt" in setup and f"jax\\[tpu\\]=={jax_version}" in setup
+    assert train_cmd.startswith("gcloud compute tpus tpu-vm ssh my-tpu --zone us-east5-a --project proj "
+                                "--worker=all --command ")
+    assert "SCENE3D_DISTRIBUTED=1" in train_cmd and "scene3d.train" in train_cmd and "gs://b/run" in train_cmd
+    r = subprocess.run(["bash", str(REPO / "launch" / "tpu_pod.sh"), "my-tpu"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_slurm_sbatch_runs_the_training_command_under_srun(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text('#!/usr/bin/env bash\necho "srun $*"\n')
+    (fake / "srun").chmod(0o755)
+    env = dict(_clean_env(), PATH=f"{fake}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=str(REPO), SLURM_NTASKS="16",
+               SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu[01-02]")
+    r = subprocess.run(["bash", str(REPO / "launch" / "slurm.sbatch"), "--config=configs/x.py:a=1", "--workdir=/w"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (f"srun --kill-on-bad-exit=1 --cpu-bind=none {REPO}/launch/slurm_task.sh --config=configs/x.py:a=1 "
+            "--workdir=/w") in r.stdout
