@@ -152,3 +152,25 @@ def initialize_from_env(env: Mapping[str, str] | None = None) -> DistributedArgs
                  jax.process_count(), args.source, jax.local_device_count(),
                  [d.id for d in jax.local_devices()], jax.device_count(), jax.devices()[0].platform)
     return args
+
+
+def process_local(tree):
+    """``tree`` with every array spanning other processes gathered whole onto this process's first device.
+
+    For host-side work on global arrays in a multi-process run (images, files written by process 0): afterwards
+    no computation on the result involves other processes. Collective: every process must call it. Identity in
+    a single process.
+    """
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return tree
+    device = jax.local_devices()[0]
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(multihost_utils.process_allgather(x, tiled=True), device)
+        return x
+
+    return jax.tree.map(local, tree)

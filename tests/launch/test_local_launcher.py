@@ -172,6 +172,9 @@ mesh = jax.make_mesh((jax.device_count(),), ("d",))
 local = np.arange(jax.local_device_count(), dtype=np.float32) + 10 * jax.process_index()
 x = jax.make_array_from_process_local_data(NamedSharding(mesh, P("d")), local)
 total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, P()))(x)
+here = distributed.process_local({"x": x, "name": "s"})  # whole on this process, usable without the others
+assert here["name"] == "s" and here["x"].is_fully_addressable and len(here["x"].devices()) == 1
+np.testing.assert_array_equal(np.asarray(here["x"]), [0, 1, 10, 11])
 print("RESULT", args.source, jax.process_index(), jax.process_count(), jax.device_count(), float(total))
 """
 
