@@ -59,11 +59,31 @@ def run_notebook(name, tmp_path, shared_dirs, **env_extra):
     nb = nbformat.read(COLABS / name, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _children_cpu()
     client.execute(env=env)
     TIMES[name] = time.perf_counter() - t0
-    print(f"{name}: executed in {TIMES[name]:.1f} s")
+    print(f"{name}: executed in {TIMES[name]:.1f} s wall, {_children_cpu() - c0:.1f} s CPU (kernel); "
+          f"code cells (s): {cell_seconds(nb)}")
     return nb, out
+
+
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cell_seconds(nb) -> list:
+    """Wall seconds per executed code cell (nbclient's timing metadata)."""
+    from datetime import datetime
+    out = []
+    for cell in nb.cells:
+        ex = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            a, b = (datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
+                    for k in ("iopub.execute_input", "shell.execute_reply"))
+            out.append(round((b - a).total_seconds(), 1))
+    return out
 
 
 def outputs_text(nb) -> str:
