@@ -75,7 +75,7 @@ def render_views(g: gs.Gaussians, cams: cam_lib.Cameras, renderer: str = "splat"
         from scene3d.render.points import render_gaussians
         frames = [render_gaussians(g, cams.c2w[i], cams.intrinsics[i], cams.height, cams.width,
                                    background=background).image for i in range(len(cams))]
-        return plots.to_uint8(np.stack(frames))
+        return np.stack([plots.to_uint8(f) for f in frames])
     raise ValueError(f"--renderer: expected 'splat' or 'points', got {renderer!r}")
 
 

@@ -33,6 +33,7 @@ from scene3d import tasks as tasks_lib
 from scene3d.core import checkpoint as ckpt_lib
 from scene3d.core import chrono as chrono_lib
 from scene3d.core import config as config_lib
+from scene3d.core import distributed
 from scene3d.core import metrics as metrics_lib
 from scene3d.core import sharding as sh
 from scene3d.data import pipeline
@@ -179,6 +180,7 @@ def compile_train_step(s: "Setup", state, batch):
 
 def setup(config, mesh=None) -> tuple[Setup, dict]:
     """Mesh, task, sharded state and the jitted step for a config."""
+    nnx.use_eager_sharding(False)  # a per-thread flag: runs may start in any thread (e.g. a notebook's)
     mesh = sh.make_mesh(dict(config.mesh)) if mesh is None else mesh
     rules = sh.rules_from_config(config.sharding.get("rules") if "sharding" in config else None)
     task = tasks_lib.get_task(config)
@@ -219,12 +221,24 @@ def evaluate(config, s: Setup, state, writer, step: int, workdir: str | None = N
             means = {f"eval/{k}": v / count for k, v in totals.items()}
             writer.write_scalars(step, means)
             logging.info("eval @ step %d: %s", step, " | ".join(f"{k} {v:.4g}" for k, v in sorted(means.items())))
-        if first is not None and config.get("write_images", True):
-            images = s.task.images(model, first, rng)
-            writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in images.items()})
-        # Optional task hook for files a person opens (e.g. decoded PLY scenes); primary process only.
-        if first is not None and workdir and jax.process_index() == 0 and hasattr(s.task, "write_outputs"):
-            s.task.write_outputs(model, first, rng, os.path.join(workdir, "outputs", f"{step:08d}"))
+    want_images = first is not None and config.get("write_images", True)
+    want_outputs = first is not None and workdir and hasattr(s.task, "write_outputs")
+    if want_images or want_outputs:
+        mesh_ctx = sh.use_mesh(s.mesh, s.rules)
+        if jax.process_count() > 1:
+            # Figures and files are host-side work on whole arrays: gather the model and the batch onto every
+            # process (collective) and compute them locally, outside the multi-process mesh.
+            graphdef, variables = nnx.split(model)
+            model = nnx.merge(graphdef, distributed.process_local(variables))
+            first = distributed.process_local(first)
+            mesh_ctx = sh.use_mesh(None)
+        with mesh_ctx:
+            if want_images:
+                images = s.task.images(model, first, rng)
+                writer.write_images(step, {f"eval/{k}": np.asarray(v) for k, v in images.items()})
+            # Optional task hook for files a person opens (e.g. decoded PLY scenes); primary process only.
+            if want_outputs and jax.process_index() == 0:
+                s.task.write_outputs(model, first, rng, os.path.join(workdir, "outputs", f"{step:08d}"))
     return {k: v / max(count, 1) for k, v in totals.items()}
 
 
@@ -351,7 +365,6 @@ def main(argv):
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_QuietLibraries())
     # Multi-process (local launcher, SLURM, TPU pod): the only difference from a single process.
-    from scene3d.core import distributed
     distributed.initialize_from_env()
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

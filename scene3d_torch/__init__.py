@@ -51,8 +51,8 @@ def load(path: str, *, device: str | torch.device = "cpu") -> torch.nn.Module:
             raise ValueError(f"load: {p} not found (need both {st} and its spec {js})")
     with open(js) as f:
         spec = json.load(f)
-    if isinstance(spec, dict) and "class" not in spec and isinstance(spec.get("spec"), dict):
-        spec = spec["spec"]  # a sidecar with the spec nested (scene3d.export adds step / params / ...)
+    if isinstance(spec, dict) and isinstance(spec.get("spec"), dict):
+        spec = spec["spec"]  # the scene3d.export sidecar: the spec nested beside class / step / params / ...
     model = build(spec)
     model.load_state_dict(load_file(st, device=str(device)), strict=True)
     return model.to(device).eval()

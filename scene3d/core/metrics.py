@@ -99,6 +99,7 @@ class MetricWriter:
         host = jax.device_get(dict(scalars))
         values = {str(k): _scalar(k, v) for k, v in host.items()}
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()  # metrics.jsonl can be followed live (tail -f, notebooks)
         self._event(step, [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()])
 
     def write_images(self, step: int, images: Mapping[str, Any]):

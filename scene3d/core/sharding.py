@@ -19,6 +19,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 # We resolve shardings ourselves (eval_shape -> jit(init, out_shardings)); flax must not shard at creation.
+# The flag is per thread: ``create_sharded_model`` sets it again for runs started from other threads.
 nnx.use_eager_sharding(False)
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -213,6 +214,7 @@ def create_sharded_model(constructor: Callable[[], nnx.Module], mesh: Mesh | Non
     ``constructor`` is a zero-argument function that builds the module (rngs included) so that it can be
     traced. Returns (graphdef, state); no parameter is ever materialised unsharded.
     """
+    nnx.use_eager_sharding(False)  # per thread (see the module top)
     mesh = _CTX.mesh if mesh is None else mesh
     rules = _CTX.rules if rules is None else rules_from_config(rules)
 

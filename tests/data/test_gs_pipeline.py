@@ -123,8 +123,8 @@ def test_pipeline_shards_and_resume(ply_dir):
     it0, it1 = _iter(src, process_index=0, process_count=2), _iter(src, process_index=1, process_count=2)
     for g in full:
         a, b = next(it0), next(it1)
-        np.testing.assert_array_equal(np.concatenate([a["gaussians"], b["gaussians"]]), g["gaussians"][[0, 2, 1, 3]])
-        np.testing.assert_array_equal(np.concatenate([a["rotation"], b["rotation"]]), g["rotation"][[0, 2, 1, 3]])
+        np.testing.assert_array_equal(np.concatenate([a["gaussians"], b["gaussians"]]), g["gaussians"])
+        np.testing.assert_array_equal(np.concatenate([a["rotation"], b["rotation"]]), g["rotation"])
     # resume: state after 1 batch, restored into a fresh iterator, gives the same next 2 batches
     it = _iter(src)
     next(it)

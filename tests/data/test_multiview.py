@@ -271,9 +271,9 @@ def test_batches_shapes_and_process_shards():
         ka, kc = {_key(a, i) for i in range(2)}, {_key(c, i) for i in range(2)}
         assert not ka & kc
         assert ka | kc == {_key(g, i) for i in range(4)}
-        # element for element: process p holds global positions p, p + 2 (same random view choice)
+        # element for element: process p holds rows p * B / P .. (p + 1) * B / P (same random view choice)
         np.testing.assert_array_equal(np.concatenate([a["target"]["images"], c["target"]["images"]]),
-                                      g["target"]["images"][[0, 2, 1, 3]])
+                                      g["target"]["images"])
     # one epoch (10 scenes) covers every scene once; the second epoch is reshuffled
     ids = [str(s) for b in full for s in b["scene_id"]]
     assert sorted(ids[:10]) == [f"scene{i:02d}" for i in range(10)] and ids[10:16] != ids[:6]
