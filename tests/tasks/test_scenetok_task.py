@@ -127,6 +127,9 @@ def test_smoke_train_metrics_figure_gif(smoke):
     for k in ("psnr", "ssim", "latent_mse", "val_flow_loss", "val_flow_loss_t0.5", "kl"):
         assert np.isfinite(ev[0][f"eval/{k}"]), k
     assert 0 < ev[0]["eval/psnr"] < 60 and -1 <= ev[0]["eval/ssim"] <= 1
+    # repeated renders (config.metrics.render_samples of runlocal): renders from different noise differ
+    assert config.metrics.render_samples > 1 and ev[0]["eval/render_var"] > 0
+    assert -1 <= ev[0]["eval/uncertainty_error_corr"] <= 1 and np.isfinite(ev[0]["eval/psnr_mean_image"])
     assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state["params"]))
     from PIL import Image
     png = np.asarray(Image.open(workdir / "images" / "eval_views_00000002.png"))
@@ -136,6 +139,9 @@ def test_smoke_train_metrics_figure_gif(smoke):
         gif = Image.open(workdir / "outputs" / "00000002" / f"orbit_{i}.gif")
         assert gif.size == (SIZE, SIZE) and 1 <= gif.n_frames <= 3  # PIL merges identical frames
     assert (workdir / "outputs" / "00000002" / "context_0.png").is_file()
+    # [target | mean render | std | error] rows: 4 groups of 2 views
+    unc = np.asarray(Image.open(workdir / "images" / "eval_uncertainty_00000002.png"))
+    assert unc.shape == (2 * SIZE + 2, 4 * (2 * SIZE + 1) + 3 * 2, 3)
 
 
 def test_eval_psnr_vs_numpy(smoke):
