@@ -28,3 +28,17 @@ def shared_data(shared_dir, name):
     if not p.is_dir():
         pytest.skip(f"real data {p} not found")
     return p
+
+
+# The heaviest test files first: with `--dist loadfile` (one worker per file, so module-scoped compiled fixtures
+# are built once) the two workers then pick the long files early and finish together.
+HEAVY_FIRST = ("tests/launch/", "tests/test_colabs.py", "tests/tasks/", "tests/test_export.py", "tests/test_train.py",
+               "tests/torch_port/", "tests/models/", "tests/test_sample.py", "tests/configs/", "tests/kernels/")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(HEAVY_FIRST) if path.startswith(prefix)), len(HEAVY_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a file is kept

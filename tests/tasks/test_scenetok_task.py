@@ -47,6 +47,7 @@ def tiny_config(data_dir, **extra):
         "model.compressor": dict(width=32, heads=2, depth=1, patch=2, num_tokens=8, token_dim=4, ray_patch=2),
         "model.decoder": dict(width=32, heads=2, depth=1, patch=1, ray_patch=2, freq_dim=32),
         "flow.sample_steps": 2, "flow.num_chunks": 2, "render.num_scenes": 2, "render.orbit.num_frames": 3,
+        "metrics.render_samples": 2,
         "global_batch_size": 4, "eval_batch_size": 2, "eval_batches": 1, "total_steps": 2, "eval_every": 2,
         "log_every": 1, "ckpt_every": 2, "async_checkpoint": False, **extra})
 
@@ -127,7 +128,7 @@ def test_smoke_train_metrics_figure_gif(smoke):
     for k in ("psnr", "ssim", "latent_mse", "val_flow_loss", "val_flow_loss_t0.5", "kl"):
         assert np.isfinite(ev[0][f"eval/{k}"]), k
     assert 0 < ev[0]["eval/psnr"] < 60 and -1 <= ev[0]["eval/ssim"] <= 1
-    # repeated renders (config.metrics.render_samples of runlocal): renders from different noise differ
+    # repeated renders (config.metrics.render_samples): renders from different noise differ
     assert config.metrics.render_samples > 1 and ev[0]["eval/render_var"] > 0
     assert -1 <= ev[0]["eval/uncertainty_error_corr"] <= 1 and np.isfinite(ev[0]["eval/psnr_mean_image"])
     assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(state["params"]))
