@@ -49,21 +49,29 @@ def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)], ids=["2data_4fsdp", "2data_2fsdp_2tensor"])
-def test_sharded_step_matches_single_device(shape):
+def _two_steps(config, batch, mesh):
+    s, state = train.setup(config, mesh)
+    gbatch = pipeline.to_global(batch, mesh)
+    step = train.compile_train_step(s, state, gbatch)
+    state, metrics = step(state, gbatch)
+    state, metrics2 = step(state, pipeline.to_global(batch, mesh))
+    return state, metrics, metrics2
+
+
+@pytest.fixture(scope="module")
+def single_device_reference():
+    """Two steps of the tiny config on one device (compiled once for both mesh cases)."""
     config = tiny_config()
     batch = first_batch(config)
-    mesh8 = sh.make_mesh(dict(zip(sh.MESH_AXES, shape)))
     mesh1 = sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
-    results = []
-    for mesh in (mesh8, mesh1):
-        s, state = train.setup(config, mesh)
-        gbatch = pipeline.to_global(batch, mesh)
-        step = train.compile_train_step(s, state, gbatch)
-        state, metrics = step(state, gbatch)
-        state, metrics2 = step(state, pipeline.to_global(batch, mesh))
-        results.append((state, metrics, metrics2))
-    (st8, m8, m8b), (st1, m1, m1b) = results
+    return config, batch, _two_steps(config, batch, mesh1)
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 1), (2, 2, 2)], ids=["2data_4fsdp", "2data_2fsdp_2tensor"])
+def test_sharded_step_matches_single_device(shape, single_device_reference):
+    config, batch, (st1, m1, m1b) = single_device_reference
+    mesh8 = sh.make_mesh(dict(zip(sh.MESH_AXES, shape)))
+    st8, m8, m8b = _two_steps(config, batch, mesh8)
     # The 8-device run really is sharded: some parameter is split over fsdp (and tensor).
     specs = {str(x.sharding.spec) for x in jax.tree.leaves(st8["params"])}
     assert any("fsdp" in s for s in specs), specs
@@ -109,7 +117,10 @@ def _run(workdir, *overrides):
     args = [sys.executable, "-m", "scene3d.train", f"--config={CONFIG}:runlocal", f"--workdir={workdir}"]
     args += [f"--config.{k}={v}" for k, v in TINY.items()]
     args += list(overrides)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+    # One persistent compilation cache for the three runs of a test: the same programs compile once.
+    cache = os.path.join(os.path.dirname(os.fspath(workdir)), "jax_cache")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
