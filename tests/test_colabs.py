@@ -107,6 +107,7 @@ def test_01_encode_and_render(tmp_path, shared_dirs):
 
 def test_02_train_live(tmp_path, shared_dirs):
     nb, out = run_notebook("02_train_live.ipynb", tmp_path, shared_dirs)
+    shared_dirs["flow_run"] = out / "flow_shapes_run"  # notebook 04 exports this run (same worker: loadfile)
     rows = [json.loads(l) for l in (out / "flow_shapes_run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in rows if "train/loss" in r]
     assert len(losses) == 30 and np.isfinite(losses).all()
@@ -133,7 +134,9 @@ def test_03_generate(tmp_path, shared_dirs):
 
 
 def test_04_export_to_pytorch(tmp_path, shared_dirs):
-    nb, out = run_notebook("04_export_to_pytorch.ipynb", tmp_path, shared_dirs)
+    run = shared_dirs.get("flow_run")  # 02's trained run when it ran in this process, else 04 trains its own
+    extra = {"SCENE3D_COLAB_WORKDIR": str(run)} if run is not None and (run / "checkpoints").is_dir() else {}
+    nb, out = run_notebook("04_export_to_pytorch.ipynb", tmp_path, shared_dirs, **extra)
     parity = json.loads((out / "parity.json").read_text())
     assert parity["velocity_max_abs_diff"] < 1e-4, parity
     assert parity["sample_max_abs_diff"] < 1e-3, parity
