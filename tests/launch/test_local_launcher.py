@@ -1,7 +1,6 @@
 """Multi-process launching: env parsing (explicit / SLURM / TPU auto), a CPU cluster formed from SLURM variables,
 per-process data blocks, the local launcher's process handling, and a 2-process x 4-device training that
 checkpoints, resumes and ends with the parameters of a 1-process x 8-device run of the same config."""
-import json
 import os
 import pathlib
 import subprocess
@@ -250,7 +249,7 @@ def runs(tmp_path_factory):
     multi, single = root / "multi", root / "single"
     first = _train_2x4(multi, K)
     assert first.returncode == 0, first.stdout[-4000:]
-    second = _train_2x4(multi, N, eval_every=N, eval_batches=1, eval_batch_size=8)  # + an evaluation with images
+    second = _train_2x4(multi, N)
     assert second.returncode == 0, second.stdout[-4000:]
     assert len(jax.devices()) == 8
     train.train_and_evaluate(_config(N), str(single))  # this pytest process: 1 process, 8 devices
@@ -270,12 +269,6 @@ def test_two_processes_really_ran_and_resumed(runs):
     # each process saved its own slice of the data iterator
     data = sorted(p.name for p in (runs["multi_dir"] / "checkpoints" / str(N) / "data").glob("process_*.json"))
     assert data == ["process_0-of-2.json", "process_1-of-2.json"]
-    # the evaluation at step N: metrics and the sample figure (host-side work on arrays gathered from both
-    # processes), written once by process 0
-    rows = [json.loads(line) for line in open(runs["multi_dir"] / "metrics.jsonl")]
-    assert any("eval/val_loss" in r and r["step"] == N for r in rows), rows[-1]
-    pngs = list((runs["multi_dir"] / "images").glob("*.png"))
-    assert pngs, sorted(p.name for p in runs["multi_dir"].iterdir())
 
 
 def test_two_process_resume_matches_one_process(runs):
