@@ -71,6 +71,10 @@ class SceneSpec:
     width: int = 64
     num_gaussians: int = 2048
     trajectory_weights: tuple = (1.0, 1.0, 1.0)  # share of views per TRAJECTORY_KINDS, contiguous blocks in order
+    # True: each scene follows ONE trajectory kind, drawn with probabilities trajectory_weights (smooth clips for
+    # view interpolation, e.g. SceneTok); False: every scene has the blocks above.
+    single_trajectory: bool = False
+    textures: bool = True  # False: plain random colours instead of the image textures (smooth, low-frequency views)
     fov_y_deg: tuple = (50.0, 75.0)  # vertical field of view, one per scene
     near: float = 0.05
     far: float = 30.0
@@ -116,6 +120,9 @@ class SceneSpec:
 PRESETS = {
     "runlocal": (32, SceneSpec(num_views=24, height=64, width=64, num_gaussians=2048)),
     "full": (1000, SceneSpec(num_views=48, height=256, width=256, num_gaussians=16384, store_points=False)),
+    # Smooth 32 px clips (one orbit or walk per scene, 32 frames): view interpolation on CPU (SceneTok runlocal).
+    "clips": (128, SceneSpec(num_views=32, height=32, width=32, num_gaussians=256, trajectory_weights=(1.0, 1.0, 0.0),
+                            single_trajectory=True, textures=False)),
 }
 
 
@@ -262,6 +269,13 @@ def _assemble(client: int, rng: np.random.Generator, spec: SceneSpec) -> dict:
             loaded[name] = p.loadTexture(str(root / name), physicsClientId=client)
         return loaded[name]
 
+    def paint(body):
+        """A random texture with a pale tint, or (spec.textures False) a plain random colour."""
+        if spec.textures:
+            p.changeVisualShape(body, -1, textureUniqueId=texture(), rgbaColor=_tint(rng), physicsClientId=client)
+        else:
+            p.changeVisualShape(body, -1, rgbaColor=_tint(rng, 0.1), physicsClientId=client)
+
     sx, sy = _u(rng, spec.room_size), _u(rng, spec.room_size)
     hx, hy, wall_h = sx / 2, sy / 2, _u(rng, spec.wall_height)
 
@@ -270,8 +284,7 @@ def _assemble(client: int, rng: np.random.Generator, spec: SceneSpec) -> dict:
     fv = _quad_visual(client, [[-hx, -hy, 0], [hx, -hy, 0], [hx, hy, 0], [-hx, hy, 0]], [0, 0, 1],
                       (sx / tile, sy / tile))
     floor = p.createMultiBody(0, -1, fv, physicsClientId=client)
-    p.changeVisualShape(floor, -1, textureUniqueId=texture(), rgbaColor=_tint(rng),
-                        physicsClientId=client)
+    paint(floor)
     # Walls: thin boxes, each its own texture and tint.
     th = 0.05
     for cx, cy, ex, ey in ((hx + th, 0, th, hy + 2 * th), (-hx - th, 0, th, hy + 2 * th),
@@ -279,8 +292,7 @@ def _assemble(client: int, rng: np.random.Generator, spec: SceneSpec) -> dict:
         wv = p.createVisualShape(p.GEOM_BOX, halfExtents=[ex, ey, wall_h / 2], physicsClientId=client)
         w = p.createMultiBody(0, -1, wv, basePosition=[cx, cy, wall_h / 2], physicsClientId=client)
         if rng.uniform() < 0.75:
-            p.changeVisualShape(w, -1, textureUniqueId=texture(), rgbaColor=_tint(rng),
-                                physicsClientId=client)
+            paint(w)
         else:
             p.changeVisualShape(w, -1, rgbaColor=_tint(rng, 0.2), physicsClientId=client)
 
@@ -333,8 +345,7 @@ def _assemble(client: int, rng: np.random.Generator, spec: SceneSpec) -> dict:
         footprints.append((lo, hi))
         tops.append((lo, hi))
         if rng.uniform() < 0.6:
-            p.changeVisualShape(b, -1, textureUniqueId=texture(), rgbaColor=_tint(rng),
-                                physicsClientId=client)
+            paint(b)
 
     # Props on tables and on the floor.
     named, blobs = _available(_PROPS), _random_urdfs()
@@ -361,8 +372,7 @@ def _assemble(client: int, rng: np.random.Generator, spec: SceneSpec) -> dict:
         objects.append((lo, hi))
         r = rng.uniform()
         if r < 0.3:
-            p.changeVisualShape(b, -1, textureUniqueId=texture(), rgbaColor=_tint(rng),
-                                physicsClientId=client)
+            paint(b)
         elif r < 0.7:
             p.changeVisualShape(b, -1, rgbaColor=[float(x) for x in rng.uniform(0.05, 1.0, 3)] + [1.0],
                                 physicsClientId=client)
@@ -531,7 +541,13 @@ def build_scene(seed: int, spec: SceneSpec = SceneSpec()) -> dict:
         layout = _assemble(client, rng, spec)
         fov = _u(rng, spec.fov_y_deg)
         poses, kinds = [], []
-        for k, (kind, n) in enumerate(zip(TRAJECTORY_KINDS, _view_counts(spec.num_views, spec.trajectory_weights))):
+        if spec.single_trajectory:
+            w = np.asarray(spec.trajectory_weights, np.float64)
+            counts = [0] * len(TRAJECTORY_KINDS)
+            counts[int(rng.choice(len(w), p=w / w.sum()))] = spec.num_views
+        else:
+            counts = _view_counts(spec.num_views, spec.trajectory_weights)
+        for k, (kind, n) in enumerate(zip(TRAJECTORY_KINDS, counts)):
             if n:
                 poses += _TRAJECTORIES[kind](rng, n, layout)
                 kinds += [k] * n

@@ -404,8 +404,8 @@ class SceneTokTask:
 
     def evaluate(self, model, batch, rng):
         """PSNR / SSIM of target views rendered from the context's tokens (``psnr_1step``: of the one-step
-        conditional-mean estimate x0 = eps - v(eps, t=1)), ``psnr_mean_image`` (the baseline: each target predicted
-        by the per-pixel mean of the context views), LPIPS (``metrics.lpips`` set), the spread of
+        conditional-mean estimate x0 = eps - v(eps, t=1)), the baselines ``psnr_mean_image`` (each target predicted
+        by the per-pixel mean of the batch's targets) and ``psnr_context_mean`` (by the mean of its context views), LPIPS (``metrics.lpips`` set), the spread of
         ``metrics.render_samples`` renders of the same views (:func:`render_uncertainty`) and the velocity loss at
         t in (0.25, 0.5, 0.75)."""
         r_render, r_eps, r_repeat = jax.random.split(rng, 3)
@@ -419,11 +419,15 @@ class SceneTokTask:
         ones = jnp.ones(lat.shape[:2], jnp.float32)
         v1, _ = model.scenetok.decoder(noise, ones, inputs["target_c2w"], inputs["target_intrinsics"], tokens)
         mean_view = to_unit(model.pixels(noise - v1))
-        # Baseline: every target predicted by the per-pixel mean of its scene's context views.
-        mean_image = jnp.broadcast_to(jnp.mean(to_unit(batch["context_images"]), axis=1, keepdims=True), gt.shape)
+        # Baselines. mean image: every target predicted by the per-pixel mean of all the batch's target views (the
+        # best constant image for them); context mean: by the per-pixel mean of its own scene's context views
+        # (scene-specific and given every context pixel, not a K x d bottleneck).
+        mean_image = jnp.broadcast_to(jnp.mean(gt, axis=(0, 1), keepdims=True), gt.shape)
+        context_mean = jnp.broadcast_to(jnp.mean(to_unit(batch["context_images"]), axis=1, keepdims=True), gt.shape)
         out = {"psnr": jnp.mean(image_metrics.psnr(pred, gt)), "ssim": jnp.mean(image_metrics.ssim(pred, gt)),
                "psnr_1step": jnp.mean(image_metrics.psnr(mean_view, gt)),
                "psnr_mean_image": jnp.mean(image_metrics.psnr(mean_image, gt)),
+               "psnr_context_mean": jnp.mean(image_metrics.psnr(context_mean, gt)),
                "latent_mse": jnp.mean(jnp.square(lat - inputs["target_latents"])),
                "kl": jnp.mean(aux["kl"])}
         if self.lpips is not None:

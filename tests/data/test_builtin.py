@@ -189,6 +189,24 @@ def test_walk_moves_forward_and_orbit_circles(scene):
     assert np.ptp(np.arctan2(centres[:, 1], centres[:, 0])) > 0.5  # goes around the centre
 
 
+def test_single_trajectory_clips_without_textures():
+    """single_trajectory: every view of a scene on one kind (drawn with trajectory_weights, here orbit or walk);
+    textures=False: plain colours, so neighbouring pixels differ far less than in textured scenes."""
+    spec = B.SceneSpec(num_views=6, height=16, width=16, num_gaussians=32, trajectory_weights=(1.0, 1.0, 0.0),
+                       single_trajectory=True, textures=False)
+    kinds, grad_plain, grad_tex = set(), [], []
+    for seed in range(6):
+        sc = B.build_scene(seed, spec)
+        assert len(set(sc["trajectory"].tolist())) == 1
+        kinds.add(int(sc["trajectory"][0]))
+        tex = B.build_scene(seed, B.SceneSpec(**{**spec.to_json(), "textures": True}))
+        for out, img in ((grad_plain, sc["images"]), (grad_tex, tex["images"])):
+            out.append(np.abs(np.diff(img.astype(np.float64), axis=2)).mean())
+    assert kinds == {B.TRAJECTORY_KINDS.index("orbit"), B.TRAJECTORY_KINDS.index("walk")}
+    assert np.mean(grad_plain) < 0.6 * np.mean(grad_tex), (grad_plain, grad_tex)
+    assert B.preset("clips")[1].single_trajectory and not B.preset("clips")[1].textures
+
+
 def test_build_dataset_resumable_and_loadable(tmp_path):
     spec = B.SceneSpec(num_views=3, height=16, width=24, num_gaussians=64)
     idx = B.build_dataset(tmp_path, 2, spec, seed=3)

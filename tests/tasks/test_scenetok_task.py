@@ -147,7 +147,7 @@ def test_smoke_train_metrics_figure_gif(smoke):
 
 def test_eval_psnr_vs_numpy(smoke):
     """Render the first eval batch's targets from its context tokens with the trainer's eval key; numpy PSNR of
-    those renders vs the ground truth equals the logged eval/psnr."""
+    those renders vs the ground truth equals the logged eval/psnr (and the two baselines' PSNR their numpy values)."""
     config, mesh, workdir, state = smoke
     task = stok.SceneTokTask(config)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))
@@ -165,6 +165,12 @@ def test_eval_psnr_vs_numpy(smoke):
     pred = np.clip((pred + 1) / 2, 0, 1)
     ev = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "eval/psnr" in l][0]
     np.testing.assert_allclose(ev["eval/psnr"], _np_psnr(pred, gt).mean(), rtol=1e-4)
+    # baselines: the batch's mean target image, and each scene's mean context view
+    mean_image = np.broadcast_to(gt.mean(axis=(0, 1), keepdims=True), gt.shape)
+    np.testing.assert_allclose(ev["eval/psnr_mean_image"], _np_psnr(mean_image, gt).mean(), rtol=1e-4)
+    ctx = (batch["context_images"].astype(np.float64) + 1) / 2
+    ctx_mean = np.broadcast_to(ctx.mean(axis=1, keepdims=True), gt.shape)
+    np.testing.assert_allclose(ev["eval/psnr_context_mean"], _np_psnr(ctx_mean, gt).mean(), rtol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------ data + geometry
