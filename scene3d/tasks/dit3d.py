@@ -18,8 +18,9 @@ and the PSNR of target views decoded from tokens sampled given all context views
 a decoded arc trajectory (GIF + PNG strip) and the decoded point cloud (PLY) of the sampled scene.
 
 The 3DRAE lives inside the model as ``Frozen`` variables (``scene3d.tasks.stage1``): ``restore_pretrained`` fills
-it from ``tokenizer.workdir`` (a rae3d run; EMA if it kept one) at the start of a run; without a workdir the
-tokenizer of ``tokenizer.model`` is random (smoke tests).
+it from ``tokenizer.workdir`` (a rae3d run; checkpoint ``tokenizer.step`` or the latest, EMA unless
+``tokenizer.use_ema`` is False) at the start of a run; without a workdir the tokenizer of ``tokenizer.model`` is
+random (smoke tests).
 """
 from __future__ import annotations
 
@@ -27,9 +28,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from scene3d.diffusion import guidance, paths, samplers, timesteps
@@ -81,21 +80,10 @@ class DiT3DTask:
 
     def __init__(self, config):
         self.config = config
-        tc = config.tokenizer
-        self.workdir = tc.get("workdir") or None
-        if self.workdir:
-            self.stage1 = stage1.stage1_config(self.workdir)
-            if self.stage1.task != "rae3d":
-                raise ValueError(f"config.tokenizer.workdir: {self.workdir} is a {self.stage1.task!r} run; the dit3d "
-                                 "task needs a rae3d run")
-        else:
-            if tc.get("model") is None:
-                raise ValueError("config.tokenizer: set workdir (a rae3d run) or model (random init, for tests)")
-            self.stage1 = ml_collections.ConfigDict({"task": "rae3d", "model": tc.model.to_dict(),
-                                                     "data": config.data.to_dict(), "loss": {}})
-        self.tokenizer_task = rae3d_task.RAE3DTask(self.stage1)
-        self.rae_cfg = self.tokenizer_task.model_cfg
-        self.scale = float(tc.get("scale", 1.0))
+        self.workdir, self.stage1 = stage1.resolve(config, stage2="dit3d", expected="rae3d", extra={"loss": {}})
+        self.rae_cfg = rae3d_task.RAE3DTask(self.stage1).model_cfg
+        self.num_tokens, self.latent_dim = stage1.token_shape(self.stage1)
+        self.scale = float(config.tokenizer.get("scale", 1.0))
         mc = config.model
         unknown = set(mc.keys()) - _MODEL_KEYS
         if unknown:
@@ -115,11 +103,11 @@ class DiT3DTask:
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> DiT3DModel:
-        rae = stage1.freeze(self.tokenizer_task.build_model(rngs))
+        rae = stage1.frozen_tokenizer(self.stage1, rngs)
         mc = self.config.model
         dtype = _DTYPES[mc.get("dtype", "float32")]
-        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=self.rae_cfg.num_tokens,
-                              latent_dim=self.rae_cfg.latent_dim, view_dim=self.rae_cfg.feature_dim,
+        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=self.num_tokens,
+                              latent_dim=self.latent_dim, view_dim=self.rae_cfg.feature_dim,
                               cond_mode=mc.get("cond_mode", "cross"), ray_bands=int(mc.get("ray_bands", 4)),
                               traj_grid=int(mc.get("traj_grid", 4)), mlp_ratio=float(mc.get("mlp_ratio", 4.0)),
                               qk_norm=mc.get("qk_norm", True), impl=mc.get("attn_impl", "xla"),
@@ -129,13 +117,8 @@ class DiT3DTask:
         return DiT3DModel(dit, rae)
 
     def restore_pretrained(self, variables):
-        if not self.workdir:
-            logging.warning("dit3d: tokenizer.workdir not set: the frozen 3DRAE keeps its random init")
-            return variables
-        restored, info = stage1.restore_variables(self.workdir, variables["rae"])
-        nnx.replace_by_pure_dict(variables["rae"], nnx.to_pure_dict(restored))
-        logging.info("dit3d: restored the 3DRAE from %s step %d (%s)", info["workdir"], info["step"], info["key"])
-        return variables
+        """Fill the frozen 3DRAE of a fresh run's (sharded) state from ``tokenizer.workdir``."""
+        return stage1.restore_tokenizer(variables, "rae", self.config.tokenizer, self.workdir, name="3DRAE")
 
     def data_transforms(self, split: str):
         return [rae3d_task.flatten_views]
@@ -187,7 +170,7 @@ class DiT3DTask:
     def sample(self, model: DiT3DModel, cond: dict | None, rng, *, batch_size: int, num_steps: int | None = None,
                cfg_scale: float | None = None, method: str | None = None) -> jax.Array:
         """Scene tokens (B, K, latent_dim) (unscaled: ready for the decoder) sampled from noise given ``cond``."""
-        shape = (batch_size, self.rae_cfg.num_tokens, self.rae_cfg.latent_dim)
+        shape = (batch_size, self.num_tokens, self.latent_dim)
         noise = jax.random.normal(rng, shape, jnp.float32)
         graphdef, state = nnx.split(model.dit)
 

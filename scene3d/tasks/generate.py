@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from scene3d.diffusion import guidance, paths, samplers, timesteps
@@ -274,21 +273,10 @@ class LatentFlowTask:
     def __init__(self, config):
         self.config = config
         tc = config.tokenizer
-        self.workdir = tc.get("workdir") or None
-        if self.workdir:
-            self.stage1 = stage1.stage1_config(self.workdir)
-        else:
-            if tc.get("model") is None:
-                raise ValueError("config.tokenizer: set workdir (a stage-1 run) or model (random init, for tests)")
-            self.stage1 = ml_collections.ConfigDict({"task": tc.get("task", "autoencode"), "model": tc.model.to_dict(),
-                                                     "data": config.data.to_dict()})
+        self.workdir, self.stage1 = stage1.resolve(config, stage2="generate")
         self.scale = float(tc.get("scale", 1.0))
         self.sample_posterior = bool(tc.get("sample_posterior", False))
-        tok = nnx.eval_shape(lambda: stage1.build_tokenizer(self.stage1, nnx.Rngs(0)))
-        for attr in ("encode", "decode", "latent_shape", "output_shape"):
-            if not hasattr(tok, attr):
-                raise ValueError(f"config.tokenizer: the stage-1 model {type(tok).__name__} has no {attr!r}; a "
-                                 "latent tokenizer needs encode / decode / latent_shape / output_shape")
+        tok = stage1.abstract_tokenizer(self.stage1, needs=("encode", "decode", "latent_shape", "output_shape"))
         self.latent_shape = tuple(int(v) for v in tok.latent_shape)
         self.output_shape = tuple(int(v) for v in tok.output_shape)
         n_data = (config.data.get("gaussians") or {}).get("num_gaussians")
@@ -387,7 +375,7 @@ class LatentFlowTask:
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
-        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
+        tokenizer = stage1.frozen_tokenizer(self.stage1, rngs)
         return LatentDiffusion(*self.build_generator(rngs), tokenizer)
 
     def build_generator(self, rngs: nnx.Rngs):
@@ -409,15 +397,7 @@ class LatentFlowTask:
 
     def restore_pretrained(self, params):
         """Fill the frozen tokenizer of a fresh run's (sharded) state from ``tokenizer.workdir``."""
-        if not self.workdir:
-            logging.warning("config.tokenizer.workdir unset: the stage-1 tokenizer is RANDOMLY initialised")
-            return params
-        tc = self.config.tokenizer
-        restored, info = stage1.restore_variables(self.workdir, params["tokenizer"], step=tc.get("step"),
-                                                  prefer_ema=bool(tc.get("use_ema", True)))
-        params["tokenizer"] = restored
-        logging.info("stage-1 tokenizer: state[%r] of step %d from %s", info["key"], info["step"], info["workdir"])
-        return params
+        return stage1.restore_tokenizer(params, "tokenizer", self.config.tokenizer, self.workdir, name="tokenizer")
 
     # -- latents -----------------------------------------------------------------------------------------------
     def _cond_inputs(self, batch) -> dict:

@@ -31,7 +31,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
 from scene3d.diffusion import paths, timesteps
@@ -66,20 +65,10 @@ class SceneGenTask:
     def __init__(self, config):
         self.config = config
         tc = config.tokenizer
-        self.workdir = tc.get("workdir") or None
-        if self.workdir:
-            self.stage1 = stage1.stage1_config(self.workdir)
-            if self.stage1.task != "scenetok":
-                raise ValueError(f"config.tokenizer.workdir={self.workdir!r}: a {self.stage1.task!r} run, expected a "
-                                 "'scenetok' run (configs/scenetok.py)")
-        else:
-            if tc.get("model") is None:
-                raise ValueError("config.tokenizer: set workdir (a scenetok run) or model + image_compressor (random "
-                                 "init, for smoke tests)")
-            self.stage1 = ml_collections.ConfigDict({
-                "task": "scenetok", "model": tc.model.to_dict(), "data": config.data.to_dict(),
-                "image_compressor": (tc.get("image_compressor") or ml_collections.ConfigDict()).to_dict(),
-                "flow": config.flow.to_dict()})
+        self.workdir, self.stage1 = stage1.resolve(
+            config, stage2="scenegen", expected="scenetok", init_fields="model + image_compressor",
+            extra={"image_compressor": (tc.get("image_compressor") or ml_collections.ConfigDict()).to_dict(),
+                   "flow": config.flow.to_dict()})
         # The stage-1 task renders generated tokens: its flow settings, with ``decode`` overrides, and ``render``.
         s1 = self.stage1.to_dict()
         s1["flow"] = dict(s1.get("flow") or {}, **{k: v for k, v in (config.get("decode") or {}).items()
@@ -135,20 +124,12 @@ class SceneGenTask:
             param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"), rngs=rngs, **kw)
 
     def build_model(self, rngs: nnx.Rngs) -> SceneGenModel:
-        tokenizer = stage1.freeze(stage1.build_tokenizer(self.stage1, rngs))
+        tokenizer = stage1.frozen_tokenizer(self.stage1, rngs)
         return SceneGenModel(self.build_generator(rngs), tokenizer)
 
     def restore_pretrained(self, params):
         """Fill the frozen stage-1 model of a fresh run's (sharded) state from ``tokenizer.workdir``."""
-        if not self.workdir:
-            logging.warning("config.tokenizer.workdir unset: the stage-1 SceneTok is RANDOMLY initialised")
-            return params
-        tc = self.config.tokenizer
-        restored, info = stage1.restore_variables(self.workdir, params["tokenizer"], step=tc.get("step"),
-                                                  prefer_ema=bool(tc.get("use_ema", True)))
-        params["tokenizer"] = restored
-        logging.info("stage-1 SceneTok: state[%r] of step %d from %s", info["key"], info["step"], info["workdir"])
-        return params
+        return stage1.restore_tokenizer(params, "tokenizer", self.config.tokenizer, self.workdir, name="SceneTok")
 
     def data_transforms(self, split: str):
         return [stok.flatten_views]

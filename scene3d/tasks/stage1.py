@@ -7,6 +7,15 @@ the jitted step like any other state, never updated, and no optimiser state is k
 - ``stage1_config(workdir)``: the stage-1 run's ``config.json`` (written by ``scene3d.train``) as a ConfigDict.
 - ``build_tokenizer(config, rngs)``: the stage-1 model built by the stage-1 task (``config.task``), random init.
 - ``freeze(module)``: the module with every ``nnx.Param`` turned into a ``Frozen`` variable (metadata kept).
+
+What every stage-2 task does with its ``config.tokenizer`` (``workdir``, ``model``, ``step``, ``use_ema``):
+
+- ``resolve(config, stage2=..., expected=...)``: (workdir or None, the stage-1 config): the run's config.json, or
+  a random-init stand-in built from ``tokenizer.model`` (smoke tests).
+- ``frozen_tokenizer(config, rngs)``: the stage-1 model with ``Frozen`` variables (the stage-2 model's submodule).
+- ``token_shape(config)``: the (K, d) token shape of the stage-1 model (``latent_shape``, no arrays allocated).
+- ``restore_tokenizer(variables, key, tokenizer_config, workdir, name=...)``: fill ``variables[key]`` from the
+  run (``restore_pretrained`` of the stage-2 task).
 - ``restore_variables(workdir, target, ...)``: the EMA (if the run kept one) or the raw parameters of a run's
   checkpoint, restored into ``target`` (a State or abstract State: its structure, shapes and shardings) without
   reading the optimiser state.
@@ -20,6 +29,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 
@@ -45,6 +55,66 @@ def build_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:
     """The stage-1 model of ``config`` (a stage-1 training config), randomly initialised, built by its task."""
     from scene3d import tasks  # the task registry (lazy: tasks import this module)
     return tasks.get_task(config).build_model(rngs)
+
+
+def resolve(config, *, stage2: str, expected: str | None = None, init_fields: str = "model",
+            extra: dict | None = None) -> tuple[str | None, ml_collections.ConfigDict]:
+    """(workdir or None, stage-1 config) of a stage-2 ``config``'s frozen tokenizer (``config.tokenizer``).
+
+    With ``tokenizer.workdir``: that run's config.json, which must be an ``expected`` run when ``expected`` is
+    given. Without: a random-init stand-in (smoke tests) of task ``expected`` (else ``tokenizer.task``, default
+    'autoencode') with ``tokenizer.model``, the stage-2 ``data`` and the ``extra`` fields. ``stage2`` (the task
+    name) and ``init_fields`` only word the errors."""
+    tc = config.tokenizer
+    workdir = tc.get("workdir") or None
+    run = f"a {expected} run" if expected else "a stage-1 run"
+    if workdir:
+        cfg = stage1_config(workdir)
+        if expected and cfg.task != expected:
+            raise ValueError(f"config.tokenizer.workdir={workdir!r}: a {cfg.task!r} run; the {stage2} task needs "
+                             f"a {expected!r} run")
+        return workdir, cfg
+    if tc.get("model") is None:
+        raise ValueError(f"config.tokenizer: set workdir ({run}) or {init_fields} (random init, for smoke tests)")
+    return None, ml_collections.ConfigDict({"task": expected or tc.get("task", "autoencode"),
+                                            "model": tc.model.to_dict(), "data": config.data.to_dict(),
+                                            **(extra or {})})
+
+
+def frozen_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:
+    """``build_tokenizer(config, rngs)`` with its parameters ``Frozen`` (never optimised by the trainer)."""
+    return freeze(build_tokenizer(config, rngs))
+
+
+def abstract_tokenizer(config, needs: tuple[str, ...] = ("encode", "decode", "latent_shape")) -> nnx.Module:
+    """The stage-1 model of ``config`` as an abstract module (``nnx.eval_shape``: no arrays allocated), checked to
+    have the attributes ``needs``."""
+    tok = nnx.eval_shape(lambda: build_tokenizer(config, nnx.Rngs(0)))
+    for attr in needs:
+        if not hasattr(tok, attr):
+            raise ValueError(f"config.tokenizer: the stage-1 model {type(tok).__name__} has no {attr!r}; a latent "
+                             f"tokenizer needs {' / '.join(needs)}")
+    return tok
+
+
+def token_shape(config) -> tuple[int, ...]:
+    """The shape of one example's stage-1 tokens (K, d): the tokenizer's ``latent_shape``."""
+    return tuple(int(v) for v in abstract_tokenizer(config).latent_shape)
+
+
+def restore_tokenizer(variables, key: str, tokenizer_config, workdir: str | None, *, name: str):
+    """Fill ``variables[key]`` (the frozen stage-1 model in a fresh run's state, sharded or abstract) from the run
+    in ``workdir``: checkpoint ``tokenizer_config.step`` (default: the latest), its EMA unless
+    ``tokenizer_config.use_ema`` is False. Without a workdir it keeps its random init (a warning). ``name`` (e.g.
+    '3DRAE') words the log. Returns ``variables``."""
+    if not workdir:
+        logging.warning("config.tokenizer.workdir unset: the stage-1 %s is RANDOMLY initialised", name)
+        return variables
+    restored, info = restore_variables(workdir, variables[key], step=tokenizer_config.get("step"),
+                                       prefer_ema=bool(tokenizer_config.get("use_ema", True)))
+    variables[key] = restored
+    logging.info("stage-1 %s: state[%r] of step %d from %s", name, info["key"], info["step"], info["workdir"])
+    return variables
 
 
 def checkpoint_step(workdir: str, step: int | None = None) -> int:
