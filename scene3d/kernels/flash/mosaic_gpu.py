@@ -172,6 +172,42 @@ def _drain(steps: int, depth: int, *done_barriers):
             plgpu.barrier_wait(bar.at[t % depth])
 
 
+def _stream_kv(k_ref, v_ref, bias_ref, k_smem, v_smem, bias_smem, k_bar, v_bar, kb_bar, k_done, v_done, *, bb, hh,
+               groups: int, block_k: int, steps: int, depth: int, v_first: bool):
+    """Memory warpgroup of the kernels that stream key / value tiles (forward, dQ) through a ``depth``-slot ring.
+
+    Key tile t (of kv head hh // groups, with its bias row when ``bias_ref`` is set) lands in ``k_smem`` slot
+    t % depth and signals ``k_bar`` (bias: ``kb_bar``); value tile t in ``v_smem``, signalling ``v_bar``. The ring
+    is filled with tiles 0..depth-1 (k then v); then slot t % depth is refilled with tile t + depth once the compute
+    warpgroups release it (``k_done`` / ``v_done``), waiting in the order they release them: v before k when
+    ``v_first`` (the dQ step is done with v first), else k before v; finally the ring is drained."""
+    kvh = hh if groups == 1 else lax.div(hh, jnp.int32(groups))
+    bh = hh if bias_ref is not None and bias_ref.shape[1] > 1 else 0
+
+    def fetch_k(t, slot):
+        plgpu.copy_gmem_to_smem(k_ref.at[bb, pl.ds(t * block_k, block_k), kvh], k_smem.at[slot], k_bar.at[slot])
+        if bias_ref is not None:
+            plgpu.copy_gmem_to_smem(bias_ref.at[bb, bh, pl.ds(t * block_k, block_k)], bias_smem.at[slot],
+                                    kb_bar.at[slot])
+
+    def fetch_v(t, slot):
+        plgpu.copy_gmem_to_smem(v_ref.at[bb, pl.ds(t * block_k, block_k), kvh], v_smem.at[slot], v_bar.at[slot])
+
+    for i in range(depth):  # fill the ring
+        fetch_k(i, i)
+        fetch_v(i, i)
+    order = ((v_done, fetch_v), (k_done, fetch_k)) if v_first else ((k_done, fetch_k), (v_done, fetch_v))
+
+    @pl.loop(0, steps - depth)
+    def _refill(t):
+        slot = lax.rem(t, jnp.int32(depth))
+        for done, fetch in order:
+            plgpu.barrier_wait(done.at[slot])
+            fetch(t + depth, slot)
+
+    _drain(steps, depth, *(done for done, _ in order))
+
+
 def _bias(valid):
     """Validity (B, Hm, 1, Lk) int32 | None -> additive fp32 bias (B, Hm, Lk): 0 visible, MASK_VALUE masked."""
     if valid is None:
@@ -268,31 +304,8 @@ def _fwd_kernel(q_ref, k_ref, v_ref, bias_ref, out_ref, lse_ref, *, qo_smem2, k_
     @pl.when(wg == COMPUTE_WGS)
     def _memory():
         plgpu.set_max_registers(40, action="decrease")
-        kvh = hh if groups == 1 else lax.div(hh, jnp.int32(groups))
-        bh = hh if bias_ref is not None and bias_ref.shape[1] > 1 else 0
-
-        def fetch_k(t, slot):
-            plgpu.copy_gmem_to_smem(k_ref.at[bb, pl.ds(t * block_k, block_k), kvh], k_smem.at[slot], k_bar.at[slot])
-            if bias_ref is not None:
-                plgpu.copy_gmem_to_smem(bias_ref.at[bb, bh, pl.ds(t * block_k, block_k)], bias_smem.at[slot],
-                                        kb_bar.at[slot])
-
-        def fetch_v(t, slot):
-            plgpu.copy_gmem_to_smem(v_ref.at[bb, pl.ds(t * block_k, block_k), kvh], v_smem.at[slot], v_bar.at[slot])
-
-        for i in range(depth):  # fill the ring
-            fetch_k(i, i)
-            fetch_v(i, i)
-
-        @pl.loop(0, steps - depth)
-        def _refill(t):
-            slot = lax.rem(t, jnp.int32(depth))
-            plgpu.barrier_wait(k_done.at[slot])
-            fetch_k(t + depth, slot)
-            plgpu.barrier_wait(v_done.at[slot])
-            fetch_v(t + depth, slot)
-
-        _drain(steps, depth, k_done, v_done)
+        _stream_kv(k_ref, v_ref, bias_ref, k_smem, v_smem, bias_smem, k_bar, v_bar, kb_bar, k_done, v_done, bb=bb,
+                   hh=hh, groups=groups, block_k=block_k, steps=steps, depth=depth, v_first=False)
 
 
 def forward(q, k, v, valid, *, scale: float, blocks: BlockSizes, interpret=False):
@@ -473,31 +486,8 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, do_ref, lse_ref, delta_ref, dq_ref
     @pl.when(wg == COMPUTE_WGS)
     def _memory():
         plgpu.set_max_registers(40, action="decrease")
-        kvh = hh if groups == 1 else lax.div(hh, jnp.int32(groups))
-        bh = hh if bias_ref is not None and bias_ref.shape[1] > 1 else 0
-
-        def fetch_k(t, slot):
-            plgpu.copy_gmem_to_smem(k_ref.at[bb, pl.ds(t * block_k, block_k), kvh], k_smem.at[slot], k_bar.at[slot])
-            if bias_ref is not None:
-                plgpu.copy_gmem_to_smem(bias_ref.at[bb, bh, pl.ds(t * block_k, block_k)], bias_smem.at[slot],
-                                        kb_bar.at[slot])
-
-        def fetch_v(t, slot):
-            plgpu.copy_gmem_to_smem(v_ref.at[bb, pl.ds(t * block_k, block_k), kvh], v_smem.at[slot], v_bar.at[slot])
-
-        for i in range(depth):
-            fetch_k(i, i)
-            fetch_v(i, i)
-
-        @pl.loop(0, steps - depth)
-        def _refill(t):
-            slot = lax.rem(t, jnp.int32(depth))
-            plgpu.barrier_wait(v_done.at[slot])
-            fetch_v(t + depth, slot)
-            plgpu.barrier_wait(k_done.at[slot])
-            fetch_k(t + depth, slot)
-
-        _drain(steps, depth, v_done, k_done)
+        _stream_kv(k_ref, v_ref, bias_ref, k_smem, v_smem, bias_smem, k_bar, v_bar, kb_bar, k_done, v_done, bb=bb,
+                   hh=hh, groups=groups, block_k=block_k, steps=steps, depth=depth, v_first=True)
 
 
 def backward(q, k, v, valid, do, lse2, delta, *, scale: float, blocks: BlockSizes, dkv_dtype, interpret=False):
