@@ -26,7 +26,8 @@ def get_config(arg=None):
     c = base_config()
     c.task = "dit3d"
     c.data = stage1.data.to_dict()
-    c.tokenizer = dict(workdir="", scale=1.0, model=stage1.model.to_dict())
+    # step None: the latest checkpoint; use_ema: its EMA weights when the run kept them.
+    c.tokenizer = dict(workdir="", step=None, use_ema=True, scale=1.0, model=stage1.model.to_dict())
     c.model = dict(name="dit3d", variant=arg.variant, cond_mode=arg.cond_mode, ray_bands=4, traj_grid=4,
                    attn_impl="auto", scan=True, remat="none", dtype="bfloat16" if arg.bf16 else "float32",
                    param_dtype="float32")

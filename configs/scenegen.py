@@ -18,6 +18,8 @@ The data must give the stage-1 view size (``data.views.resolution``); the contex
 are generated, every one of them is a potential condition (view 0 always, others with probability 1 - p_view) and
 their cameras are the anchors.
 """
+import ml_collections
+
 from configs import scenetok as scenetok_config
 from configs.common import base_config
 from scene3d.core.config import parse_arg
@@ -62,14 +64,11 @@ def get_config(arg=None):
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.eval_batch_size = 32
 
-    if arg.runlocal:  # = configs/scenetok.py:runlocal's data and stage 1
-        c.data.update(preset="runlocal", num_scenes=40, num_eval=8)
-        c.data.views.update(num_context=2, num_target=2, window=(3, 10), resolution=(32, 32))
-        c.tokenizer.image_compressor = dict(kind="pixels", patch=4, scale=2.0)
-        c.tokenizer.model.update(
-            variant="tiny", attn_impl="xla",
-            compressor=dict(width=64, heads=4, depth=2, patch=2, num_tokens=32, token_dim=8, ray_patch=4),
-            decoder=dict(width=64, heads=4, depth=3, patch=1, ray_patch=4, freq_dim=64))
+    if arg.runlocal:  # configs/scenetok.py:runlocal's data and stage 1 (one source: no copies to drift apart)
+        stage1 = scenetok_config.get_config("runlocal")
+        c.data = ml_collections.ConfigDict(stage1.data.to_dict())
+        c.tokenizer.image_compressor = ml_collections.ConfigDict(stage1.image_compressor.to_dict())
+        c.tokenizer.model = ml_collections.ConfigDict(stage1.model.to_dict())
         c.model.update(variant="tiny", hidden=64, depth=2, heads=4, camera_patch=2, token_scale=1.0,
                        camera_dtype="float32", attn_impl="xla")
         c.flow.update(sample_steps=10, cfg_scale=2.0)

@@ -51,8 +51,8 @@ def get_config(arg=None):
     # compressor / decoder: SceneTok keys overriding the variant (in_channels / input_size come from the latents).
     c.model = dict(name="scenetok", variant=arg.variant, compressor={}, decoder={}, attn_impl="auto", scan=True,
                    remat="none", dtype="bfloat16" if arg.bf16 else "float32", param_dtype="float32")
-    c.flow = dict(time_sampler="logit_normal", num_chunks=1, null_prob=0.1, sample_steps=25, sample_shift=1.0,
-                  sampler="euler", cfg_scale=1.0, cfg_interval=None)
+    c.flow = dict(time_sampler="logit_normal", loss_weighting="velocity", num_chunks=1, null_prob=0.1,
+                  sample_steps=25, sample_shift=1.0, sampler="euler", cfg_scale=1.0, cfg_interval=None)
     # kl_weight None = the variant's; vae_*: the loss of a trainable VA-VAE (latent=tiny_vae).
     c.loss = dict(kl_weight=KL[arg.variant], vae_recon_weight=1.0, vae_kl_weight=1e-6)
     # Evaluation: renders per view set for the per-pixel variance (uncertainty); LPIPS when weights are given:

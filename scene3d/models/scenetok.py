@@ -67,6 +67,7 @@ _DECODER_BASE: dict[str, Any] = dict(
     force_incorrect=False, wan_pose_padding=False, pose_embed_bf16=True, timestep_input="official", ray_kind="official",
     rope_theta=10000.0, prediction="v", x_pred_t_min=0.05)
 PREDICTIONS = ("v", "x")
+LOSS_WEIGHTINGS = ("velocity", "x0")
 
 
 def _variant(compressor: dict, decoder: dict) -> dict[str, dict[str, Any]]:
@@ -680,14 +681,20 @@ class SceneTok(nnx.Module):
         return self.decoder.render(scene_tokens, c2w, intrinsics, rng, **kwargs)
 
     def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array, *, time_sampler="logit_normal",
-             num_chunks: int = 1, null_prob: float = 0.0, kl_weight: float | None = None) -> tuple[jax.Array, dict]:
+             num_chunks: int = 1, null_prob: float = 0.0, kl_weight: float | None = None,
+             weighting: str = "velocity") -> tuple[jax.Array, dict]:
         """Flow-matching velocity loss of the decoder on the target views + kl_weight x KL of the scene tokens.
 
         batch: context_latents (B, V, H, W, Cc), context_c2w, context_intrinsics, target_latents (B, M, h, w, C),
         target_c2w, target_intrinsics (P cameras). One time t per chunk of M / num_chunks consecutive target views
         (``time_sampler``: a scene3d.diffusion TimeSampler or its spec); the scene tokens are replaced by the null
         token with probability ``null_prob`` per example. kl_weight defaults to the compressor's config.
+        ``weighting``: 'velocity' (the release: the plain velocity MSE) or 'x0' (each view's velocity error times t^2,
+        i.e. the clean-latent MSE |x0_hat - x0|^2 of an x-predicting decoder: the 1 / t^2 weight the velocity loss
+        puts on nearly clean views no longer drowns the high-noise views, where the tokens alone must carry the view).
         """
+        if weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"SceneTok.loss: weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
         k_enc, k_t, k_eps, k_drop = jax.random.split(rng, 4)
         tokens, caux = self.compressor(batch["context_latents"], batch["context_c2w"], batch["context_intrinsics"],
                                        rng=k_enc)
@@ -702,7 +709,11 @@ class SceneTok(nnx.Module):
         x_t = (1 - tt) * x0 + tt * eps
         drop = guidance.drop_mask(k_drop, b, null_prob) if null_prob > 0 else None
         v, daux = self.decoder(x_t, t, batch["target_c2w"], batch["target_intrinsics"], tokens, drop=drop)
-        fm = paths.velocity_loss(v, x0, eps)
+        if weighting == "x0":
+            err = jnp.square(v - paths.target_velocity(x0, eps)) * jnp.square(tt)
+            fm = jnp.mean(err)
+        else:
+            fm = paths.velocity_loss(v, x0, eps)
         kl = jnp.mean(caux["kl"])
         w = self.compressor.config["kl_weight"] if kl_weight is None else kl_weight
         loss = fm + w * kl

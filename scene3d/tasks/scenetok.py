@@ -283,6 +283,10 @@ class SceneTokTask:
             raise ValueError(f"config.flow.num_chunks={self.num_chunks} must divide data.views.num_target="
                              f"{self.num_target} (one noise level per chunk of target views)")
         self.null_prob = float(fc.get("null_prob", 0.0))
+        self.loss_weighting = str(fc.get("loss_weighting", "velocity"))
+        if self.loss_weighting not in scenetok.LOSS_WEIGHTINGS:
+            raise ValueError(f"config.flow.loss_weighting must be one of {scenetok.LOSS_WEIGHTINGS}, "
+                             f"got {self.loss_weighting!r}")
         lc = config.get("loss") or {}
         kl = lc.get("kl_weight")
         self.kl_weight = None if kl is None else float(kl)
@@ -392,7 +396,8 @@ class SceneTokTask:
         r_loss, r_vae = jax.random.split(rng)
         inputs = self.prepare(model, batch)
         loss, aux = model.scenetok.loss(inputs, r_loss, time_sampler=self.time_sampler, num_chunks=self.num_chunks,
-                                        null_prob=self.null_prob, kl_weight=self.kl_weight)
+                                        null_prob=self.null_prob, kl_weight=self.kl_weight,
+                                        weighting=self.loss_weighting)
         metrics = {"flow_loss": aux["flow_loss"], "kl": aux["kl"],
                    "token_std": jnp.std(aux["mean"]), "token_logvar": jnp.mean(aux["logvar"]),
                    "latent_std": jnp.std(inputs["target_latents"])}
