@@ -6,6 +6,19 @@ os.environ["XLA_FLAGS"] = os.environ["XLA_FLAGS"] if "device_count" in os.enviro
     os.environ["XLA_FLAGS"] + " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# XLA:CPU compilation is most of this suite's time (tiny shapes: every program runs in milliseconds), and LLVM's
+# optimisation passes are half of a compile: the tests build unoptimised CPU code. Same HLO and the same XLA passes;
+# set xla_backend_optimization_level yourself in XLA_FLAGS to test optimised code.
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# One persistent compilation cache per test session, shared by the xdist workers (they inherit this environment):
+# a program that several tests (or a task's per-seed loop) compile again is compiled once. A fresh folder every
+# session, removed at the end; an explicitly set JAX_COMPILATION_CACHE_DIR is used as is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="scene3d_tests_jax_cache_")
+    os.environ["SCENE3D_TESTS_OWN_JAX_CACHE"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pathlib
 
@@ -42,3 +55,10 @@ def pytest_collection_modifyitems(config, items):
         return next((i for i, prefix in enumerate(HEAVY_FIRST) if path.startswith(prefix)), len(HEAVY_FIRST))
 
     items.sort(key=rank)  # stable: the order within a file is kept
+
+
+def pytest_unconfigure(config):
+    """Remove the session's compilation cache (in the process that created it: xdist's controller or a plain run)."""
+    if os.environ.get("SCENE3D_TESTS_OWN_JAX_CACHE") == str(os.getpid()):
+        import shutil
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

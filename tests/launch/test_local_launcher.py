@@ -225,11 +225,16 @@ def _config(total_steps):
     return c
 
 
-def _train_2x4(workdir, total_steps, **extra):
-    # No persistent compilation cache: a process that hits it while the other compiles reaches the first
-    # collective much earlier, and gloo waits only 30 s for its peers.
+def _train_2x4(workdir, total_steps, cache, **extra):
+    # The processes compile with this process's XLA flags (conftest's, less the device count: the launcher sets
+    # that) so that their programs are those of the 1 x 8 reference run here. Both launches share one persistent
+    # compilation cache that only they use: the first fills it (both processes compile side by side), the second
+    # loads every program in both processes alike (a process that hit a cache while the other compiled would reach
+    # the first collective much earlier, and gloo waits only 30 s for its peers).
     args = [f"--config.{k}={v}" for k, v in {**TINY, "total_steps": total_steps, **extra}.items()]
-    env = _clean_env()
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env = dict(_clean_env(), XLA_FLAGS=" ".join(flags), JAX_COMPILATION_CACHE_DIR=str(cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, LAUNCHER, "--num_processes=2", "--devices_per_process=4", "--",
                            sys.executable, "-m", "scene3d.train", f"--config={CONFIG}:runlocal",
                            f"--workdir={workdir}", *args], cwd=REPO, env=env, capture_output=True, text=True,
@@ -247,9 +252,9 @@ def _restore(workdir, abstract, step):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("launch")
     multi, single = root / "multi", root / "single"
-    first = _train_2x4(multi, K)
+    first = _train_2x4(multi, K, root / "jax_cache")
     assert first.returncode == 0, first.stdout[-4000:]
-    second = _train_2x4(multi, N)
+    second = _train_2x4(multi, N, root / "jax_cache")
     assert second.returncode == 0, second.stdout[-4000:]
     assert len(jax.devices()) == 8
     train.train_and_evaluate(_config(N), str(single))  # this pytest process: 1 process, 8 devices
