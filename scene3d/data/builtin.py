@@ -5,8 +5,9 @@ walls, textured with images shipped in `pybullet_data`), tables, and props (duck
 spheres, trays, r2d2, the 1000 `random_urdfs` blobs) at random poses, sizes, colours and textures, under random
 lighting. It is rendered with pybullet's TinyRenderer (DIRECT mode, no GPU or display) from cameras on three
 trajectory kinds (`TRAJECTORY_KINDS`): `orbit` (around the scene centre, varying radius and height), `walk`
-(moving forward through the room) and `lookat` (random positions looking at random points on objects). A 3DGS
-version of the scene is lifted from the rendered RGB-D views.
+(moving forward through the room) and `lookat` (random positions looking at random points on objects), in blocks,
+or one kind per scene (`SceneSpec.single_trajectory`: smooth clips, the `clips` preset, which also drops the image
+textures). A 3DGS version of the scene is lifted from the rendered RGB-D views.
 
 Per-scene dict (`build_scene` output, one compressed .npz per scene on disk; V views, H x W pixels, N Gaussians):
 
