@@ -7,8 +7,8 @@ multi-view scenes, crop / normalise / rotate for 3DGS scenes), to run before a t
 ``data.name`` and its fields:
 
   shapes             num_train, num_eval, size, seed                       (procedural 2D images)
-  builtin            data_dir, preset ('runlocal' | 'clips' | 'full'), optional spec (SceneSpec fields), num_scenes, num_eval,
-                     seed, source_dir, num_workers; views                   (tfds ArrayRecord, multi-view)
+  builtin            data_dir, preset ('runlocal' | 'clips' | 'full'), optional spec (SceneSpec fields), num_scenes,
+                     num_eval, seed, source_dir, num_workers; views                   (tfds ArrayRecord, multi-view)
   clips              data_dir, source_dir (folder of clips), layout ('re10k' | 'dl3dv'), dataset_name,
                      image_size, eval_fraction; views                       (tfds ArrayRecord, multi-view)
   captures           paths (capture folders: transforms.json / LLFF / COLMAP / RE10K clip), image_size; views

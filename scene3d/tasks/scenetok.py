@@ -410,9 +410,9 @@ class SceneTokTask:
     def evaluate(self, model, batch, rng):
         """PSNR / SSIM of target views rendered from the context's tokens (``psnr_1step``: of the one-step
         conditional-mean estimate x0 = eps - v(eps, t=1)), the baselines ``psnr_mean_image`` (each target predicted
-        by the per-pixel mean of the batch's targets) and ``psnr_context_mean`` (by the mean of its context views), LPIPS (``metrics.lpips`` set), the spread of
-        ``metrics.render_samples`` renders of the same views (:func:`render_uncertainty`) and the velocity loss at
-        t in (0.25, 0.5, 0.75)."""
+        by the per-pixel mean of the batch's targets) and ``psnr_context_mean`` (by the mean of its context views),
+        LPIPS (``metrics.lpips`` set), the spread of ``metrics.render_samples`` renders of the same views
+        (:func:`render_uncertainty`) and the velocity loss at t in (0.25, 0.5, 0.75)."""
         r_render, r_eps, r_repeat = jax.random.split(rng, 3)
         inputs = self.prepare(model, batch)
         tokens, aux = model.scenetok.encode(inputs["context_latents"], inputs["context_c2w"],
