@@ -211,15 +211,19 @@ class DiT3DTask:
     def _sample_views(self, model, host, mode: str, seeds, extra_c2w=None, extra_intr=None):
         """Decoded samples for each seed: rgb at the target cameras (and at extra cameras)."""
         b = host["context_images"].shape[0]
-        size = host["target_images"].shape[2:4]
+        size = tuple(host["target_images"].shape[2:4])
+        # One jitted sampler per (mode, batch, size), kept on the task: every evaluation and every seed of
+        # write_outputs reuses its compiled program.
+        cache = self.__dict__.setdefault("_sample_fns", {})
+        fn = cache.get((mode, b, size))
+        if fn is None:
+            def run(m, batch, seed_key):
+                cond = self.cond(m, batch, *self._masks(batch, mode))
+                tok = self.sample(m, cond, seed_key, batch_size=b)
+                out = m.rae.decode(tok, batch["target_c2w"], batch["target_intrinsics"], size)
+                return tok, out
 
-        def run(m, batch, seed_key):
-            cond = self.cond(m, batch, *self._masks(batch, mode))
-            tok = self.sample(m, cond, seed_key, batch_size=b)
-            out = m.rae.decode(tok, batch["target_c2w"], batch["target_intrinsics"], size)
-            return tok, out
-
-        fn = nnx.jit(run)
+            fn = cache[(mode, b, size)] = nnx.jit(run)
         batch = {k: jnp.asarray(v) for k, v in host.items()}
         return [jax.tree.map(lambda a: np.asarray(jax.device_get(a)), fn(model, batch, jax.random.key(s)))
                 for s in seeds]
