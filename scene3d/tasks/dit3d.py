@@ -82,7 +82,6 @@ class DiT3DTask:
         self.config = config
         self.workdir, self.stage1 = stage1.resolve(config, stage2="dit3d", expected="rae3d", extra={"loss": {}})
         self.rae_cfg = rae3d_task.RAE3DTask(self.stage1).model_cfg
-        self.num_tokens, self.latent_dim = stage1.token_shape(self.stage1)
         self.scale = float(config.tokenizer.get("scale", 1.0))
         mc = config.model
         unknown = set(mc.keys()) - _MODEL_KEYS
@@ -106,8 +105,8 @@ class DiT3DTask:
         rae = stage1.frozen_tokenizer(self.stage1, rngs)
         mc = self.config.model
         dtype = _DTYPES[mc.get("dtype", "float32")]
-        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=self.num_tokens,
-                              latent_dim=self.latent_dim, view_dim=self.rae_cfg.feature_dim,
+        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=self.rae_cfg.num_tokens,
+                              latent_dim=self.rae_cfg.latent_dim, view_dim=self.rae_cfg.feature_dim,
                               cond_mode=mc.get("cond_mode", "cross"), ray_bands=int(mc.get("ray_bands", 4)),
                               traj_grid=int(mc.get("traj_grid", 4)), mlp_ratio=float(mc.get("mlp_ratio", 4.0)),
                               qk_norm=mc.get("qk_norm", True), impl=mc.get("attn_impl", "xla"),
@@ -170,7 +169,7 @@ class DiT3DTask:
     def sample(self, model: DiT3DModel, cond: dict | None, rng, *, batch_size: int, num_steps: int | None = None,
                cfg_scale: float | None = None, method: str | None = None) -> jax.Array:
         """Scene tokens (B, K, latent_dim) (unscaled: ready for the decoder) sampled from noise given ``cond``."""
-        shape = (batch_size, self.num_tokens, self.latent_dim)
+        shape = (batch_size, self.rae_cfg.num_tokens, self.rae_cfg.latent_dim)
         noise = jax.random.normal(rng, shape, jnp.float32)
         graphdef, state = nnx.split(model.dit)
 

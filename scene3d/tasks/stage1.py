@@ -13,7 +13,6 @@ What every stage-2 task does with its ``config.tokenizer`` (``workdir``, ``model
 - ``resolve(config, stage2=..., expected=...)``: (workdir or None, the stage-1 config): the run's config.json, or
   a random-init stand-in built from ``tokenizer.model`` (smoke tests).
 - ``frozen_tokenizer(config, rngs)``: the stage-1 model with ``Frozen`` variables (the stage-2 model's submodule).
-- ``token_shape(config)``: the (K, d) token shape of the stage-1 model (``latent_shape``, no arrays allocated).
 - ``restore_tokenizer(variables, key, tokenizer_config, workdir, name=...)``: fill ``variables[key]`` from the
   run (``restore_pretrained`` of the stage-2 task).
 - ``restore_variables(workdir, target, ...)``: the EMA (if the run kept one) or the raw parameters of a run's
@@ -95,11 +94,6 @@ def abstract_tokenizer(config, needs: tuple[str, ...] = ("encode", "decode", "la
             raise ValueError(f"config.tokenizer: the stage-1 model {type(tok).__name__} has no {attr!r}; a latent "
                              f"tokenizer needs {' / '.join(needs)}")
     return tok
-
-
-def token_shape(config) -> tuple[int, ...]:
-    """The shape of one example's stage-1 tokens (K, d): the tokenizer's ``latent_shape``."""
-    return tuple(int(v) for v in abstract_tokenizer(config).latent_shape)
 
 
 def restore_tokenizer(variables, key: str, tokenizer_config, workdir: str | None, *, name: str):

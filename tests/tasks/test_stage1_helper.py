@@ -77,9 +77,9 @@ def test_resolve_reads_and_checks_the_run(tmp_path):
         stage1.resolve(config, stage2="generate")
 
 
-def test_token_shape_frozen_tokenizer_and_needs(s1_config):
-    assert stage1.token_shape(s1_config) == TOKENS
+def test_abstract_tokenizer_frozen_tokenizer_and_needs(s1_config):
     tok = stage1.abstract_tokenizer(s1_config, needs=("encode", "decode", "latent_shape", "output_shape"))
+    assert tuple(int(v) for v in tok.latent_shape) == TOKENS
     assert tuple(tok.output_shape) == (ldm_setup.N, s1_config.model.gs_channels)
     with pytest.raises(ValueError, match=r"Can3Tok has no 'tokens_per_view'; a latent tokenizer needs encode / "
                                          r"tokens_per_view"):
