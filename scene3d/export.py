@@ -9,11 +9,11 @@ Reads ``DIR/config.json``, builds the task's model abstractly (``nnx.eval_shape`
 checkpoint ``step`` (default: latest) on one CPU device - the EMA when the run kept one, unless ``--params=raw`` -
 and writes the state_dict of the chosen part:
 
-- ``--layout=official``: the released PyTorch code's keys and layouts (``scene3d.models.convert_*``): SceneTok,
+- ``--layout=official``: the released PyTorch code's keys and layouts (``scene3d.convert``): SceneTok,
   Can3Tok (``geo_decoder.*``, never run on the Gaussian path, written as zeros unless an import kept the original
   tensors), SceneGen, ImageVAE. SceneTok's ``denoiser.null_tokens`` is written when our null token is non-zero
   (a CFG-trained model; the release never creates it).
-- ``--layout=torch_port``: the keys of our PyTorch port (``scene3d.models.convert_torch_port``; LatentDiT, DiT3D,
+- ``--layout=torch_port``: the keys of our PyTorch port (``scene3d.convert.torch_port``; LatentDiT, DiT3D,
   RAE3D, ViT); the sidecar holds ``model_spec`` (class + constructor kwargs) to rebuild it.
 
 ``--part`` picks a submodule by attribute path (``dit``, ``rae``, ``scenetok.decoder`` ...). Default: the whole
@@ -30,17 +30,17 @@ Import (state_dict -> a step-0 training run that ``scene3d.train`` resumes and `
     python -m scene3d.export --import_from=FILE.safetensors --layout=official|torch_port \
         --config=configs/X.py:ARGS [--config.KEY=VALUE ...] --workdir=NEWDIR [--part=PATH]
 
-Builds the config's model, converts the file into the chosen part (official: the converters'
-``official_to_state``; torch_port: ``torch_port_to_state``; missing keys and shape mismatches are errors naming the
-key and the shapes), creates the full trainer state exactly as ``scene3d.train.setup`` does (so the rest of a
-stage-2 model, e.g. its frozen tokenizer, comes from the config as in training), replaces the part's variables
-(and the EMA, if the config keeps one) by the imported ones and saves step 0 with the trainer's Checkpointer (with
-the data iterator's start position), then ``NEWDIR/config.json`` and ``NEWDIR/import.json``. Official tensors that
+Builds the config's model, converts the file into the chosen part (the layout of the part's class,
+``scene3d.convert.layout_for``; missing keys and shape mismatches are errors naming the key and the shapes),
+creates the full trainer state exactly as ``scene3d.train.setup`` does (so the rest of a stage-2 model, e.g. its
+frozen tokenizer, comes from the config as in training), replaces the part's variables (and the EMA, if the config
+keeps one) by the imported ones and saves step 0 with the trainer's Checkpointer (with the data iterator's start
+position), then ``NEWDIR/config.json`` and ``NEWDIR/import.json``. Official tensors that
 have no counterpart in our model but are needed for a bit-exact export (Can3Tok's ``geo_decoder.*``, SceneTok's
 RoPE tables) are kept in ``NEWDIR/official_extra.safetensors`` and written back by later exports of the same part.
 A released SceneTok (its decoder renders VideoDC latents, 4 cameras each) is not a model the scenetok task builds
 (one camera per latent, the compressor's latents): importing one reports the shape mismatch; its weights load with
-``scene3d.models.convert_scenetok.model_from_official`` instead. LatentDiffusion's condition encoder (``cond``) has
+``scene3d.convert.scenetok.model_from_official`` instead. LatentDiffusion's condition encoder (``cond``) has
 no exported layout: ``--part=dit`` exports the DiT only.
 """
 from __future__ import annotations
@@ -57,10 +57,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from scene3d import convert
 from scene3d import tasks as tasks_lib
+from scene3d.convert import engine
 from scene3d.core import config as config_lib
+from scene3d.core import io
 from scene3d.core import sharding as sh
-from scene3d.models import convert_common as cc
 from scene3d.nn.frozen import Frozen
 from scene3d.tasks import stage1
 
@@ -68,10 +70,6 @@ LAYOUTS = ("official", "torch_port")
 # The trained network inside the wrappers that tasks build (module docstring).
 WRAPPER_PARTS = {"SceneTokModel": "scenetok", "SceneGenModel": "generator", "LatentDiffusion": "dit",
                  "DiT3DModel": "dit"}
-# Classes with an official layout -> their converter module in scene3d.models.
-OFFICIAL = {"SceneTok": "convert_scenetok", "Can3Tok": "convert_can3tok", "SceneGen": "convert_scenegen",
-            "ImageVAE": "convert_image_vae"}
-TORCH_PORT = ("LatentDiT", "DiT3D", "RAE3D", "ViT")  # what scene3d.models.convert_torch_port supports
 EXTRA_FILE = "official_extra.safetensors"
 
 
@@ -113,8 +111,11 @@ def as_trainable(module: nnx.Module) -> nnx.Module:
 
 
 def supported_layouts(module: nnx.Module) -> list[str]:
-    name = type(module).__name__
-    return [layout for layout, ok in (("official", name in OFFICIAL), ("torch_port", name in TORCH_PORT)) if ok]
+    return convert.layouts_of(module)
+
+
+def _classes_with(layout: str) -> list[str]:
+    return sorted(cls.__name__ for cls, layouts in convert.LAYOUTS.items() if layout in layouts)
 
 
 def _check_layout(module: nnx.Module, layout: str, part: str) -> None:
@@ -124,22 +125,8 @@ def _check_layout(module: nnx.Module, layout: str, part: str) -> None:
     if layout not in supported_layouts(module):
         what = f"part {part!r} " if part else ""
         raise ValueError(f"{what}{name} has no {layout!r} layout; {name} supports: "
-                         f"{supported_layouts(module) or 'none'} (official: {sorted(OFFICIAL)}; torch_port: "
-                         f"{list(TORCH_PORT)}; pick another part with --part)")
-
-
-def _converter(module: nnx.Module):
-    import importlib
-    return importlib.import_module(f"scene3d.models.{OFFICIAL[type(module).__name__]}")
-
-
-def _torch_port():
-    try:
-        from scene3d.models import convert_torch_port
-    except ImportError as e:
-        raise ValueError(f"--layout=torch_port needs scene3d.models.convert_torch_port, which cannot be imported: "
-                         f"{e}") from None
-    return convert_torch_port
+                         f"{supported_layouts(module) or 'none'} (official: {_classes_with('official')}; "
+                         f"torch_port: {_classes_with('torch_port')}; pick another part with --part)")
 
 
 # ---------------------------------------------------------------------------------------------------- convert
@@ -150,27 +137,15 @@ def to_state_dict(module: nnx.Module, layout: str, *, extra: dict | None = None)
     abstract module. ``extra``: official tensors to pass through (:data:`EXTRA_FILE`)."""
     _check_layout(module, layout, "")
     m = as_trainable(module)
-    if layout == "torch_port":
-        return dict(_torch_port().export_torch_port(m))
-    cv, name = _converter(m), type(m).__name__
-    if name == "SceneTok":
-        null = m.decoder.null_token.get_value()
-        written = not isinstance(null, jax.ShapeDtypeStruct) and bool(np.any(np.asarray(null) != 0))
-        return cv.export_official(m, null_tokens=written or cv.NULL_KEY in (extra or {}), extra=extra)
-    if name == "Can3Tok":
-        return cv.export_official(m, unused="zeros", extra=extra)
-    return cv.export_official(m)
+    return convert.layout_for(m, layout).to_state_dict(m, extra=extra)
 
 
 def from_state_dict(module: nnx.Module, layout: str, state_dict: dict, *, name: str = "state_dict"):
-    """``state_dict`` in ``layout`` -> (pure dict of the part's variables, ImportReport or None); ``module`` may be
-    abstract. Missing keys and shape mismatches raise ValueError."""
+    """``state_dict`` in ``layout`` -> (pure dict of the part's variables, ``convert.engine.Report``); ``module``
+    may be abstract. Missing keys and shape mismatches raise ValueError."""
     _check_layout(module, layout, "")
     m = as_trainable(module)
-    if layout == "torch_port":
-        state = _torch_port().torch_port_to_state(m, state_dict, strict=True)
-        return nnx.to_pure_dict(state), None
-    state, report = _converter(m).official_to_state(m, state_dict, name=name)
+    state, report = convert.layout_for(m, layout).to_state(m, state_dict, name=name)
     return nnx.to_pure_dict(state), report
 
 
@@ -183,17 +158,9 @@ def load_run(workdir: str, *, step: int | None = None, params: str = "ema"):
         raise ValueError(f"--params: expected 'ema' or 'raw', got {params!r}")
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"--workdir {workdir!r} does not exist")
-    config = stage1.stage1_config(workdir)
-    stage1.checkpoint_step(workdir, step)  # a clear error before the model is built
-    task = tasks_lib.get_task(config)
     mesh = sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices("cpu")[:1])
-    rules = sh.rules_from_config(config.sharding.get("rules") if "sharding" in config else None)
-    with sh.use_mesh(mesh, rules):
-        graphdef, abstract = nnx.split(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0))))
-        shardings = sh.state_shardings(abstract, mesh, rules)
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    state, info = stage1.restore_variables(workdir, target, step=step, prefer_ema=params == "ema")
-    return config, nnx.merge(graphdef, state), info
+    config, _, model, info = stage1.load_run(workdir, step=step, mesh=mesh, prefer_ema=params == "ema")
+    return config, model, info
 
 
 def _read_extra(workdir: str, part: str, cls: str) -> dict[str, np.ndarray] | None:
@@ -248,7 +215,7 @@ def export_run(workdir: str, out: str, layout: str, *, step: int | None = None, 
     if params == "ema" and info["key"] != "ema":
         record["note"] = "the run keeps no EMA: raw parameters exported"
     if layout == "torch_port":
-        record["spec"] = _torch_port().model_spec(as_trainable(module))
+        record["spec"] = convert.torch_port.model_spec(as_trainable(module))
     elif extra:
         record["passthrough"] = sorted(extra)
     if layout == "official" and cls == "Can3Tok" and getattr(module, "head_layout", "release") != "release":
@@ -266,20 +233,12 @@ def write_export(out: str, tensors: dict[str, Any], record: dict) -> None:
     """Write the safetensors file and its JSON sidecar, each atomically (the sidecar last)."""
     meta = {"format": "pt", "scene3d.layout": record["layout"], "scene3d.class": record["class"],
             "scene3d.part": record["part"], "scene3d.step": str(record["step"])}
-    cc.save_safetensors(out, tensors, meta)
+    engine.save_safetensors(out, tensors, meta)
     try:
-        _write_text(sidecar_path(out), json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n")
+        io.write_text(sidecar_path(out), json.dumps(record, indent=2, sort_keys=True, default=_json_default) + "\n")
     except BaseException:
         os.remove(out)
         raise
-
-
-def _write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    cc.atomic_write(path, write)
 
 
 def sidecar_path(out: str) -> str:
@@ -328,19 +287,19 @@ def _put_part(state: dict, part: str, values: dict, name: str) -> int:
     prefix = tuple(p for p in part.split(".") if p)
     prefix = tuple(int(p) if p.isdigit() else p for p in prefix)
     pures = {k: nnx.to_pure_dict(state[k]) for k in ("params", "frozen") if k in state}
-    flats = {k: cc.flatten(v) for k, v in pures.items()}
+    flats = {k: engine.flatten(v) for k, v in pures.items()}
     count = 0
-    for path, value in cc.flatten(values).items():
+    for path, value in engine.flatten(values).items():
         full = prefix + path
         where = next((k for k, f in flats.items() if full in f), None)
         if where is None:
-            raise ValueError(f"{name}: the imported variable {cc.path_name(full)} does not exist in the trainer "
+            raise ValueError(f"{name}: the imported variable {engine.path_name(full)} does not exist in the trainer "
                              "state of this config")
         old = flats[where][full]
         if tuple(np.shape(value)) != tuple(old.shape):
-            raise ValueError(f"{name}: {cc.path_name(full)} is {tuple(np.shape(value))}, the config's model expects "
-                             f"{tuple(old.shape)}")
-        cc.set_path(pures[where], full, jax.device_put(jnp.asarray(value, old.dtype), old.sharding))
+            raise ValueError(f"{name}: {engine.path_name(full)} is {tuple(np.shape(value))}, the config's model "
+                             f"expects {tuple(old.shape)}")
+        engine.set_path(pures[where], full, jax.device_put(jnp.asarray(value, old.dtype), old.sharding))
         count += 1
     for k, pure in pures.items():
         nnx.replace_by_pure_dict(state[k], pure)
@@ -357,7 +316,7 @@ def import_run(import_from: str, layout: str, config_arg: str, workdir: str, *, 
     ckdir = os.path.join(workdir, "checkpoints")
     if os.path.isdir(ckdir) and os.listdir(ckdir):
         raise FileExistsError(f"--workdir {workdir!r} already holds checkpoints ({ckdir}); import into a new folder")
-    state_dict = cc.load_state_dict(import_from)
+    state_dict = engine.load_state_dict(import_from)
     config = apply_overrides(config_lib.load_config(config_arg), list(overrides))
     task = tasks_lib.get_task(config)
     abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
@@ -391,10 +350,10 @@ def import_run(import_from: str, layout: str, config_arg: str, workdir: str, *, 
                   force=True)
     passthrough = getattr(report, "passthrough", None)
     if passthrough:
-        cc.save_safetensors(os.path.join(workdir, EXTRA_FILE), passthrough, {"part": part, "class": cls})
+        engine.save_safetensors(os.path.join(workdir, EXTRA_FILE), passthrough, {"part": part, "class": cls})
     for fname, text in (("config.json", config_lib.config_to_json(config)),
                         ("import.json", json.dumps(record, indent=2, default=_json_default))):
-        _write_text(os.path.join(workdir, fname), text + "\n")
+        io.write_text(os.path.join(workdir, fname), text + "\n")
     print(f"{workdir}: step-0 checkpoint with {n} arrays of {cls} (part {part or '<whole model>'!r}) from "
           f"{import_from}" + (f"; {record['report']}" if report is not None else ""), file=sys.stderr)
     return record

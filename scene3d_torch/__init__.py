@@ -1,6 +1,7 @@
-"""scene3d_torch: a plain-PyTorch port of scene3d's inference paths (no jax / flax / scene3d imports).
+"""scene3d_torch: a plain-PyTorch port of scene3d's inference paths (no jax / flax imports; from scene3d only the
+jax-free architecture tables of ``scene3d.specs``, shared with the JAX models).
 
-Weights come from ``scene3d.models.convert_torch_port`` ("torch_port" layout: the state_dict keys of these
+Weights come from ``scene3d.convert.torch_port`` ("torch_port" layout: the state_dict keys of these
 modules). ``build(spec)`` rebuilds a model from its spec ``{"class": ..., "kwargs": {...}}``; ``load(path)`` reads
 ``FILE.safetensors`` plus the sidecar spec ``FILE.json`` and loads the weights strictly.
 """
@@ -22,7 +23,7 @@ MODELS: dict[str, tuple[str, str]] = {
 
 
 def build(spec: dict) -> torch.nn.Module:
-    """A model (random values) from ``{"class": name, "kwargs": {...}}`` (``convert_torch_port.model_spec``)."""
+    """A model (random values) from ``{"class": name, "kwargs": {...}}`` (``scene3d.convert.torch_port.model_spec``)."""
     if not isinstance(spec, dict) or "class" not in spec:
         raise ValueError(f"build: spec must be a dict with 'class' and 'kwargs', got {spec!r}")
     name = spec["class"]

@@ -6,23 +6,13 @@ traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from scene3d.specs.dit3d import COND_MODES, VARIANTS
 from scene3d_torch import nn as tnn
 from scene3d_torch.geometry import plucker_map
 from scene3d_torch.rae3d import RayEmbed
-
-# Same tables as scene3d.models.dit3d.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=64, depth=2, heads=4),
-    "S": dict(dim=384, depth=12, heads=6),
-    "B": dict(dim=768, depth=12, heads=12),
-    "L": dict(dim=1024, depth=24, heads=16),
-}
-COND_MODES = ("cross", "in_context")
 
 
 class DiT3D(nn.Module):

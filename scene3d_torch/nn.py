@@ -1,7 +1,7 @@
 """Plain-PyTorch mirrors of the ``scene3d.nn`` building blocks (inference only).
 
 Attribute names equal those of the JAX modules, so ``state_dict()`` keys equal the "torch_port" layout of
-``scene3d.models.convert_torch_port``: Linear ``weight`` (out, in) / ``bias``; norm ``weight`` (JAX ``scale``) /
+``scene3d.convert.torch_port``: Linear ``weight`` (out, in) / ``bias``; norm ``weight`` (JAX ``scale``) /
 ``bias``; a :class:`Stack`'s layers are ``<path>.layers.<i>.<rest>``. Tensors are channels-last like the JAX
 side: tokens (B, L, D), attention heads (B, L, H, D). Norm statistics, RoPE angles and the attention softmax
 run in fp32 (as in scene3d.nn). This module never imports jax / flax / scene3d.

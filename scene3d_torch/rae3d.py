@@ -8,92 +8,15 @@ float32 rounding. Cameras: OpenCV c2w (B, V, 4, 4), intrinsics (B, V, 4) normali
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn as tnn
 
+from scene3d.specs.rae3d import POINT_MODES, VARIANTS, RAE3DConfig, rae3d_config  # noqa: F401
 from scene3d_torch import geometry
 from scene3d_torch import nn
 from scene3d_torch import vit as vit_lib
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=64, heads=4, read_layers=1, process_depth=1, latent_dim=32, dec_dim=64, dec_depth=2,
-                 dec_heads=4, ray_bands=4),
-    "S": dict(dim=384, heads=6, read_layers=2, process_depth=4, latent_dim=64, dec_dim=384, dec_depth=8,
-              dec_heads=6, ray_bands=6),
-    "B": dict(dim=768, heads=12, read_layers=2, process_depth=6, latent_dim=128, dec_dim=768, dec_depth=12,
-              dec_heads=12, ray_bands=6),
-    "L": dict(dim=1024, heads=16, read_layers=3, process_depth=8, latent_dim=128, dec_dim=1024, dec_depth=16,
-              dec_heads=16, ray_bands=6),
-}
-POINT_MODES = (None, "depth", "xyz")
-
-
-@dataclasses.dataclass(frozen=True)
-class RAE3DConfig:
-    """The fields of ``scene3d.models.rae3d.RAE3DConfig`` (same defaults and checks). ``view_chunk`` only
-    matters to the JAX blockwise read; it is kept so a model_spec round-trips."""
-    encoder: str = "tiny-dinov2"
-    num_tokens: int = 256
-    dim: int = 64
-    heads: int = 4
-    read_layers: int = 1
-    process_depth: int = 1
-    latent_dim: int = 32
-    dec_dim: int = 64
-    dec_depth: int = 2
-    dec_heads: int = 4
-    dec_patch: int | None = None
-    ray_bands: int = 4
-    mlp_ratio: float = 4.0
-    qk_norm: bool = True
-    token_norm: bool = True
-    points: str | None = "depth"
-    align: bool = False
-    view_chunk: int = 4
-
-    def __post_init__(self):
-        if self.encoder not in vit_lib.VARIANTS:
-            raise ValueError(f"RAE3DConfig.encoder: unknown ViT variant {self.encoder!r}; expected one of "
-                             f"{sorted(vit_lib.VARIANTS)}")
-        if self.points not in POINT_MODES:
-            raise ValueError(f"RAE3DConfig.points: expected one of {POINT_MODES}, got {self.points!r}")
-        for name in ("num_tokens", "dim", "heads", "read_layers", "latent_dim", "dec_dim", "dec_depth",
-                     "dec_heads", "view_chunk"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RAE3DConfig.{name}: expected >= 1, got {getattr(self, name)}")
-        dp = self.patch if self.dec_patch is None else int(self.dec_patch)
-        object.__setattr__(self, "dec_patch", dp)
-        if self.align and self.patch % dp:
-            raise ValueError(f"RAE3DConfig: align=True needs dec_patch ({dp}) to divide the tower patch "
-                             f"({self.patch}) so the predicted features pool onto the tower's grid")
-
-    @property
-    def patch(self) -> int:
-        return int(vit_lib.VARIANTS[self.encoder]["patch"])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(vit_lib.VARIANTS[self.encoder]["dim"])
-
-    @property
-    def family(self) -> str:
-        return vit_lib.VARIANTS[self.encoder]["family"]
-
-
-def rae3d_config(variant: str | None = None, **overrides) -> RAE3DConfig:
-    """A :class:`RAE3DConfig` from a VARIANTS name and/or explicit fields (overrides win)."""
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"RAE3D: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    fields = dict(VARIANTS[variant]) if variant else {}
-    fields.update({k: v for k, v in overrides.items() if v is not None or k in ("points", "dec_patch")})
-    known = {f.name for f in dataclasses.fields(RAE3DConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"RAE3D: unknown config fields {unknown}; expected some of {sorted(known)}")
-    return RAE3DConfig(**fields)
 
 
 # ---------------------------------------------------------------------------------------------------------

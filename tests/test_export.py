@@ -1,7 +1,6 @@
 """python -m scene3d.export: official fixtures -> step-0 run -> export is bit-exact; abstract exports have the
 released manifests' keys and shapes; a tiny trained run round-trips through the torch-port layout; clear errors and
 nothing written at --out on failure."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,7 +16,10 @@ from safetensors.numpy import load_file
 from scene3d import export, train
 from scene3d.core import checkpoint as ckpt_lib
 from scene3d.core.config import load_config
-from scene3d.models import can3tok, convert_can3tok, convert_common, convert_scenetok, scenetok
+from scene3d.convert import can3tok as convert_can3tok
+from scene3d.convert import engine
+from scene3d.convert import scenetok as convert_scenetok
+from scene3d.models import can3tok, scenetok
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCENETOK_MANIFESTS = {"re10k": "manifest_re10k.json", "dl3dv": "manifest_dl3dv.json"}
@@ -48,7 +50,7 @@ def no_files_like(out: pathlib.Path) -> bool:
 
 CAN3TOK_CONFIG = """
     from scene3d.core.config import load_config
-    from scene3d.models.can3tok import config_from_official
+    from scene3d.convert.can3tok import config_from_official
 
 
     def get_config(arg):
@@ -96,13 +98,13 @@ def test_can3tok_fixture_round_trip_through_a_step0_run(can3tok_run):
                                                    if k.startswith("shape_model.geo_decoder."))
 
     # the run's parameters are the fixture's, as the converter (independently of the CLI) maps them
-    abstract = nnx.eval_shape(lambda: can3tok.Can3Tok(**can3tok.config_from_official(r["dir"] / "config.json"),
+    abstract = nnx.eval_shape(lambda: can3tok.Can3Tok(**convert_can3tok.config_from_official(r["dir"] / "config.json"),
                                                       rngs=nnx.Rngs(0)))
     want, _ = convert_can3tok.official_to_state(abstract, weights)
     _, model, info = export.load_run(str(workdir))
     assert info["step"] == 0
-    got = convert_common.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    want = convert_common.flatten(nnx.to_pure_dict(want))
+    got = engine.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    want = engine.flatten(nnx.to_pure_dict(want))
     assert sorted(got, key=str) == sorted(want, key=str)
     for p in want:
         np.testing.assert_array_equal(np.asarray(got[p]), np.asarray(want[p]), err_msg=str(p))
@@ -182,16 +184,18 @@ def test_export_errors_leave_nothing_at_out(can3tok_run, tmp_path):
     assert no_files_like(out)
 
 
-def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
+def test_save_safetensors_keeps_the_old_file_on_error(tmp_path, monkeypatch):
+    import safetensors.numpy
     path = tmp_path / "w.safetensors"
-    convert_common.save_safetensors(path, {"a": np.arange(3, dtype=np.float32)})
+    engine.save_safetensors(path, {"a": np.arange(3, dtype=np.float32)})
 
-    def half_then_fail(tmp):
-        pathlib.Path(tmp).write_bytes(b"partial")
+    def half_then_fail(tensors, filename, metadata=None):
+        pathlib.Path(filename).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
+    monkeypatch.setattr(safetensors.numpy, "save_file", half_then_fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        convert_common.atomic_write(path, half_then_fail)
+        engine.save_safetensors(path, {"a": np.zeros(3, np.float32)})
     np.testing.assert_array_equal(load_file(path)["a"], np.arange(3, dtype=np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
 
@@ -206,7 +210,7 @@ def test_scenetok_fixture_official_round_trip(shared_dir, tmp_path, name):
     compressor's latents, so a release SceneTok is not a trainable run's model; see the module docstring.)"""
     d = fixture_dir(shared_dir, "scenetok", name)
     weights = load_file(d / "weights.safetensors")
-    cfg = scenetok.config_from_official(d / "config.json")
+    cfg = convert_scenetok.config_from_official(d / "config.json")
     abstract = nnx.eval_shape(lambda: scenetok.SceneTok(compressor=cfg["compressor"], decoder=cfg["decoder"],
                                                         rngs=nnx.Rngs(0)))
     values, report = export.from_state_dict(abstract, "official", weights, name=str(d))
@@ -259,7 +263,7 @@ FLOW_TINY = ["--config.data.size=8", "--config.data.num_train=64", "--config.dat
 
 def test_models_without_an_official_layout_are_named(tmp_path):
     sd = tmp_path / "w.safetensors"
-    convert_common.save_safetensors(sd, {"x": np.zeros(2, np.float32)})
+    engine.save_safetensors(sd, {"x": np.zeros(2, np.float32)})
     with pytest.raises(ValueError, match=r"LatentDiT has no 'official' layout; LatentDiT supports: \['torch_port'\]"):
         export.main([f"--import_from={sd}", "--layout=official", "--config=configs/flow_shapes.py:runlocal",
                      f"--workdir={tmp_path / 'run'}", *FLOW_TINY])
@@ -270,8 +274,6 @@ def test_models_without_an_official_layout_are_named(tmp_path):
 
 
 def test_tiny_trained_run_round_trips_through_the_torch_port(tmp_path):
-    if importlib.util.find_spec("scene3d.models.convert_torch_port") is None:
-        pytest.skip("scene3d.models.convert_torch_port is not in this checkout yet (written in parallel)")
     config = export.apply_overrides(load_config("configs/flow_shapes.py:runlocal"), FLOW_TINY)
     run = tmp_path / "run"
     train.train_and_evaluate(config, str(run))
@@ -338,7 +340,7 @@ def test_scenetok_run_round_trip_exports_the_scenetok_part(tmp_path):
     weights.update(convert_scenetok.rope_tables(part))  # deterministic buffers, checked on import
     weights[convert_scenetok.NULL_KEY] = rng.standard_normal((1, 1, part.decoder.config["width"])).astype(np.float32)
     src = tmp_path / "official.safetensors"
-    convert_common.save_safetensors(src, weights)
+    engine.save_safetensors(src, weights)
     run, out = tmp_path / "run", tmp_path / "export.safetensors"
     record = export.main([f"--import_from={src}", "--layout=official", "--config=configs/scenetok.py:runlocal",
                           f"--workdir={run}"])

@@ -9,16 +9,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "scene3d"
 # subpackage -> scene3d subpackages it may import (itself always allowed).
 ALLOWED = {
     "core": set(),
+    "specs": set(),  # jax-free architecture tables (scene3d_torch imports them too)
     "geometry": {"core"},
     "kernels": {"core"},
     "diffusion": {"core"},
     "nn": {"core", "kernels"},
     "render": {"core", "geometry"},
-    "models": {"core", "nn", "geometry", "diffusion"},
+    "models": {"core", "specs", "nn", "geometry", "diffusion"},
+    "convert": {"core", "specs", "models", "nn", "geometry"},
     "losses": {"core", "geometry", "nn", "render"},
     "metrics": {"core", "geometry", "render"},
     "data": {"core", "geometry", "render"},
-    "tasks": {"core", "geometry", "nn", "diffusion", "models", "losses", "metrics", "render", "data"},
+    "tasks": {"core", "specs", "geometry", "nn", "diffusion", "models", "convert", "losses", "metrics", "render",
+              "data"},
 }
 TOP_LEVEL = {"train", "sample", "evaluate", "export"}  # entry points may import anything
 

@@ -169,6 +169,14 @@ def config_to_json(config, path: str | os.PathLike | None = None, *, indent: int
     return text
 
 
+def check_keys(section, known, where: str, hint: str = "") -> None:
+    """A ValueError naming the config field ``where`` when the mapping ``section`` has keys outside ``known`` (the
+    message lists the unknown and the known keys, then ``hint``)."""
+    unknown = sorted(set(section.keys()) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}{(' ' + hint) if hint else ''}")
+
+
 def dataclass_from_config(cls, cfg, where: str):
     """The fields of dataclass ``cls`` from a dict / ConfigDict, checked: unknown keys raise a ValueError that
     names ``where`` (the config field, e.g. 'config.data.views') and lists the known keys. Returns a dict
@@ -177,8 +185,5 @@ def dataclass_from_config(cls, cfg, where: str):
     if cfg is None:
         return {}
     d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    check_keys(d, {f.name for f in dataclasses.fields(cls)}, where)
     return d

@@ -35,7 +35,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 import time
 from concurrent import futures
@@ -43,6 +42,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from scene3d.core import io
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import rays
 
@@ -607,10 +607,11 @@ def _build_and_save(out_dir: str, index: int, seed: int, spec_json: dict) -> dic
     if not spec.store_points:
         scene.pop("points")
     final = pathlib.Path(out_dir) / scene_filename(index)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **scene)
-    os.replace(tmp, final)
+    def write(tmp):  # a file object: np.savez on a name would append '.npz'
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **scene)
+
+    io.atomic_write(final, write)
     return dict(index=index, seconds=time.perf_counter() - t0)
 
 
@@ -657,9 +658,7 @@ def build_dataset(out_dir, num_scenes: Optional[int] = None, spec: Union[SceneSp
                  trajectory_kinds=list(TRAJECTORY_KINDS),
                  scenes=[dict(index=i, file=scene_filename(i), seed=seeds[i]) for i in range(num_scenes)],
                  built_now=len(todo), seconds=time.perf_counter() - t0)
-    tmp = index_path.with_name(f".index.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, index_path)
+    io.write_json(index_path, index, indent=1)
     return index
 
 

@@ -104,14 +104,10 @@ class Capture:
 
 
 def _resolve(root: pathlib.Path, file_path: str) -> pathlib.Path:
-    p = root / file_path
-    if p.is_file():
-        return p
-    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):
-        q = p.with_name(p.name + ext)
-        if q.is_file():
-            return q
-    raise ValueError(f"{root}: image {file_path} listed in the pose file not found")
+    p = cv.resolve_image(root, file_path)
+    if p is None:
+        raise ValueError(f"{root}: image {file_path} listed in the pose file not found")
+    return p
 
 
 def find_transforms_json(path) -> pathlib.Path:

@@ -41,7 +41,6 @@ PROG = "scene3d.data.inspect"
 MAX_THUMBS = 12
 THUMB_SIDE = 320
 MAX_PLOT_POINTS = 80000
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 _COLMAP_STEMS = ("cameras", "images", "points3D")
 
 @dataclasses.dataclass
@@ -281,17 +280,6 @@ def _add_thumbs(insp: Inspection, files: list, labels: Optional[list] = None) ->
             insp.notes.append(f"cannot read image {files[i]}: {e}")
 
 
-def _resolve_image(root: pathlib.Path, name: str) -> Optional[pathlib.Path]:
-    p = root / name
-    if p.is_file():
-        return p
-    for ext in _IMAGE_EXTS:
-        q = p.with_name(p.name + ext)
-        if q.is_file():
-            return q
-    return None
-
-
 def _set_up(insp: Inspection, override: Optional[np.ndarray], default=None, source: str = "") -> None:
     from scene3d.render.plots import up_from_cameras
 
@@ -357,7 +345,7 @@ def _read_colmap(insp: Inspection, model_dir: pathlib.Path, image_root: Optional
                            size_note="" if H else f" (several sizes: {sorted(sizes)})")
         insp.add("images", f"{len(ims)} registered; mean {np.mean([len(im.xys) for im in ims]):.0f} 2D points each")
         if image_root is not None:
-            _add_thumbs(insp, [_resolve_image(image_root, im.name) for im in ims],
+            _add_thumbs(insp, [cv.resolve_image(image_root, im.name) for im in ims],
                         [f"{i}: {im.name}" for i, im in enumerate(ims)])
     else:
         insp.add("images", "no images.bin/.txt: camera poses unknown")
@@ -402,7 +390,7 @@ def _read_transforms(insp: Inspection, path: pathlib.Path) -> None:
         insp.add("other keys", ", ".join(f"{k}={v}" if not isinstance(v, (list, dict)) else k
                                          for k, v in sorted(td.meta.items())))
     insp.cameras = td.cameras
-    _add_thumbs(insp, [_resolve_image(path.parent, fp) for fp in td.file_paths],
+    _add_thumbs(insp, [cv.resolve_image(path.parent, fp) for fp in td.file_paths],
                 [f"{i}: {pathlib.Path(fp).name}" for i, fp in enumerate(td.file_paths)])
     model = _colmap_model_dir(path.parent)
     if model is not None and model != path.parent:
@@ -439,7 +427,7 @@ def _inspect_llff(insp, path, up):
     insp.add("near/far bounds", f"near {_range(bounds[:, 0])}, far {_range(bounds[:, 1])}")
     folders = []
     for d in sorted(folder.glob("images*")):
-        files = sorted(f for f in d.iterdir() if f.suffix in _IMAGE_EXTS) if d.is_dir() else []
+        files = sorted(f for f in d.iterdir() if f.suffix in cv.IMAGE_EXTENSIONS) if d.is_dir() else []
         if files:
             with Image.open(files[0]) as im:
                 folders.append((d, files, im.size))

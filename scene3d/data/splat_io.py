@@ -22,11 +22,11 @@ import logging
 import math
 import os
 import re
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
+from scene3d.core import io
 from scene3d.geometry.gaussians import (Gaussians, activate_opacity, degree_from_num_rest, dc_to_rgb, logit,
                                         normalise_quat, num_rest_coeffs, rgb_to_dc)
 
@@ -286,44 +286,6 @@ def _columns(g: Gaussians) -> dict:
     return cols
 
 
-def _read_umask():
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _read_umask()
-
-
-def _file_mode(path):
-    try:
-        return os.stat(path).st_mode & 0o777
-    except FileNotFoundError:
-        return 0o666 & ~_UMASK
-
-
-def atomic_write(path, chunks: Sequence) -> None:
-    """Write bytes-like chunks to `path` via a temp file in the same folder + os.replace (never half-written)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_ply(path, g: Gaussians, *, layout: Optional[PlyLayout] = None, comments: Sequence[str] = ()) -> None:
     """Write Gaussians as a binary little-endian INRIA PLY, atomically.
 
@@ -358,7 +320,7 @@ def write_ply(path, g: Gaussians, *, layout: Optional[PlyLayout] = None, comment
         data[name] = cols[name]
     header = ["ply", "format binary_little_endian 1.0", *header_lines, f"element vertex {n}",
               *(f"property {t} {name}" for name, t in props), "end_header"]
-    atomic_write(path, [("\n".join(header) + "\n").encode("ascii"), data.tobytes()])
+    io.write_bytes(path, [("\n".join(header) + "\n").encode("ascii"), data.tobytes()])
 
 
 # ------------------------------------------------------------------------------------------------ .splat
@@ -392,7 +354,7 @@ def write_splat(path, g: Gaussians, *, sort: bool = True) -> None:
     rec["rgba"] = np.clip(np.rint(rgba * 255), 0, 255).astype(np.uint8)
     q = normalise_quat(g.rot.astype(np.float64))
     rec["rot"] = np.clip(np.rint(q * 128 + 128), 0, 255).astype(np.uint8)
-    atomic_write(path, [rec.tobytes()])
+    io.write_bytes(path, [rec.tobytes()])
 
 
 def read_splat(path) -> Gaussians:

@@ -6,4 +6,4 @@ from scene3d.geometry.cameras import (Cameras, camera_centers, camera_to_world, 
                                       normalise_scene_scale, project, relative_poses, unproject, world_to_camera)
 from scene3d.geometry.rays import depth_to_points, plucker, plucker_map, ray_map, ray_map_features
 from scene3d.geometry.so3 import matrix_to_quat, quat_multiply, quat_slerp, quat_to_matrix, random_rotation
-from scene3d.geometry.trajectories import forward_walk, interpolate_poses, orbit, spiral
+from scene3d.geometry.trajectories import focus_orbit, forward_walk, interpolate_poses, orbit, orbit_cameras, spiral

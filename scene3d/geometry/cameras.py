@@ -45,6 +45,21 @@ def normalise_intrinsics(K, height, width):
     return xp.stack([K[..., 0, 0] / width, K[..., 1, 1] / height, K[..., 0, 2] / width, K[..., 1, 2] / height], -1)
 
 
+def as_intrinsics4(intrinsics, lead: Optional[tuple] = None, name: str = "intrinsics"):
+    """Normalised intrinsics as (..., 4) `(fx/W, fy/H, cx/W, cy/H)`, from that or from a normalised (..., 3, 3) K
+    (zero skew). ``lead``: the leading shape required (checked; a ValueError naming ``name`` otherwise)."""
+    xp = array_namespace(intrinsics)
+    k = xp.asarray(intrinsics)
+    pre = tuple(k.shape[:-2]) if k.shape[-2:] == (3, 3) else tuple(k.shape[:-1])
+    if (k.shape[-2:] != (3, 3) and k.shape[-1:] != (4,)) or (lead is not None and pre != tuple(lead)):
+        want = "(..., 4)" if lead is None else str(tuple(lead) + (4,))
+        raise ValueError(f"{name}: intrinsics must be {want} (fx/W, fy/H, cx/W, cy/H) or a normalised 3x3 K, "
+                         f"got {tuple(k.shape)}")
+    if k.shape[-2:] == (3, 3):
+        return xp.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1)
+    return k
+
+
 def intrinsics_from_fov(fov_x, height, width, fov_y=None):
     """Centred normalised intrinsics from horizontal (and optionally vertical) field of view in radians.
 

@@ -90,11 +90,16 @@ _INTR_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_an
 _DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2", "is_fisheye")
 
 
-def _resolve_image(root: pathlib.Path, file_path: str):
-    p = root / file_path
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+
+
+def resolve_image(root, file_path: str) -> Optional[pathlib.Path]:
+    """The image file ``root / file_path`` names, trying the usual extensions when the name has none (NeRF-synthetic
+    style ``./train/r_0``); None when there is no such file."""
+    p = pathlib.Path(root) / file_path
     if p.is_file():
         return p
-    for ext in (".png", ".jpg", ".jpeg", ".PNG", ".JPG"):  # NeRF-synthetic style paths without extension
+    for ext in IMAGE_EXTENSIONS:
         q = p.with_name(p.name + ext)
         if q.is_file():
             return q
@@ -123,7 +128,7 @@ def read_transforms_json(path, check_files: bool = True) -> TransformsData:
             raise ValueError(f"{path}: frames[{i}] has no 'file_path'")
         if "transform_matrix" not in frame:
             raise ValueError(f"{path}: frames[{i}] ({fp}) has no 'transform_matrix' (expected a 4x4 list)")
-        img = _resolve_image(root, fp)
+        img = resolve_image(root, fp)
         if check_files and img is None:
             skipped.append(fp)
             continue

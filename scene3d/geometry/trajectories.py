@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from scene3d.geometry.cameras import look_at, make_c2w
+import math
+
+from scene3d.geometry.cameras import Cameras, intrinsics_from_fov, look_at, make_c2w
 from scene3d.geometry.so3 import matrix_to_quat, quat_slerp, quat_to_matrix
 
 
@@ -32,6 +34,34 @@ def orbit(center, radius: float, n: int, elevation_deg: float = 20.0, up=(0.0, 0
     dirs = np.cos(el) * (np.cos(az)[:, None] * e1 + np.sin(az)[:, None] * e2) + np.sin(el) * up
     eyes = center + radius * dirs
     return look_at(eyes, np.broadcast_to(center, eyes.shape), up)
+
+
+def orbit_cameras(num: int, size: int, *, distance: float = 2.6, elevation_deg: float = 30.0,
+                  fov_deg: float = 45.0, up=(0.0, 0.0, 1.0)) -> Cameras:
+    """``num`` square ``size``-pixel cameras evenly spaced in azimuth around the origin at ``distance``, raised by
+    ``elevation_deg`` towards ``up``, looking at the origin, vertical field of view ``fov_deg`` (the standard views
+    of a normalised scene, which fills the unit ball)."""
+    if int(num) < 1 or int(size) < 1 or not distance > 0:
+        raise ValueError(f"orbit_cameras: need num >= 1, size >= 1 and distance > 0, got {num}, {size}, {distance}")
+    c2w = orbit(np.zeros(3), distance, int(num), elevation_deg=elevation_deg, up=up)
+    intr = intrinsics_from_fov(np.full(int(num), math.radians(fov_deg)), size, size)
+    return Cameras(c2w, intr, size, size)
+
+
+def focus_orbit(num: int, focus_depth: float, *, arc_deg: float = 360.0, elevation_deg: float = 0.0,
+                radius: float | None = None, centred: bool = False) -> np.ndarray:
+    """(num, 4, 4) OpenCV c2w in a reference camera's frame (the identity pose): an orbit of ``arc_deg`` degrees
+    about the camera's up axis (-y) around the point ``focus_depth`` in front of it, every camera looking at that
+    point, at distance ``radius`` (default ``focus_depth``: the orbit passes through the reference camera at
+    elevation 0). ``centred=False`` starts at the reference camera's azimuth (the end point excluded, so a full
+    turn does not repeat its first frame); ``centred=True`` spreads the arc symmetrically about it, both ends
+    included."""
+    if int(num) < 1 or not focus_depth > 0:
+        raise ValueError(f"focus_orbit: need num >= 1 and focus_depth > 0, got {num}, {focus_depth}")
+    r = float(focus_depth if radius is None else radius)
+    start = 180.0 - arc_deg / 2 if centred else 180.0
+    return orbit((0.0, 0.0, float(focus_depth)), r, int(num), elevation_deg=elevation_deg, up=(0.0, -1.0, 0.0),
+                 start_azimuth_deg=start, turns=arc_deg / 360.0, endpoint=centred)
 
 
 def forward_walk(c2w_start, n: int, distance: float, lateral_sway: float = 0.0):

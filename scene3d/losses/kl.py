@@ -3,18 +3,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-
-def diagonal_gaussian_kl(mean, logvar):
-    """KL(N(mean, exp(logvar)) || N(0, I)) summed over the last axis, in float32: shape mean.shape[:-1]."""
-    if mean.shape != logvar.shape:
-        raise ValueError(f"KL: mean and logvar must have equal shapes, got {mean.shape} and {logvar.shape}")
-    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
-    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
+from scene3d.nn.gaussian import diagonal_gaussian_kl
 
 
-def kl_loss(mean, logvar):
-    """Mean over the batch (leading axes) of the per-example KL summed over the latent axis."""
-    return jnp.mean(diagonal_gaussian_kl(mean, logvar))
+def kl_loss(mean, logvar, axes=-1):
+    """Mean over the batch (the axes not summed) of the per-example KL summed over ``axes`` (default: the latent
+    axis; ``None``: every axis but the first)."""
+    return jnp.mean(diagonal_gaussian_kl(mean, logvar, axes=axes))
 
 
 def kl_weight(step, beta: float, anneal_steps: int = 0):

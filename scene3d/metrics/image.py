@@ -15,6 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def to_unit(images) -> jnp.ndarray:
+    """Images in [-1, 1] (the models' range) -> [0, 1] float32, clipped (the range the metrics take)."""
+    return jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
+
+
 def _check_pair(a, b, name):
     if a.shape != b.shape or a.ndim < 3:
         raise ValueError(f"{name}: images must be (..., H, W, C) of equal shape, got {a.shape} and {b.shape}")

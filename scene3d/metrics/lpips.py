@@ -334,3 +334,21 @@ class LPIPS:
 
 
 jax.tree_util.register_pytree_node_class(LPIPS)
+
+
+def from_config(spec, field: str = "config.metrics.lpips") -> "LPIPS | None":
+    """The LPIPS metric a config asks for, or None when ``spec`` is empty (not computed). ``spec`` (a dict or
+    ConfigDict): ``net`` ('alex' | 'vgg', default alex) and either ``backbone`` + ``lin`` (a torchvision state_dict
+    and the lpips v0.1 lin file), ``file`` (one combined lpips state_dict) or ``random=True`` (seeded random
+    weights, ``seed``; tests only, not LPIPS). ``field`` names the config field in errors."""
+    spec = {} if spec is None else dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+    if not spec:
+        return None
+    net = spec.get("net", "alex")
+    if spec.get("random"):
+        return LPIPS.random(net, int(spec.get("seed", 0)))
+    if spec.get("file"):
+        return LPIPS.from_files(spec["file"], None, net=net)
+    if spec.get("backbone") and spec.get("lin"):
+        return LPIPS.from_files(spec["backbone"], spec["lin"], net=net)
+    raise ValueError(f"{field}: expected backbone=PATH and lin=PATH, file=PATH, or random=True; got {spec}")

@@ -17,14 +17,12 @@ input_offset=4, point_feats=11. The decoder outputs the packed raw channels (14 
 
 ``head_layout='release'`` reproduces the public code's attention (see ``scene3d.nn.Attention``); our own
 training uses ``'correct'``. The importer of the official PyTorch checkpoints is
-``scene3d.models.convert_can3tok``.
+``scene3d.convert.can3tok``.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,67 +31,8 @@ from flax import nnx
 
 from scene3d import nn
 from scene3d.core.sharding import constrain, param_init
-
-# Release architecture constants shared by every variant unless overridden.
-_BASE: dict[str, Any] = dict(
-    point_feats=11, input_offset=4, num_bands=8, include_pi=False, anchor_grid=0, anchor_extent=8.0,
-    qkv_bias=False, use_ln_post=True, shape_token=True, mlp_ratio=4.0, norm_eps=1e-5, gs_channels=14,
-    head_depth=3, query_grid=4, query_grid_extent=8.0, query_grid_scale=0.01, logvar_range=(-30.0, 20.0),
-)
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    # CPU-sized: runs forward + backward in well under a second.
-    "tiny": dict(_BASE, width=64, heads=4, encoder_depth=1, decoder_depth=1, num_latents=16, embed_dim=4,
-                 latent_dim=64, num_gaussians=256, head_width=64, query_grid=2),
-    # github.com/adobe-research/Can3Tok shapevae-256.yaml + the code's hard-coded sizes (1.08 B parameters).
-    "release": dict(_BASE, width=384, heads=12, encoder_depth=6, decoder_depth=12, num_latents=256, embed_dim=32,
-                    latent_dim=16384, num_gaussians=40000, head_width=1024),
-    # The paper's description: width 768, 12 heads, 8 / 16 blocks, 64x64x4 latent, voxel-anchor encoding.
-    "paper": dict(_BASE, width=768, heads=12, encoder_depth=8, decoder_depth=16, num_latents=256, embed_dim=32,
-                  latent_dim=16384, num_gaussians=40000, head_width=1024, anchor_grid=20),
-    # The official small fixtures (../shared/fixtures/can3tok/{a,b}/config.json via config_from_official).
-    "fixture_a": dict(_BASE, width=192, heads=4, encoder_depth=1, decoder_depth=1, num_latents=16, embed_dim=8,
-                      latent_dim=128, num_gaussians=1024, head_width=32),
-    "fixture_b": dict(_BASE, width=192, heads=6, encoder_depth=1, decoder_depth=1, num_latents=24, embed_dim=4,
-                      latent_dim=96, num_gaussians=512, head_width=24, num_bands=6, include_pi=True,
-                      qkv_bias=True),
-}
-
-CONFIG_KEYS = frozenset(VARIANTS["tiny"])
-
-
-def config_from_official(config_json: str | os.PathLike | Mapping) -> dict[str, Any]:
-    """Constructor kwargs (incl. ``head_layout``) for the official model described by ``config_json``.
-
-    Accepts a fixture ``config.json`` or a ``manifest_*.json`` (path or parsed dict): the
-    ``shape_module_cfg.params`` block and the hard-coded code constants (``code_constants*``).
-    """
-    src = str(config_json) if not isinstance(config_json, Mapping) else "<dict>"
-    cfg = config_json
-    if not isinstance(cfg, Mapping):
-        with open(cfg) as f:
-            cfg = json.load(f)
-
-    p = next((cfg[k] for k in cfg if k.startswith("shape_module_cfg.params")), None)
-    # A fixture records the constants it overrode under a long "code_constants (...)" key, a manifest only the
-    # released ones.
-    consts = [k for k in cfg if k.startswith("code_constants") and k != "code_constants_released"]
-    c = cfg[consts[0]] if consts else cfg.get("code_constants_released")
-    if p is None or c is None:
-        raise ValueError(f"config_from_official({src}): expected fields 'shape_module_cfg.params*' and "
-                         f"'code_constants*', got {sorted(cfg)}")
-    flash = cfg.get("implicit_constructor_defaults", {}).get("flash", True)
-    out = dict(_BASE, width=p["width"], heads=p["heads"], encoder_depth=p["num_encoder_layers"],
-               decoder_depth=p["num_decoder_layers"], num_latents=p["num_latents"], embed_dim=p["embed_dim"],
-               point_feats=p["point_feats"], num_bands=p["num_freqs"], include_pi=bool(p["include_pi"]),
-               qkv_bias=bool(p["qkv_bias"]), use_ln_post=bool(p["use_ln_post"]), latent_dim=c["kl_proj_dim"],
-               num_gaussians=c["num_gaussians"], gs_channels=c["gs_param_dim"], head_width=c["gs_decoder_W"],
-               head_depth=c["gs_decoder_D"])
-    if "decoder_tokens" in c and c["decoder_tokens"] * p["embed_dim"] != c["kl_proj_dim"]:
-        raise ValueError(f"config_from_official({src}): decoder_tokens {c['decoder_tokens']} x embed_dim "
-                         f"{p['embed_dim']} != kl_proj_dim {c['kl_proj_dim']}")
-    out["head_layout"] = "release" if flash else "correct"
-    return out
+from scene3d.nn.gaussian import diagonal_gaussian_kl, reparameterize
+from scene3d.specs.can3tok import CONFIG_KEYS, VARIANTS
 
 
 def voxel_anchor(xyz: jax.Array, grid: int, extent: float) -> jax.Array:
@@ -116,11 +55,6 @@ def voxel_grid_queries(num_queries: int, width: int, grid: int, extent: float, s
     ax = np.linspace(-extent, extent, grid)
     pos = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1) * scale
     return q.at[:, :n].set(jnp.asarray(pos, dtype))
-
-
-def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """KL(N(mean, exp(logvar)) || N(0, I)) summed over the last axis."""
-    return 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=-1)
 
 
 class HeadLayer(nnx.Module):
@@ -280,15 +214,15 @@ class Can3Tok(nnx.Module):
                                      ("eps_latent", eps_latent, (b, c["latent_dim"]))):
                 if tuple(eps.shape) != shape:
                     raise ValueError(f"Can3Tok.encode: {name} must be {shape}, got {tuple(eps.shape)}")
-            tz = tmean + jnp.exp(0.5 * tlogvar) * eps_tokens
+            tz = reparameterize(tmean, tlogvar, eps_tokens)
         else:
             tz = tmean
         flat = tz.reshape(b, l * e).astype(self.dtype)
         mean = self.kl_mean(flat).astype(jnp.float32)
         logvar = self.kl_logvar(flat).astype(jnp.float32)
-        z = mean + jnp.exp(0.5 * logvar) * eps_latent if sample_posterior else mean
+        z = reparameterize(mean, logvar, eps_latent) if sample_posterior else mean
         aux.update(token_mean=tmean, token_logvar=tlogvar, token_z=tz, mean=mean, logvar=logvar, z=z,
-                   kl=gaussian_kl(mean, logvar))
+                   kl=diagonal_gaussian_kl(mean, logvar))
         return z, aux
 
     # ------------------------------------------------------------------------------------------ decoder

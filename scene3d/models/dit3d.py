@@ -20,8 +20,6 @@ sequence; self-attention with a key mask; only the K scene tokens are read out).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,16 +28,7 @@ from scene3d import nn
 from scene3d.core.sharding import param_init
 from scene3d.geometry import rays as rays_lib
 from scene3d.models.rae3d import RayEmbed
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=64, depth=2, heads=4),
-    "S": dict(dim=384, depth=12, heads=6),
-    "B": dict(dim=768, depth=12, heads=12),
-    "L": dict(dim=1024, depth=24, heads=16),
-}
-COND_MODES = ("cross", "in_context")
-# Condition configurations a task samples per example (scene3d.tasks.dit3d).
-CONDITIONS = ("uncond", "one_view", "views", "trajectory", "views_trajectory")
+from scene3d.specs.dit3d import COND_MODES, CONDITIONS, VARIANTS  # noqa: F401  (public names)
 
 
 class DiT3D(nnx.Module):
@@ -59,7 +48,7 @@ class DiT3D(nnx.Module):
             raise ValueError(f"DiT3D: unknown size overrides {sorted(unknown)}; expected some of {sorted(sizes)}")
         sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
         d = sizes["dim"]
-        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert_torch_port.model_spec).
+        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert.torch_port.model_spec).
         self.spec_kwargs = tuple(dict(
             variant=variant, num_tokens=int(num_tokens), latent_dim=int(latent_dim), view_dim=int(view_dim),
             cond_mode=cond_mode, ray_bands=int(ray_bands), traj_grid=int(traj_grid), mlp_ratio=float(mlp_ratio),

@@ -25,16 +25,8 @@ from flax import nnx
 
 from scene3d import nn
 from scene3d.core.sharding import constrain, param_init
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    # VA-VAE f16d32 (vavae-imagenet256-f16d32-dinov2): ddconfig ch 128, ch_mult [1,1,2,2,4], 2 res blocks,
-    # attention at resolution 16 of 256 (the last level), z_channels = embed_dim = 32.
-    "f16c32": dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_levels=(4,), z_channels=32,
-                   embed_dim=32, num_groups=32),
-    # f16 like the release (attention only in the mid blocks), a few thousand times cheaper: trains on a CPU.
-    "tiny": dict(ch=16, ch_mult=(1, 1, 2, 2, 2), num_res_blocks=1, attn_levels=(), z_channels=8, embed_dim=8,
-                 num_groups=8),
-}
+from scene3d.nn.gaussian import reparameterize
+from scene3d.specs.image_vae import VARIANTS
 
 
 def _conv(cin: int, cout: int, k: int, *, stride: int = 1, padding: Any = "SAME", dtype, param_dtype, rngs):
@@ -287,7 +279,7 @@ class ImageVAE(nnx.Module):
     def encode(self, images: jax.Array, rng: jax.Array | None = None) -> jax.Array:
         """Normalised latents of the posterior mean, or of a posterior sample when ``rng`` is given."""
         mean, logvar = self.moments(images)
-        z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        z = mean if rng is None else reparameterize(mean, logvar, jax.random.normal(rng, mean.shape, mean.dtype))
         return self.normalize(z)
 
     def decode(self, latents: jax.Array) -> jax.Array:
@@ -299,7 +291,7 @@ class ImageVAE(nnx.Module):
     def __call__(self, images: jax.Array, rng: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """Autoencode: (reconstruction, {'latents', 'mean', 'logvar'}); samples the posterior when ``rng``."""
         mean, logvar = self.moments(images)
-        z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
+        z = mean if rng is None else reparameterize(mean, logvar, jax.random.normal(rng, mean.shape, mean.dtype))
         latents = self.normalize(z)
         return self.decode(latents), dict(latents=latents, mean=mean, logvar=logvar)
 
@@ -341,7 +333,7 @@ def get_image_compressor(config: Mapping[str, Any] | None, *, rngs: nnx.Rngs | N
 
     ``{'kind': 'vavae', 'variant': 'f16c32' | 'tiny', ...ImageVAE kwargs}`` or ``{'kind': 'pixels', 'patch': 16,
     'scale': 1.0}``. ``None`` means pixels with patch 16. A VA-VAE needs ``rngs`` (or build it under
-    ``nnx.eval_shape`` and import weights with ``convert_image_vae``).
+    ``nnx.eval_shape`` and import weights with ``scene3d.convert.image_vae``).
     """
     cfg = {} if config is None else dict(config.items() if hasattr(config, "items") else config)
     kind = cfg.pop("kind", "pixels")

@@ -7,22 +7,13 @@ embeddings, 2D axial RoPE over a (gh, gw) grid, or none (a set).
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from scene3d import nn
 from scene3d.core.sharding import constrain, param_init
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(width=64, depth=2, heads=1),
-    "S": dict(width=384, depth=12, heads=6),
-    "B": dict(width=768, depth=12, heads=12),
-    "L": dict(width=1024, depth=24, heads=16),
-    "XL": dict(width=1152, depth=28, heads=16),
-}
+from scene3d.specs.latent_dit import VARIANTS
 
 
 class LatentDiT(nnx.Module):
@@ -41,7 +32,7 @@ class LatentDiT(nnx.Module):
             raise ValueError(f"LatentDiT pos {pos!r}: expected 'learned', 'rope2d' or 'none'")
         if pos == "rope2d" and (grid is None or grid[0] * grid[1] != num_tokens):
             raise ValueError(f"LatentDiT pos='rope2d' needs grid (gh, gw) with gh*gw = num_tokens={num_tokens}, got {grid}")
-        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert_torch_port.model_spec).
+        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert.torch_port.model_spec).
         self.spec_kwargs = tuple(dict(
             in_dim=int(in_dim), num_tokens=int(num_tokens), variant=variant, width=int(width), depth=int(depth),
             heads=int(heads), mlp_ratio=float(mlp_ratio), num_classes=int(num_classes), cond_dim=int(cond_dim),

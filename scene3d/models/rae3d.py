@@ -27,97 +27,16 @@ intrinsics (B, V, 4) normalised by image size.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from scene3d import nn
-from scene3d.core.sharding import constrain
 from scene3d.geometry import rays as rays_lib
-from scene3d.nn.attention import attention_kernel  # the kernels dispatcher (models reach kernels via nn)
 from scene3d.models import vit as vit_lib
-
-# Perceiver / decoder sizes. The tower is chosen separately (``encoder``: a vit.VARIANTS name) and so is K.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tiny": dict(dim=64, heads=4, read_layers=1, process_depth=1, latent_dim=32, dec_dim=64, dec_depth=2,
-                 dec_heads=4, ray_bands=4),
-    "S": dict(dim=384, heads=6, read_layers=2, process_depth=4, latent_dim=64, dec_dim=384, dec_depth=8,
-              dec_heads=6, ray_bands=6),
-    "B": dict(dim=768, heads=12, read_layers=2, process_depth=6, latent_dim=128, dec_dim=768, dec_depth=12,
-              dec_heads=12, ray_bands=6),
-    "L": dict(dim=1024, heads=16, read_layers=3, process_depth=8, latent_dim=128, dec_dim=1024, dec_depth=16,
-              dec_heads=16, ray_bands=6),
-}
-POINT_MODES = (None, "depth", "xyz")
-
-
-@dataclasses.dataclass(frozen=True)
-class RAE3DConfig:
-    """All sizes of a 3DRAE. ``dec_patch`` None = the tower's patch. ``view_chunk``: views per block of the read
-    (and target views per block of the decoder)."""
-    encoder: str = "tiny-dinov2"
-    num_tokens: int = 256
-    dim: int = 64
-    heads: int = 4
-    read_layers: int = 1
-    process_depth: int = 1
-    latent_dim: int = 32
-    dec_dim: int = 64
-    dec_depth: int = 2
-    dec_heads: int = 4
-    dec_patch: int | None = None
-    ray_bands: int = 4
-    mlp_ratio: float = 4.0
-    qk_norm: bool = True
-    token_norm: bool = True
-    points: str | None = "depth"
-    align: bool = False
-    view_chunk: int = 4
-
-    def __post_init__(self):
-        if self.encoder not in vit_lib.VARIANTS:
-            raise ValueError(f"RAE3DConfig.encoder: unknown ViT variant {self.encoder!r}; expected one of "
-                             f"{sorted(vit_lib.VARIANTS)}")
-        if self.points not in POINT_MODES:
-            raise ValueError(f"RAE3DConfig.points: expected one of {POINT_MODES}, got {self.points!r}")
-        for name in ("num_tokens", "dim", "heads", "read_layers", "latent_dim", "dec_dim", "dec_depth",
-                     "dec_heads", "view_chunk"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RAE3DConfig.{name}: expected >= 1, got {getattr(self, name)}")
-        patch = int(vit_lib.VARIANTS[self.encoder]["patch"])
-        dp = patch if self.dec_patch is None else int(self.dec_patch)
-        object.__setattr__(self, "dec_patch", dp)
-        if self.align and patch % dp:
-            raise ValueError(f"RAE3DConfig: align=True needs dec_patch ({dp}) to divide the tower patch ({patch}) "
-                             "so the predicted features pool onto the tower's grid")
-
-    @property
-    def patch(self) -> int:
-        return int(vit_lib.VARIANTS[self.encoder]["patch"])
-
-    @property
-    def feature_dim(self) -> int:
-        return int(vit_lib.VARIANTS[self.encoder]["dim"])
-
-    @property
-    def family(self) -> str:
-        return vit_lib.VARIANTS[self.encoder]["family"]
-
-
-def rae3d_config(variant: str | None = None, **overrides) -> RAE3DConfig:
-    """A :class:`RAE3DConfig` from a VARIANTS name and/or explicit fields (overrides win)."""
-    if variant is not None and variant not in VARIANTS:
-        raise ValueError(f"RAE3D: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-    fields = dict(VARIANTS[variant]) if variant else {}
-    fields.update({k: v for k, v in overrides.items() if v is not None or k in ("points", "dec_patch")})
-    known = {f.name for f in dataclasses.fields(RAE3DConfig)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise ValueError(f"RAE3D: unknown config fields {unknown}; expected some of {sorted(known)}")
-    return RAE3DConfig(**fields)
+from scene3d.specs.rae3d import POINT_MODES, VARIANTS, RAE3DConfig, rae3d_config  # noqa: F401  (public names)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,16 +75,15 @@ def check_views(images, c2w, intrinsics, name: str, *, multiple: int | None = No
                          f"{tuple(intrinsics.shape)}")
 
 
-def merge_softmax(o_acc, lse_acc, o, lse):
-    """Merge two partial softmax-attention results over disjoint key sets: outputs (B, L, H, D) fp32 and their
-    log-sum-exps (B, L, H) (-inf = no key yet) -> the attention over the union, and its lse."""
-    m = jax.lax.stop_gradient(jnp.maximum(lse_acc, lse))  # the result does not depend on m: no gradient needed
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    a, b = jnp.exp(lse_acc - m), jnp.exp(lse - m)
-    s = a + b
-    safe = jnp.where(s > 0, s, 1.0)
-    out = (o_acc * a[..., None] + o * b[..., None]) / safe[..., None]
-    return out, jnp.where(s > 0, m + jnp.log(safe), -jnp.inf)
+# The blockwise read is scene3d.nn's (PerceiverRead.blockwise over nn.blockwise_attention / nn.merge_partial);
+# these two names stay for the callers of this module.
+merge_softmax = nn.merge_partial
+
+
+def blockwise_read(read: nn.PerceiverRead, latents: jax.Array, groups: Sequence[tuple[jax.Array, jax.Array]]
+                   ) -> jax.Array:
+    """``read(concat(inputs), latents, mask=concat(masks))`` block by block: :meth:`nn.PerceiverRead.blockwise`."""
+    return read.blockwise(groups, latents)
 
 
 _EYE = jnp.eye(4, dtype=jnp.float32)
@@ -188,45 +106,6 @@ def _unchunked(x, v: int):
     """(n, B, chunk, ...) -> (B, V, ...) (padding dropped)."""
     n, b, c = x.shape[:3]
     return jnp.moveaxis(x, 0, 1).reshape((b, n * c) + x.shape[3:])[:, :v]
-
-
-def blockwise_read(read: nn.PerceiverRead, latents: jax.Array, groups: Sequence[tuple[jax.Array, jax.Array]]
-                   ) -> jax.Array:
-    """``read(concat(inputs), latents, mask=concat(masks))`` computed block by block.
-
-    groups: [(inputs (n, B, L, input_dim), mask (n, B, L) bool)]: blocks along the leading axis, scanned; the
-    cross-attention of each block is merged with an online softmax (:func:`merge_softmax`), and each block is
-    rematerialised in the backward pass. Equal to the one-shot read up to float rounding."""
-    attn = read.cross
-    b, k, _ = latents.shape
-    h, d = attn.num_heads, attn.head_dim
-    q = attn.q(read.norm_latents(latents)).reshape(b, k, h, d)
-    if attn.q_norm is not None:
-        q = attn.q_norm(q)
-    q = constrain(q, ("batch", "length", "act_heads", "act_kv"))
-    gd, st = nnx.split((read.norm_inputs, attn))
-
-    def body(carry, block):
-        x, m = block
-        norm_in, att = nnx.merge(gd, st)
-        ctx = norm_in(x)
-        kk = att.k(ctx).reshape(b, x.shape[1], att.num_kv_heads, d)
-        vv = att.v(ctx).reshape(b, x.shape[1], att.num_kv_heads, d)
-        if att.k_norm is not None:
-            kk = att.k_norm(kk)
-        o, lse = attention_kernel(q, kk, vv, impl=att.impl, mask=m[:, None, None, :], return_lse=True)
-        return merge_softmax(*carry, o.astype(jnp.float32), lse.astype(jnp.float32)), None
-
-    body = jax.checkpoint(body)
-    carry = (jnp.zeros((b, k, h, d), jnp.float32), jnp.full((b, k, h), -jnp.inf, jnp.float32))
-    for inputs, mask in groups:
-        if inputs.ndim != 4 or inputs.shape[1] != b or inputs.shape[-1] != read.input_dim:
-            raise ValueError(f"blockwise_read: inputs must be (n, {b}, L, {read.input_dim}), got {inputs.shape}")
-        carry, _ = jax.lax.scan(body, carry, (inputs, mask))
-    o = carry[0].astype(latents.dtype).reshape(b, k, h * d)
-    x = latents + attn.out(o)
-    x = x + read.mlp(read.norm_mlp(x))
-    return nn.constrain_tokens(x, "act_embed")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,7 +189,7 @@ class RAE3DEncoder(nnx.Module):
         lat = self.reads[0].latents[...].astype(self.dtype)
         x = jnp.broadcast_to(lat[None], (b,) + lat.shape)
         for read, proc in zip(self.reads, self.process):
-            x = blockwise_read(read, x, blocks)
+            x = read.blockwise(blocks, x)
             if proc is not None:
                 x = proc(x)
         tokens = self.out(self.norm_out(x))

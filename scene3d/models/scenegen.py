@@ -29,17 +29,11 @@ from flax import nnx
 
 from scene3d import nn
 from scene3d.core.sharding import constrain, param_init
-from scene3d.diffusion import guidance, samplers
+from scene3d.diffusion import guidance
+from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import rays
-
-VARIANTS: dict[str, dict[str, Any]] = {
-    # Released scenegen_shift{1,4,12}_re10k (1.26 B parameters): SceneTok re10k tokens 512 x 64, VA-VAE f16d32
-    # latents of 256 x 256 images (16 x 16 x 32), Pluecker maps 128 x 128 with 8 x 8 patches.
-    "re10k": dict(hidden=1536, depth=24, heads=24, num_tokens=512, token_dim=64, latent_channels=32,
-                  latent_patch=1, camera_size=(128, 128), camera_patch=8, freq_dim=256),
-    "tiny": dict(hidden=64, depth=2, heads=4, num_tokens=16, token_dim=8, latent_channels=8, latent_patch=1,
-                 camera_size=(16, 16), camera_patch=4, freq_dim=64),
-}
+from scene3d.geometry.cameras import as_intrinsics4
+from scene3d.specs.scenegen import VARIANTS
 
 
 class Buffer(nnx.Variable):
@@ -63,21 +57,10 @@ def sincos_table(dim: int, grid: int, base_size: int, xp=jnp) -> Any:
     return xp.concatenate([col, row], axis=-1)
 
 
-def normalized_intrinsics4(intrinsics: jax.Array, name: str = "intrinsics") -> jax.Array:
-    """(..., 4) (fx, fy, cx, cy) normalised, from (..., 4) or a normalised (..., 3, 3) matrix."""
-    if intrinsics.shape[-2:] == (3, 3):
-        return jnp.stack([intrinsics[..., 0, 0], intrinsics[..., 1, 1], intrinsics[..., 0, 2],
-                          intrinsics[..., 1, 2]], -1)
-    if intrinsics.shape[-1] != 4:
-        raise ValueError(f"SceneGen: {name} must be (..., 4) normalised (fx, fy, cx, cy) or (..., 3, 3), got "
-                         f"{intrinsics.shape}")
-    return intrinsics
-
-
 def camera_rays(c2w: jax.Array, intrinsics: jax.Array, size: Sequence[int]) -> jax.Array:
     """Per-pixel Pluecker features [d, o x d] (..., H, W, 6) with unit world directions d (release order)."""
     h, w = int(size[0]), int(size[1])
-    o, d = rays.ray_map(c2w, normalized_intrinsics4(intrinsics), h, w)
+    o, d = rays.ray_map(c2w, as_intrinsics4(intrinsics, name="SceneGen intrinsics"), h, w)
     p = rays.plucker(o, d, normalise=False)  # (o x d, d)
     return jnp.concatenate([p[..., 3:], p[..., :3]], axis=-1)
 
@@ -104,27 +87,6 @@ class CameraEmbed(nnx.Module):
         top, left = (m - self.grid[0]) // 2, (m - self.grid[1]) // 2
         pos = self.pos_table[top:top + self.grid[0], left:left + self.grid[1]]
         return tokens + pos.reshape(-1, pos.shape[-1]).astype(tokens.dtype)
-
-
-class SceneGenBlock(nnx.Module):
-    """LightningDiT block of the release: adaLN(RMSNorm) self-attention, un-normed cross-attention, SwiGLU."""
-
-    def __init__(self, dim: int, heads: int, mlp_hidden: int, *, attn_impl: str, dtype, param_dtype, rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
-        akw = dict(qk_norm="rms", qkv_bias=True, impl=attn_impl, norm_eps=1e-6, rngs=rngs, **kw)
-        self.norm1 = nn.RMSNorm(dim, eps=1e-6, **kw)
-        self.attn = nn.Attention(dim, heads, **akw)
-        self.cross = nn.Attention(dim, heads, **akw)
-        self.norm2 = nn.RMSNorm(dim, eps=1e-6, **kw)
-        self.mlp = nn.SwiGLU(dim, mlp_hidden, use_bias=True, rngs=rngs, **kw)
-        self.adaln = nn.AdaLNZero(dim, dim, 6, rngs=rngs, **kw)
-
-    def __call__(self, x: jax.Array, c: jax.Array, y: jax.Array) -> jax.Array:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaln(c)
-        x = x + g1[:, None] * self.attn(nn.modulate(self.norm1(x), sh1, sc1))
-        x = x + self.cross(x, y)
-        x = x + g2[:, None] * self.mlp(nn.modulate(self.norm2(x), sh2, sc2))
-        return nn.constrain_tokens(x, "act_embed")
 
 
 class SceneGen(nnx.Module):
@@ -179,8 +141,9 @@ class SceneGen(nnx.Module):
         self.c_embedder = nn.PatchEmbed(self.latent_channels, D, self.latent_patch, rngs=rngs, **kw)
         self.t_embedder = nn.TimestepEmbedder(D, freq_dim=int(v["freq_dim"]), t_scale=1.0, rngs=rngs, **kw)
         heads_, mh = int(v["heads"]), self.mlp_hidden
-        self.blocks = nn.Stack(lambda r: SceneGenBlock(D, heads_, mh, attn_impl=attn_impl, rngs=r, **kw),
-                               int(v["depth"]), rngs=rngs, scan=scan, remat=remat)
+        blk = dict(nn.LIGHTNING_DIT, mlp_dim=mh, impl=attn_impl, **kw)
+        self.blocks = nn.Stack(lambda r: nn.DiTBlock(D, heads_, rngs=r, **blk), int(v["depth"]), rngs=rngs, scan=scan,
+                               remat=remat)
         self.final_norm = nn.RMSNorm(D, eps=1e-6, **kw)
         self.final_adaln = nn.AdaLNZero(D, D, 2, rngs=rngs, **kw)
         self.final_linear = nn.dense(D, self.token_dim, ("embed", "latent"), zero_init=True, rngs=rngs, **kw)
@@ -283,35 +246,32 @@ class SceneGen(nnx.Module):
     def sample(self, rng: jax.Array, cond_latents: jax.Array | None, anchor_c2w: jax.Array,
                anchor_intrinsics: jax.Array, cond_c2w: jax.Array | None = None,
                cond_intrinsics: jax.Array | None = None, *, cond_mask: jax.Array | None = None,
-               num_steps: int = 50, method: str = "euler", shift: float | None = None,
-               cfg_scale: float | None = None, cfg_interval: tuple[float, float] | None = None,
-               noise: jax.Array | None = None) -> jax.Array:
+               flow: FlowMatching | None = None, num_steps: int | None = None, method: str | None = None,
+               shift: float | None = None, cfg_scale: float | None = None,
+               cfg_interval: tuple[float, float] | None = None, noise: jax.Array | None = None) -> jax.Array:
         """Generate scene tokens (B, K, d) in the compressor's units (``token_scale`` divided out).
 
-        Integrates from noise (``rng`` or ``noise``) at t = 1 to 0 with ``method`` on a grid shifted by ``shift``
-        (default: the model's). ``cfg_scale`` (None = no guidance) applies classifier-free guidance against the
-        same call with every conditioning view masked (anchors kept), within ``cfg_interval`` if given.
+        Integrates from noise (``rng`` or ``noise``) at t = 1 to 0 with ``flow``'s sampler (default: 50 Euler
+        steps on the grid of the model's shift, no guidance), each setting overridable by its keyword (None: the
+        flow's). A guidance scale other than 1 applies classifier-free guidance against the same call with every
+        conditioning view masked (anchors kept), within the guidance interval.
         """
+        flow = flow or FlowMatching(sample_steps=50, sample_shift=self.shift)
         b = anchor_c2w.shape[0]
         if noise is None:
             noise = jax.random.normal(rng, (b, self.num_tokens, self.token_dim), jnp.float32)
         cams = (anchor_c2w, anchor_intrinsics, cond_c2w, cond_intrinsics)
 
-        def cond_fn(x, t):
-            return self(x, t, cond_latents, *cams, cond_mask=cond_mask)[0]
+        def velocity(mask):
+            return lambda x, t: self(x, t, cond_latents, *cams, cond_mask=mask)[0]
 
-        model_fn = cond_fn
-        if cfg_scale is not None:
+        uncond_fn = None
+        if flow.uses_guidance(cfg_scale):
             if cond_latents is None:
                 raise ValueError("SceneGen.sample: cfg_scale needs cond_latents (the condition to guide with)")
-            null_mask = jnp.zeros(cond_latents.shape[:2], bool)
-
-            def uncond_fn(x, t):
-                return self(x, t, cond_latents, *cams, cond_mask=null_mask)[0]
-
-            model_fn = guidance.guided(cond_fn, uncond_fn, cfg_scale, interval=cfg_interval)
-        x0 = samplers.sample(model_fn, noise, num_steps=num_steps, method=method,
-                             shift=self.shift if shift is None else shift)
+            uncond_fn = velocity(jnp.zeros(cond_latents.shape[:2], bool))
+        x0 = flow.sample(velocity(cond_mask), noise, uncond_fn=uncond_fn, num_steps=num_steps, method=method,
+                         shift=shift, cfg_scale=cfg_scale, cfg_interval=cfg_interval)
         return self.unscale_tokens(x0)
 
 

@@ -35,13 +35,11 @@ Release quirks, as options: ``force_incorrect`` (DL3DV-Wan: per-token camera fea
 frame, channel) instead of (frame, row, col, channel)), ``wan_pose_padding`` (each 17-frame Wan chunk becomes
 [f0, 0, 0, 0, f1..f16] ray maps = 5 latents x 4), ``pose_embed_bf16`` (the camera embedding is rounded to
 bfloat16 in the decoder), ``timestep_input='official'`` (the networks see clip(1000 t - 1, 0)).
-The importer of the official PyTorch checkpoints is ``scene3d.models.convert_scenetok``.
+The importer of the official PyTorch checkpoints is ``scene3d.convert.scenetok``.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Any, Mapping
 
 import jax
@@ -51,67 +49,21 @@ from flax import nnx
 
 from scene3d import nn
 from scene3d.core.sharding import constrain, param_init
-from scene3d.diffusion import guidance, paths, samplers
-from scene3d.diffusion.timesteps import TimeSampler
+from scene3d.diffusion import paths
+from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import rays as georays
+from scene3d.geometry.cameras import as_intrinsics4
+from scene3d.nn.gaussian import diagonal_gaussian_kl
+from scene3d.specs.scenetok import (  # noqa: F401  (public names)
+    COMPRESSOR_KEYS, DECODER_KEYS, RAY_KINDS, TIMESTEP_INPUTS, TORCH_RMS_EPS, VARIANTS)
 
-RAY_KINDS = ("official", "plucker", "origin_direction")
-TIMESTEP_INPUTS = ("official", "scaled")
-TORCH_RMS_EPS = float(np.finfo(np.float32).eps)  # torch.nn.RMSNorm(eps=None) in float32
-
-_COMPRESSOR_BASE: dict[str, Any] = dict(
-    input_size=16, mlp_ratio=4.0, norm_eps=TORCH_RMS_EPS, logvar_range=(-30.0, 20.0), kl_weight=0.0,
-    ray_kind="official", query_init_std=5.0, rope_theta=10000.0)
-_DECODER_BASE: dict[str, Any] = dict(
-    input_size=8, mlp_ratio=4.0, norm_eps=1e-6, freq_dim=256, temporal_downsample=4, num_target_split=1,
-    force_incorrect=False, wan_pose_padding=False, pose_embed_bf16=True, timestep_input="official", ray_kind="official",
-    rope_theta=10000.0, prediction="v", x_pred_t_min=0.05)
 PREDICTIONS = ("v", "x")
-LOSS_WEIGHTINGS = ("velocity", "x0")
 
 
-def _variant(compressor: dict, decoder: dict) -> dict[str, dict[str, Any]]:
-    decoder = dict(decoder, token_dim=compressor["token_dim"])
-    return dict(compressor=dict(_COMPRESSOR_BASE, **compressor), decoder=dict(_DECODER_BASE, **decoder))
-
-
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    # CPU-sized, our conventions (Pluecker rays, one camera per latent view, 1000 t timestep input).
-    "tiny": _variant(
-        dict(in_channels=4, width=32, depth=2, heads=2, patch=2, num_tokens=8, token_dim=4, ray_patch=2,
-             ray_kind="plucker", kl_weight=1e-4, query_init_std=1.0, input_size=8),
-        dict(in_channels=4, width=32, depth=2, heads=2, patch=1, ray_patch=2, freq_dim=32, temporal_downsample=1,
-             input_size=4,
-             ray_kind="plucker", pose_embed_bf16=False, timestep_input="scaled")),
-    # Released checkpoints (github.com/mohammadasim98/scenetok): va-videodc_re10k.ckpt (802 M parameters).
-    "re10k": _variant(
-        dict(in_channels=32, width=768, depth=12, heads=12, patch=2, num_tokens=512, token_dim=64, ray_patch=16,
-             kl_weight=1e-10),
-        dict(in_channels=128, width=1024, depth=24, heads=16, patch=1, ray_patch=16)),
-    # va-videodc_dl3dv.ckpt
-    "dl3dv": _variant(
-        dict(in_channels=32, width=768, depth=12, heads=12, patch=2, num_tokens=1024, token_dim=64, ray_patch=16),
-        dict(in_channels=128, width=1024, depth=24, heads=16, patch=1, ray_patch=16)),
-    # va-wan_dl3dv.ckpt: Wan2.2 target latents (48 channels, 16 x 16), release quirks on.
-    "dl3dv_wan": _variant(
-        dict(in_channels=32, width=768, depth=12, heads=12, patch=2, num_tokens=1024, token_dim=64, ray_patch=16),
-        dict(in_channels=48, width=1024, depth=24, heads=16, patch=1, ray_patch=8, num_target_split=2, input_size=16,
-             force_incorrect=True, wan_pose_padding=True)),
-    # The official small fixtures (../shared/fixtures/scenetok/{a,b}/config.json via config_from_official).
-    "fixture_a": _variant(
-        dict(in_channels=8, width=64, depth=2, heads=4, patch=2, num_tokens=16, token_dim=8, ray_patch=4,
-             kl_weight=1e-10, input_size=8),
-        dict(in_channels=8, width=64, depth=2, heads=4, patch=1, ray_patch=4, freq_dim=32, input_size=4)),
-    "fixture_b": _variant(
-        dict(in_channels=12, width=96, depth=2, heads=3, patch=2, num_tokens=24, token_dim=12, ray_patch=8,
-             input_size=8),
-        dict(in_channels=6, width=96, depth=2, heads=3, patch=1, ray_patch=4, freq_dim=64, num_target_split=2,
-             input_size=4,
-             force_incorrect=True, wan_pose_padding=True)),
-}
-
-COMPRESSOR_KEYS = frozenset(VARIANTS["tiny"]["compressor"])
-DECODER_KEYS = frozenset(VARIANTS["tiny"]["decoder"])
+def flow_objective(flow=None) -> FlowMatching:
+    """SceneTok's flow matching from a run's ``flow`` config (``null_prob``: the scene-token dropout; 25 decoder
+    steps unless set)."""
+    return FlowMatching.from_config(flow, rename={"null_prob": "cond_drop"}, sample_steps=25)
 
 
 def _resolve(kind: str, variant: str, overrides: Mapping[str, Any], keys: frozenset) -> dict[str, Any]:
@@ -129,75 +81,7 @@ def _resolve(kind: str, variant: str, overrides: Mapping[str, Any], keys: frozen
     return c
 
 
-def config_from_official(config_json: str | os.PathLike | Mapping) -> dict[str, dict[str, Any]]:
-    """{'compressor': kwargs, 'decoder': kwargs} of the official model described by a fixture ``config.json`` or a
-    ``manifest_*.json`` (path or parsed dict; a manifest nests the same fields under 'config')."""
-    src = str(config_json) if not isinstance(config_json, Mapping) else "<dict>"
-    cfg = config_json
-    if not isinstance(cfg, Mapping):
-        with open(cfg) as f:
-            cfg = json.load(f)
-    cfg = cfg.get("config", cfg)
-    need = ("model.compressor", "model.denoiser", "constructor_args")
-    if any(k not in cfg for k in need):
-        raise ValueError(f"config_from_official({src}): expected fields {need}, got {sorted(cfg)}")
-    c, d, ctor = cfg["model.compressor"], cfg["model.denoiser"], cfg["constructor_args"]
-    ck, dk = c["kwargs"], d["kwargs"]
-    for name, part in (("compressor", c), ("denoiser", d)):
-        cam = part["camera"]
-        if cam["name"] != "ray" or cam["embedding"]["name"] != "lvsm" or cam["normalize"] or cam["origin_first"]:
-            raise ValueError(f"config_from_official({src}): {name} camera {cam} is not the release's LVSM ray map")
-        if tuple(cam.get("scale", (1.0, 1.0))) != (1.0, 1.0):
-            raise ValueError(f"config_from_official({src}): {name} camera scale {cam['scale']} != [1, 1]")
-    if not (c["camera_conditioning"] == d["camera_conditioning"] == "adaLN") or c["scene_token_projection"] != "kl":
-        raise ValueError(f"config_from_official({src}): only adaLN camera conditioning and the KL token head exist")
-    if not (ck["use_rope_2d"] and ck["use_swiglu"] and ck["use_rmsnorm"] and not ck["use_qknorm"]
-            and dk["use_rope_3d"] and dk["use_qknorm"] and dk["use_swiglu"] and dk["use_rmsnorm"]
-            and not dk["wo_shift"] and not ck["wo_shift"]):
-        raise ValueError(f"config_from_official({src}): unsupported compressor/denoiser kwargs {ck} / {dk}")
-    grid_c = [s // ck["patch_size"] for s in c["input_shape"]]
-    grid_r = [s // c["camera"]["embedding"]["patch_size"] for s in c["camera"]["input_shape"]]
-    grid_d = [s // dk["patch_size"] for s in d["input_shape"]]
-    grid_dr = [s // d["camera"]["embedding"]["patch_size"] for s in d["camera"]["input_shape"]]
-    if grid_c != grid_r or grid_d != grid_dr:
-        raise ValueError(f"config_from_official({src}): ray-map token grids {grid_r}/{grid_dr} differ from the "
-                         f"latent token grids {grid_c}/{grid_d}")
-    frames = ctor.get("denoiser_forward_temporal_downsample", 4)
-    kl = c.get("kl_weights", [0.0])
-    for name, part in (("compressor", c), ("denoiser", d)):
-        if part["input_shape"][0] != part["input_shape"][1]:
-            raise ValueError(f"config_from_official({src}): {name} input_shape {part['input_shape']} is not square")
-    compressor = dict(
-        _COMPRESSOR_BASE, input_size=c["input_shape"][0], in_channels=ctor["compressor"]["in_channels"],
-        width=ck["hidden_size"], depth=ck["depth"], heads=ck["num_heads"], patch=ck["patch_size"],
-        mlp_ratio=float(ck["mlp_ratio"]),
-        num_tokens=c["num_scene_tokens"], token_dim=c["token_dim"], ray_patch=c["camera"]["embedding"]["patch_size"],
-        kl_weight=float(kl[0]), query_init_std=5.0 if c.get("init_large", True) else 0.02)
-    decoder = dict(
-        _DECODER_BASE, input_size=d["input_shape"][0], in_channels=dk["in_channels"], width=dk["hidden_size"],
-        depth=dk["depth"], heads=dk["num_heads"], patch=dk["patch_size"], mlp_ratio=float(dk.get("mlp_ratio", 4.0)),
-        token_dim=ctor["denoiser"]["cond_dim"], ray_patch=d["camera"]["embedding"]["patch_size"],
-        freq_dim=dk.get("frequency_embedding_size", 256), temporal_downsample=frames,
-        num_target_split=d["num_target_split"], force_incorrect=bool(cfg.get("model.force_incorrect", False)),
-        wan_pose_padding=bool(ctor["denoiser"].get("using_wan", False)))
-    if d["camera"]["embedding"]["in_channels"] != 6 * frames:
-        raise ValueError(f"config_from_official({src}): denoiser camera in_channels "
-                         f"{d['camera']['embedding']['in_channels']} != 6 x {frames} frames")
-    return dict(compressor=compressor, decoder=decoder)
-
-
 # ------------------------------------------------------------------------------------------------- cameras
-
-
-def _as_intrinsics4(intrinsics: jax.Array, lead: tuple[int, ...], name: str) -> jax.Array:
-    """(…, 4) normalised intrinsics, or a normalised (…, 3, 3) K (zero skew) -> (…, 4)."""
-    k = jnp.asarray(intrinsics, jnp.float32)
-    if k.shape == lead + (3, 3):
-        return jnp.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1)
-    if k.shape != lead + (4,):
-        raise ValueError(f"{name}: intrinsics must be {lead + (4,)} (fx/W, fy/H, cx/W, cy/H) or a normalised K "
-                         f"{lead + (3, 3)}, got {k.shape}")
-    return k
 
 
 def official_ray_map(c2w: jax.Array, intrinsics: jax.Array, height: int, width: int) -> jax.Array:
@@ -295,12 +179,6 @@ def eva_rope_tables(head_dim: int, grid: int, theta: float = 10000.0) -> tuple[n
     return np.cos(full).astype(np.float32), np.sin(full).astype(np.float32)
 
 
-def gaussian_kl(mean: jax.Array, logvar: jax.Array) -> jax.Array:
-    """KL(N(mean, exp(logvar)) || N(0, I)) summed over all but the batch axis -> (B,)."""
-    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
-    return jnp.sum(kl.reshape(kl.shape[0], -1), axis=-1)
-
-
 # ------------------------------------------------------------------------------------------------- compressor
 
 
@@ -388,7 +266,7 @@ class SceneTokCompressor(nnx.Module):
             raise ValueError(f"SceneTokCompressor: latent size {(h, w)} is not divisible by the patch {c['patch']}")
         if tuple(c2w.shape) != (b, v, 4, 4):
             raise ValueError(f"SceneTokCompressor: c2w must be ({b}, {v}, 4, 4) camera-to-world, got {c2w.shape}")
-        return _as_intrinsics4(intrinsics, (b, v), "SceneTokCompressor")
+        return as_intrinsics4(jnp.asarray(intrinsics, jnp.float32), (b, v), "SceneTokCompressor")
 
     def embed(self, latents, c2w, intrinsics) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
         """-> (image tokens y (B, V*n, D), camera embedding c (B, V*n, D), token grid (gh, gw))."""
@@ -432,49 +310,12 @@ class SceneTokCompressor(nnx.Module):
             tokens = mean + std * eps
         else:
             tokens = mean
-        aux = dict(mean=mean, logvar=logvar, std=std, kl=gaussian_kl(mean, logvar), moments=moments,
+        aux = dict(mean=mean, logvar=logvar, std=std, kl=diagonal_gaussian_kl(mean, logvar, axes=None), moments=moments,
                    image_tokens=y, pose_embed=cam, scene_features=x)
         return tokens, aux
 
 
 # ------------------------------------------------------------------------------------------------- decoder
-
-
-class DenoiserBlock(nnx.Module):
-    """LightningDiT block with per-token adaLN, qk-RMS-norm, 3D RoPE and cross-attention to the scene state."""
-
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float, norm_eps: float, impl: str = "xla",
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
-        akw = dict(qkv_bias=True, qk_norm="rms", norm_eps=norm_eps, impl=impl, rngs=rngs, **kw)
-        self.norm1 = nn.RMSNorm(dim, eps=norm_eps, **kw)
-        self.attn = nn.Attention(dim, num_heads, **akw)
-        self.cross = nn.Attention(dim, num_heads, **akw)
-        self.norm2 = nn.RMSNorm(dim, eps=norm_eps, **kw)
-        self.mlp = nn.SwiGLU(dim, int(2 / 3 * mlp_ratio * dim), use_bias=True, rngs=rngs, **kw)
-        self.adaln = nn.AdaLNZero(dim, dim, 6, rngs=rngs, **kw)
-
-    def __call__(self, x: jax.Array, c: jax.Array, state: jax.Array, *, rope) -> jax.Array:
-        sh1, sc1, g1, sh2, sc2, g2 = self.adaln(c)
-        x = x + g1 * self.attn(nn.modulate(self.norm1(x), sh1, sc1), q_rope=rope)
-        x = x + self.cross(x, state, q_rope=rope)
-        x = x + g2 * self.mlp(nn.modulate(self.norm2(x), sh2, sc2))
-        return nn.constrain_tokens(x, "act_embed")
-
-
-class DenoiserFinal(nnx.Module):
-    """Linear(modulate(RMSNorm(x), shift, scale)) with per-token adaLN; adaLN and linear start at zero."""
-
-    def __init__(self, dim: int, out_dim: int, *, norm_eps: float, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.norm = nn.RMSNorm(dim, eps=norm_eps, **kw)
-        self.adaln = nn.AdaLNZero(dim, dim, 2, rngs=rngs, **kw)
-        self.linear = nn.dense(dim, out_dim, ("embed", None), zero_init=True, rngs=rngs, **kw)
-
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
-        shift, scale = self.adaln(c)
-        return self.linear(nn.modulate(self.norm(x), shift, scale))
 
 
 class SceneTokDecoder(nnx.Module):
@@ -512,10 +353,12 @@ class SceneTokDecoder(nnx.Module):
         self.cond_proj = nn.dense(c["token_dim"], w, ("latent", "embed"), rngs=rngs, **kw)
         self.null_token = nnx.Param(param_init(nnx.initializers.zeros_init(), ("embed",))(rngs.params(), (w,),
                                                                                           param_dtype))
-        blk = dict(mlp_ratio=c["mlp_ratio"], norm_eps=c["norm_eps"], impl=attn_impl, **kw)
-        self.blocks = nn.Stack(lambda r: DenoiserBlock(w, c["heads"], rngs=r, **blk), c["depth"], rngs=rngs,
+        blk = dict(nn.LIGHTNING_DIT, mlp_dim=int(2 / 3 * c["mlp_ratio"] * w), cross_rope="q",
+                   norm_eps=c["norm_eps"], impl=attn_impl, **kw)
+        self.blocks = nn.Stack(lambda r: nn.DiTBlock(w, c["heads"], rngs=r, **blk), c["depth"], rngs=rngs,
                                scan=scan, remat=remat)
-        self.final = DenoiserFinal(w, p * p * c["in_channels"], norm_eps=c["norm_eps"], rngs=rngs, **kw)
+        self.final = nn.FinalLayer(w, p * p * c["in_channels"], norm="rms", norm_affine=True, norm_eps=c["norm_eps"],
+                                   rngs=rngs, **kw)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -546,7 +389,7 @@ class SceneTokDecoder(nnx.Module):
                    else f"{c['temporal_downsample']} cameras per view")
             raise ValueError(f"SceneTokDecoder: c2w must be ({b}, {p}, 4, 4) for {num_views} latent views ({per}), "
                              f"got {c2w.shape}")
-        k4 = _as_intrinsics4(intrinsics, (b, p), "SceneTokDecoder")
+        k4 = as_intrinsics4(jnp.asarray(intrinsics, jnp.float32), (b, p), "SceneTokDecoder")
         rp = c["ray_patch"]
         rays = ray_features(jnp.asarray(c2w, jnp.float32), k4, grid[0] * rp, grid[1] * rp, c["ray_kind"])
         if c["wan_pose_padding"]:
@@ -587,7 +430,7 @@ class SceneTokDecoder(nnx.Module):
         out = self.final(feats, cond).astype(jnp.float32)
         v = nn.unpatchify(out.reshape(b, m, n, -1), p, (h, w))
         if c["prediction"] == "x":  # the network predicts x0; its velocity is (x_t - x0) / t (t clipped below)
-            v = (x_t.astype(jnp.float32) - v) / jnp.maximum(t, c["x_pred_t_min"])[:, :, None, None, None]
+            v = paths.velocity_from_x0(x_t.astype(jnp.float32), v, t, c["x_pred_t_min"])
         return v, dict(state=state, pose_embed=pemb.reshape(b, m * n, -1), cond=cond, features=feats)
 
     def scene_state(self, scene_tokens: jax.Array | None, batch: int, drop: jax.Array | None = None) -> jax.Array:
@@ -608,13 +451,15 @@ class SceneTokDecoder(nnx.Module):
         return constrain(state, ("batch", "kv_length", "act_embed"))
 
     def render(self, scene_tokens: jax.Array | None, c2w: jax.Array, intrinsics: jax.Array, rng: jax.Array, *,
-               latent_size: tuple[int, int] | None = None, num_steps: int = 25, shift: float = 1.0,
-               method: str = "euler", cfg_scale: float = 1.0, cfg_interval: tuple[float, float] | None = None,
+               latent_size: tuple[int, int] | None = None, flow: FlowMatching | None = None,
+               num_steps: int | None = None, shift: float | None = None, method: str | None = None,
+               cfg_scale: float | None = None, cfg_interval: tuple[float, float] | None = None,
                noise: jax.Array | None = None, return_trajectory: bool = False):
         """Sample target-view latents (B, M, h, w, C) for the cameras (B, P, ...) from the scene tokens alone.
 
-        Integrates the velocity from noise (t = 1) to t = 0 (``scene3d.diffusion.samplers``: ``method``,
-        ``num_steps``, time ``shift``); ``cfg_scale`` != 1 mixes in the null-token velocity (in ``cfg_interval``).
+        Integrates the velocity from noise (t = 1) to t = 0 with ``flow``'s sampler (default
+        ``flow_objective()``: 25 Euler steps, no shift, no guidance), each setting overridable by its keyword
+        (None: the flow's); a ``cfg_scale`` != 1 mixes in the null-token velocity (in ``cfg_interval``).
         latent_size (h, w) defaults to the config's input_size. Returns latents (or (latents, trajectory)).
         """
         c = self.config
@@ -640,12 +485,12 @@ class SceneTokDecoder(nnx.Module):
         def cond_fn(x, tb):
             return self(x, tb, c2w, intrinsics, scene_tokens)[0]
 
-        model_fn = cond_fn
-        if cfg_scale != 1.0:
-            model_fn = guidance.guided(cond_fn, lambda x, tb: self(x, tb, c2w, intrinsics, None)[0], cfg_scale,
-                                       interval=cfg_interval)
-        return samplers.sample(model_fn, noise, num_steps=num_steps, method=method, shift=shift,
-                               return_trajectory=return_trajectory)
+        def uncond_fn(x, tb):
+            return self(x, tb, c2w, intrinsics, None)[0]
+
+        return (flow or flow_objective()).sample(
+            cond_fn, noise, uncond_fn=uncond_fn, num_steps=num_steps, method=method, shift=shift,
+            cfg_scale=cfg_scale, cfg_interval=cfg_interval, return_trajectory=return_trajectory)
 
 
 # ------------------------------------------------------------------------------------------------- both
@@ -680,40 +525,31 @@ class SceneTok(nnx.Module):
     def render(self, scene_tokens, c2w, intrinsics, rng, **kwargs):
         return self.decoder.render(scene_tokens, c2w, intrinsics, rng, **kwargs)
 
-    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array, *, time_sampler="logit_normal",
-             num_chunks: int = 1, null_prob: float = 0.0, kl_weight: float | None = None,
-             weighting: str = "velocity") -> tuple[jax.Array, dict]:
+    def loss(self, batch: Mapping[str, jax.Array], rng: jax.Array, *, flow: FlowMatching | None = None,
+             time_sampler="logit_normal", num_chunks: int = 1, null_prob: float = 0.0,
+             kl_weight: float | None = None, weighting: str = "velocity") -> tuple[jax.Array, dict]:
         """Flow-matching velocity loss of the decoder on the target views + kl_weight x KL of the scene tokens.
 
         batch: context_latents (B, V, H, W, Cc), context_c2w, context_intrinsics, target_latents (B, M, h, w, C),
-        target_c2w, target_intrinsics (P cameras). One time t per chunk of M / num_chunks consecutive target views
-        (``time_sampler``: a scene3d.diffusion TimeSampler or its spec); the scene tokens are replaced by the null
-        token with probability ``null_prob`` per example. kl_weight defaults to the compressor's config.
-        ``weighting``: 'velocity' (the release: the plain velocity MSE) or 'x0' (each view's velocity error times t^2,
-        i.e. the clean-latent MSE |x0_hat - x0|^2 of an x-predicting decoder: the 1 / t^2 weight the velocity loss
-        puts on nearly clean views no longer drowns the high-noise views, where the tokens alone must carry the view).
+        target_c2w, target_intrinsics (P cameras). ``flow`` (a FlowMatching; without it one is made of
+        ``time_sampler``, ``num_chunks``, ``null_prob`` and ``weighting``): one time t per chunk of M / num_chunks
+        consecutive target views; the scene tokens replaced by the null token with probability ``cond_drop``
+        (``null_prob``) per example; ``loss_weighting`` (``weighting``) 'velocity' (the release: the plain
+        velocity MSE) or 'x0' (each view's velocity error times t^2, i.e. the clean-latent MSE |x0_hat - x0|^2 of
+        an x-predicting decoder: the 1 / t^2 weight the velocity loss puts on nearly clean views no longer drowns
+        the high-noise views, where the tokens alone must carry the view). kl_weight defaults to the compressor's.
         """
-        if weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"SceneTok.loss: weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+        if flow is None:
+            flow = FlowMatching(time_sampler=time_sampler, num_chunks=num_chunks, cond_drop=null_prob,
+                                loss_weighting=weighting)
         k_enc, k_t, k_eps, k_drop = jax.random.split(rng, 4)
         tokens, caux = self.compressor(batch["context_latents"], batch["context_c2w"], batch["context_intrinsics"],
                                        rng=k_enc)
         x0 = jnp.asarray(batch["target_latents"], jnp.float32)
-        b, m = x0.shape[:2]
-        if m % num_chunks:
-            raise ValueError(f"SceneTok.loss: {m} target views cannot be cut into num_chunks={num_chunks}")
-        t = TimeSampler.from_spec(time_sampler)(k_t, (b, num_chunks))
-        t = jnp.repeat(t, m // num_chunks, axis=1)
-        eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
-        tt = t[:, :, None, None, None]
-        x_t = (1 - tt) * x0 + tt * eps
-        drop = guidance.drop_mask(k_drop, b, null_prob) if null_prob > 0 else None
+        t, eps, x_t = flow.draw(x0, k_t, k_eps, per_view=True)
+        drop = flow.drop(k_drop, x0.shape[0]) if flow.cond_drop > 0 else None
         v, daux = self.decoder(x_t, t, batch["target_c2w"], batch["target_intrinsics"], tokens, drop=drop)
-        if weighting == "x0":
-            err = jnp.square(v - paths.target_velocity(x0, eps)) * jnp.square(tt)
-            fm = jnp.mean(err)
-        else:
-            fm = paths.velocity_loss(v, x0, eps)
+        fm, _ = flow.loss(v, x0, eps, t)
         kl = jnp.mean(caux["kl"])
         w = self.compressor.config["kl_weight"] if kl_weight is None else kl_weight
         loss = fm + w * kl

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scene3d.nn.linear import constrain_tokens, dense
+from scene3d.nn.options import choose
 
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -18,9 +19,7 @@ ACTIVATIONS = {
 
 
 def get_activation(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}")
-    return ACTIVATIONS[name]
+    return choose(ACTIVATIONS, name, "activation")
 
 
 class Mlp(nnx.Module):

@@ -1,12 +1,14 @@
 """Perceiver read (latents cross-attend to inputs) and process (self-attention over latents) modules."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from scene3d.core.sharding import param_init
-from scene3d.nn.attention import Attention, RopeFn
+from scene3d.nn.attention import Attention, RopeFn, blockwise_attention
 from scene3d.nn.linear import constrain_tokens
 from scene3d.nn.mlp import make_mlp
 from scene3d.nn.norm import make_norm
@@ -43,18 +45,37 @@ class PerceiverRead(nnx.Module):
         mask: (B, Lin) key mask, or anything broadcastable to (B, H, K, Lin)."""
         if inputs.ndim != 3 or inputs.shape[-1] != self.input_dim:
             raise ValueError(f"PerceiverRead: inputs must be (B, L, {self.input_dim}), got {inputs.shape}")
-        b = inputs.shape[0]
-        if latents is None:
-            if self.latents is None:
-                raise ValueError("PerceiverRead: pass latents (B, K, dim) or build with num_latents=K")
-            latents = jnp.broadcast_to(self.latents[...].astype(inputs.dtype), (b,) + self.latents.shape)
+        latents = self._latents(latents, inputs.shape[0], inputs.dtype)
         if mask is not None and jnp.ndim(mask) == 2:
             if tuple(jnp.shape(mask)) != inputs.shape[:2]:
                 raise ValueError(f"PerceiverRead: key mask must be (B, Lin) = {inputs.shape[:2]}, got "
                                  f"{jnp.shape(mask)}")
             mask = jnp.asarray(mask)[:, None, None, :]
-        x = latents + self.cross(self.norm_latents(latents), self.norm_inputs(inputs), q_rope=q_rope,
-                                 k_rope=k_rope, mask=mask, kv_lengths=kv_lengths)
+        return self._finish(latents, self.cross(self.norm_latents(latents), self.norm_inputs(inputs), q_rope=q_rope,
+                                                k_rope=k_rope, mask=mask, kv_lengths=kv_lengths))
+
+    def blockwise(self, groups: Sequence[tuple[jax.Array, jax.Array | None]], latents: jax.Array | None = None
+                  ) -> jax.Array:
+        """``self(concat(inputs), latents, mask=concat(masks))`` read one block of inputs at a time.
+
+        groups: [(inputs (n, B, L, input_dim), masks (n, B, L) bool or None)], scanned over n with an online
+        softmax (:func:`scene3d.nn.attention.blockwise_attention`): memory of one block, cost linear in the
+        number of blocks, equal to the one-shot read up to float rounding."""
+        if not groups:
+            raise ValueError("PerceiverRead.blockwise: groups is empty; pass [(inputs (n, B, L, input_dim), masks)]")
+        latents = self._latents(latents, groups[0][0].shape[1], groups[0][0].dtype)
+        return self._finish(latents, blockwise_attention(self.cross, self.norm_latents(latents), groups,
+                                                         prepare=self.norm_inputs))
+
+    def _latents(self, latents: jax.Array | None, batch: int, dtype) -> jax.Array:
+        if latents is not None:
+            return latents
+        if self.latents is None:
+            raise ValueError("PerceiverRead: pass latents (B, K, dim) or build with num_latents=K")
+        return jnp.broadcast_to(self.latents[...].astype(dtype), (batch,) + self.latents.shape)
+
+    def _finish(self, latents: jax.Array, attended: jax.Array) -> jax.Array:
+        x = latents + attended
         x = x + self.mlp(self.norm_mlp(x))
         return constrain_tokens(x, "act_embed")
 

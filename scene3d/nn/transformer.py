@@ -12,7 +12,8 @@ from scene3d.nn.adaln import AdaLNZero, modulate
 from scene3d.nn.attention import Attention, RopeFn
 from scene3d.nn.linear import constrain_tokens, dense
 from scene3d.nn.mlp import make_mlp
-from scene3d.nn.norm import LayerNorm, make_norm
+from scene3d.nn.norm import make_norm
+from scene3d.nn.options import choose
 
 
 class Block(nnx.Module):
@@ -62,34 +63,64 @@ class Block(nnx.Module):
         return constrain_tokens(x, "act_embed")
 
 
+CROSS_ROPE = ("none", "q", "k", "qk")
+# DiTBlock options of the LightningDiT blocks of the SceneTok / SceneGen releases: RMSNorm with a learned scale,
+# qk RMS-norm, SwiGLU with biases, and an un-normed cross-attention with a plainly initialised output.
+LIGHTNING_DIT = dict(norm="rms", norm_affine=True, qk_norm="rms", mlp="swiglu", mlp_bias=True, cross_attn=True,
+                     cross_norm=False, cross_zero_init=False)
+
+
+def _modulated_norm(norm: str, dim: int, affine: bool, **kwargs):
+    """The norm in front of an adaLN modulation: without learned scale / bias unless ``affine``."""
+    return make_norm(norm, dim, **(kwargs if affine else dict(kwargs, use_scale=False, use_bias=False)))
+
+
 class DiTBlock(nnx.Module):
     """DiT block with adaLN-Zero conditioning on ``c`` (B, cond_dim) or per-token (B, L, cond_dim).
 
-    x += g1 * attn(modulate(norm(x), s1, b1)); [x += cross(norm_c(x), context)]; x += g2 * mlp(modulate(...)).
-    The adaLN projection and the cross-attention output are zero-initialised: a fresh block is the identity.
+    x += g1 * attn(modulate(norm1(x), s1, b1)); [x += cross(norm_cross(x), context)]; x += g2 * mlp(modulate(
+    norm2(x), s2, b2)); (s1, b1, g1, s2, b2, g2) = adaln(c). The adaLN projection is zero-initialised.
+
+    Options: norm 'layer' | 'rms' (all norms of the block); norm_affine: norm1 / norm2 learn a scale (and, for
+    'layer', a bias); mlp: a :func:`scene3d.nn.mlp.make_mlp` kind ('gelu_tanh', ..., 'swiglu'), hidden width
+    ``mlp_dim`` (default ``int(dim * mlp_ratio)``), mlp_bias (default: the MLP's own); cross_attn: a cross-attention
+    sub-block to ``context`` (B, Lc, context_dim), after ``norm_cross`` (affine) unless cross_norm=False, its output
+    projection zero-initialised (a fresh block is the identity) unless cross_zero_init=False; RoPE: the call's
+    ``rope`` rotates self-attention q and k; cross_rope 'q' rotates the cross-attention queries by ``rope``, 'k'
+    its keys by the call's ``context_rope``, 'qk' both, 'none' neither.
     """
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int | None = None, *, mlp_ratio: float = 4.0,
-                 mlp: str = "gelu_tanh", norm_eps: float = 1e-6, qk_norm: bool | str = False,
-                 qkv_bias: bool = True, cross_attn: bool = False, context_dim: int | None = None,
-                 impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 mlp: str = "gelu_tanh", mlp_dim: int | None = None, mlp_bias: bool | None = None,
+                 norm: str = "layer", norm_affine: bool = False, norm_eps: float = 1e-6,
+                 qk_norm: bool | str = False, qkv_bias: bool = True, cross_attn: bool = False,
+                 context_dim: int | None = None, cross_norm: bool = True, cross_zero_init: bool = True,
+                 cross_rope: str = "none", impl: str = "xla", dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
+        if cross_rope not in CROSS_ROPE:
+            raise ValueError(f"DiTBlock: cross_rope must be one of {CROSS_ROPE}, got {cross_rope!r}")
+        if cross_rope != "none" and not cross_attn:
+            raise ValueError(f"DiTBlock: cross_rope={cross_rope!r} needs cross_attn=True")
+        self.cross_rope = cross_rope
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         akw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, impl=impl, norm_eps=norm_eps, rngs=rngs, **kw)
-        self.norm1 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
+        self.norm1 = _modulated_norm(norm, dim, norm_affine, eps=norm_eps, **kw)
         self.attn = Attention(dim, num_heads, **akw)
         if cross_attn:
-            self.norm_cross = LayerNorm(dim, eps=norm_eps, **kw)
-            self.cross = Attention(dim, num_heads, kv_dim=context_dim or dim, zero_init_out=True, **akw)
+            self.norm_cross = make_norm(norm, dim, eps=norm_eps, **kw) if cross_norm else None
+            self.cross = Attention(dim, num_heads, kv_dim=context_dim or dim, zero_init_out=cross_zero_init, **akw)
         else:
             self.norm_cross = self.cross = None
-        self.norm2 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
-        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio), rngs=rngs, **kw)
+        self.norm2 = _modulated_norm(norm, dim, norm_affine, eps=norm_eps, **kw)
+        mkw = kw if mlp_bias is None else dict(kw, use_bias=mlp_bias)
+        self.mlp = make_mlp(mlp, dim, int(mlp_dim) if mlp_dim else int(dim * mlp_ratio), rngs=rngs, **mkw)
         self.adaln = AdaLNZero(cond_dim or dim, dim, 6, rngs=rngs, **kw)
 
     def __call__(self, x: jax.Array, c: jax.Array, context: jax.Array | None = None, *,
-                 rope: RopeFn | None = None, mask=None, kv_lengths=None, context_mask=None,
-                 context_lengths=None) -> jax.Array:
-        """x (B, L, dim), c (B, cond_dim) or (B, L, cond_dim); other arguments as in :class:`Block`."""
+                 rope: RopeFn | None = None, context_rope: RopeFn | None = None, mask=None, kv_lengths=None,
+                 context_mask=None, context_lengths=None) -> jax.Array:
+        """x (B, L, dim), c (B, cond_dim) or (B, L, cond_dim); rope / context_rope: (B, L, H, d) -> same for x's
+        and context's tokens; mask / kv_lengths and context_mask / context_lengths as in :class:`Block`."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)
         if c.ndim == 2:
             gate1, gate2 = gate1[:, None], gate2[:, None]
@@ -98,18 +129,27 @@ class DiTBlock(nnx.Module):
         if self.cross is not None:
             if context is None:
                 raise ValueError("DiTBlock: built with cross_attn=True, call it with context (B, Lc, context_dim)")
-            x = x + self.cross(self.norm_cross(x), context, mask=context_mask, kv_lengths=context_lengths)
+            if "k" in self.cross_rope and context_rope is None:
+                raise ValueError(f"DiTBlock: built with cross_rope={self.cross_rope!r}, call it with context_rope")
+            h = x if self.norm_cross is None else self.norm_cross(x)
+            x = x + self.cross(h, context, q_rope=rope if "q" in self.cross_rope else None,
+                               k_rope=context_rope if "k" in self.cross_rope else None, mask=context_mask,
+                               kv_lengths=context_lengths)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return constrain_tokens(x, "act_embed")
 
 
 class FinalLayer(nnx.Module):
-    """DiT final layer: linear(modulate(norm(x), shift, scale)) with adaLN and linear zero-initialised."""
+    """DiT final layer: linear(modulate(norm(x), shift, scale)) with adaLN and linear zero-initialised.
 
-    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, norm_eps: float = 1e-6,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    c (B, cond_dim) or per-token (B, L, cond_dim); norm 'layer' | 'rms', norm_affine as in :class:`DiTBlock`.
+    """
+
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, norm: str = "layer",
+                 norm_affine: bool = False, norm_eps: float = 1e-6, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.norm = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False, **kw)
+        self.norm = _modulated_norm(norm, dim, norm_affine, eps=norm_eps, **kw)
         self.adaln = AdaLNZero(cond_dim or dim, dim, 2, rngs=rngs, **kw)
         self.linear = dense(dim, out_dim, ("embed", None), zero_init=True, rngs=rngs, **kw)
 
@@ -135,9 +175,7 @@ REMAT_POLICIES: dict[str, Callable | None] = {
 
 def remat_policy(name: str):
     """Map a policy name to a ``jax.checkpoint_policies`` entry ('none' -> None = no rematerialisation)."""
-    if name not in REMAT_POLICIES:
-        raise ValueError(f"unknown remat policy {name!r}; expected one of {sorted(REMAT_POLICIES)}")
-    return REMAT_POLICIES[name]
+    return choose(REMAT_POLICIES, name, "remat policy")
 
 
 class Stack(nnx.Module):

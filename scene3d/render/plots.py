@@ -300,9 +300,21 @@ def contact_sheet(images: Sequence, labels: Optional[Sequence[str]] = None, cols
 # ------------------------------------------------------------------------------------------------ layout
 
 
+def elide(text: str, max_chars: int) -> str:
+    """``text`` cut to at most ``max_chars`` characters by replacing its middle with '...' (both ends kept)."""
+    if max_chars < 5:
+        raise ValueError(f"elide: max_chars must be >= 5, got {max_chars}")
+    if len(text) <= max_chars:
+        return text
+    head = (max_chars - 3) // 3
+    return text[:head] + "..." + text[len(text) - (max_chars - 3 - head):]
+
+
 def compose(panels: Sequence[Image.Image], title: str = "", footer: Sequence[str] = (), gap: int = 10,
-            max_footer_lines: int = 40) -> Image.Image:
-    """Panels side by side (top-aligned) under a title, with monospaced `footer` text lines below."""
+            max_footer_lines: int = 40, max_title_chars: int = 100) -> Image.Image:
+    """Panels side by side (top-aligned) under a title, with monospaced `footer` text lines below. A title longer
+    than ``max_title_chars`` is elided in the middle, so a long path never widens the figure."""
+    title = elide(title, max_title_chars) if title else title
     f_title, f_mono = font(16), font(12, mono=True)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     lines = list(footer)[:max_footer_lines]
@@ -349,6 +361,17 @@ def view_rows(rows, gap: int = 2) -> np.ndarray:
             x += gap - 1
         y += h + gap
     return out
+
+
+def image_grid(images, cols: Optional[int] = None) -> np.ndarray:
+    """Images (N, H, W, C) in [-1, 1] (C = 1 or 3) -> one uint8 grid of ``cols`` columns (default: about square),
+    row by row, laid out by :func:`view_rows`."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or not len(images):
+        raise ValueError(f"image_grid: images must be (N >= 1, H, W, 1 or 3), got {images.shape}")
+    u8 = signed_to_uint8(np.broadcast_to(images, images.shape[:3] + (3,)))
+    cols = int(cols or math.ceil(math.sqrt(len(u8))))
+    return view_rows([[u8[i:i + cols]] for i in range(0, len(u8), cols)])
 
 
 def heatmap(values, vmax: Optional[float] = None) -> np.ndarray:

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from scene3d.core.io import write_bytes
+
 _DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 
 
@@ -30,11 +32,7 @@ def write_point_ply(path, xyz, rgb) -> None:
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(rows.tobytes())
-    os.replace(tmp, path)
+    write_bytes(path, [header.encode("ascii"), rows.tobytes()])
 
 
 def read_point_ply(path) -> tuple[np.ndarray, np.ndarray]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from typing import List, Optional
 
 import numpy as np
 from PIL import Image
 
+from scene3d.core.io import write_bytes
 from scene3d.geometry.cameras import Cameras
 from scene3d.geometry.gaussians import Gaussians
 from scene3d.render.splat import BlockSizes, render_checked, to_uint8
@@ -47,20 +47,6 @@ def _as_frames(frames, name) -> np.ndarray:
     return frames
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_frames(directory, frames, *, prefix: str = "frame_") -> List[str]:
     """Write frames (n, H, W, 3) as `{directory}/{prefix}{i:05d}.png` (folder created); returns the paths."""
     frames = _as_frames(frames, "write_frames")
@@ -71,7 +57,7 @@ def write_frames(directory, frames, *, prefix: str = "frame_") -> List[str]:
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="PNG")
         path = os.path.join(directory, f"{prefix}{i:05d}.png")
-        _atomic_write(path, buf.getvalue())
+        write_bytes(path, buf.getvalue())
         paths.append(path)
     return paths
 
@@ -86,4 +72,4 @@ def write_gif(path, frames, fps: float = 10.0, *, loop: int = 0) -> None:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
                    loop=loop)
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())

@@ -16,7 +16,6 @@ a plain autoencoder on the posterior mean. Evaluation decodes the posterior mean
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import zlib
@@ -27,22 +26,21 @@ import numpy as np
 from flax import nnx
 
 from scene3d import losses
+from scene3d.core.config import check_keys
+from scene3d.core.dtypes import dtype as _dtype
 from scene3d.data import gs_pipeline, splat_io
-from scene3d.geometry import cameras as cam_lib
 from scene3d.geometry import gaussians as gs
+from scene3d.geometry import trajectories
 from scene3d.metrics import gaussians as gmetrics
 from scene3d.models import can3tok
 from scene3d.render import splat
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # config.model keys the task reads itself; every other key must be a Can3Tok architecture key.
 _TASK_KEYS = frozenset({"name", "variant", "head_layout", "attn_impl", "scan", "remat", "dtype", "param_dtype"})
+# Per-scene metric (``evaluate_examples``) -> the name of its mean over a batch or split.
+_SPLIT_NAMES = {"l2": "l2_mean", "failure": "failure_rate"}
 
 
-def _dtype(name: str, field: str):
-    if name not in _DTYPES:
-        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
-    return _DTYPES[name]
 
 
 def scene_index(scene_id) -> int:
@@ -63,24 +61,6 @@ def _numeric_example(example: dict) -> dict:
     return out
 
 
-def orbit_cameras(num: int, *, distance: float, elevation_deg: float, fov_deg: float, size: int,
-                  up=(0.0, 0.0, 1.0)) -> cam_lib.Cameras:
-    """``num`` square cameras evenly spaced in azimuth around the origin at ``distance``, raised by
-    ``elevation_deg`` towards ``up``, looking at the origin (normalised scenes fill the unit ball)."""
-    up = np.asarray(up, np.float64)
-    up = up / np.linalg.norm(up)
-    a = np.array([1.0, 0.0, 0.0]) if abs(up[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-    e1 = np.cross(up, a)
-    e1 /= np.linalg.norm(e1)
-    e2 = np.cross(up, e1)
-    el = math.radians(elevation_deg)
-    az = 2 * np.pi * np.arange(num) / num
-    eyes = distance * (math.cos(el) * (np.cos(az)[:, None] * e1 + np.sin(az)[:, None] * e2) + math.sin(el) * up)
-    c2w = cam_lib.look_at(eyes, np.zeros(3), up)
-    intr = cam_lib.intrinsics_from_fov(np.full(num, math.radians(fov_deg)), size, size)
-    return cam_lib.Cameras(c2w, intr, size, size)
-
-
 class AutoencodeTask:
     """Can3Tok VAE training (module docstring). Config fields: model, data.gaussians, loss, metrics, render."""
 
@@ -93,10 +73,7 @@ class AutoencodeTask:
         if variant not in can3tok.VARIANTS:
             raise ValueError(f"config.model.variant: unknown Can3Tok variant {variant!r} "
                              f"(known: {sorted(can3tok.VARIANTS)})")
-        unknown = set(mc.keys()) - _TASK_KEYS - can3tok.CONFIG_KEYS
-        if unknown:
-            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: task keys {sorted(_TASK_KEYS)} "
-                             f"and Can3Tok keys {sorted(can3tok.CONFIG_KEYS)}")
+        check_keys(mc, _TASK_KEYS | can3tok.CONFIG_KEYS, "config.model")
         self.overrides = {k: mc[k] for k in mc.keys() if k in can3tok.CONFIG_KEYS}
         arch = dict(can3tok.VARIANTS[variant], **self.overrides)
         gcfg = config.data.get("gaussians") or {}
@@ -190,11 +167,38 @@ class AutoencodeTask:
                    **self._recon_metrics(pred, target)}
         return total, metrics
 
-    def evaluate(self, model, batch, rng):
-        """Metrics of the posterior-mean reconstruction (deterministic) of one eval batch."""
+    def evaluate_examples(self, model, batch, rng):
+        """Per-scene metrics (B,) of the posterior-mean reconstruction (deterministic): ``l2`` (the paper's per-scene
+        L2: the Frobenius norm of the scene's (N, C) raw-channel error), ``failure`` (1.0 where l2 exceeds
+        ``metrics.failure_threshold``), ``mse`` and ``mse_<group>`` (per channel group), ``kl`` (summed over the
+        latent, averaged over its other axes)."""
+        del rng
         rows = self._rows(batch)
         pred, aux = model(rows, sample_posterior=False)
-        return {"kl": losses.kl_loss(aux["mean"], aux["logvar"]), **self._recon_metrics(pred, self.target(rows))}
+        target = self.target(rows)
+        l2 = gmetrics.per_scene_l2(pred, target)
+        sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+        kl = losses.diagonal_gaussian_kl(aux["mean"], aux["logvar"])
+        out = {"l2": l2, "failure": (l2 > self.failure_threshold).astype(jnp.float32),
+               "mse": jnp.mean(sq, axis=(1, 2)), "kl": jnp.mean(kl.reshape(kl.shape[0], -1), axis=1)}
+        out.update({f"mse_{k}": jnp.mean(sq[..., sl], axis=(1, 2)) for k, sl in self.groups.items()})
+        return out
+
+    def summarize_examples(self, values: dict, batch_size: int) -> dict:
+        """Split (or batch) figures from per-scene values (``evaluate_examples``) in data order: ``l2_mean``, the
+        release's ``l2_batch`` over consecutive batches of ``batch_size`` scenes, ``failure_rate`` and the means of
+        the other values."""
+        out = {_SPLIT_NAMES.get(k, k): float(np.mean(v)) for k, v in values.items()}
+        out["l2_batch"] = gmetrics.batch_l2_from_scenes(values["l2"], batch_size)
+        return out
+
+    def evaluate(self, model, batch, rng):
+        """Metrics of the posterior-mean reconstruction (deterministic) of one eval batch (the means of
+        ``evaluate_examples`` and the batch figure ``l2_batch``)."""
+        ex = self.evaluate_examples(model, batch, rng)
+        out = {_SPLIT_NAMES.get(k, k): jnp.mean(v) for k, v in ex.items()}
+        out["l2_batch"] = jnp.sqrt(jnp.sum(jnp.square(ex["l2"]))) / ex["l2"].shape[0]
+        return out
 
     # -- files and figures -------------------------------------------------------------------------------------
     def reconstruct(self, model, rows) -> np.ndarray:
@@ -210,9 +214,10 @@ class AutoencodeTask:
         rows = np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:k]
         rec = self.reconstruct(model, jnp.asarray(rows))
         rows = self.target(rows)
-        cams = orbit_cameras(int(rc.get("num_cameras", 3)), distance=float(rc.get("distance", 2.6)),
-                             elevation_deg=float(rc.get("elevation_deg", 35.0)),
-                             fov_deg=float(rc.get("fov_deg", 45.0)), size=int(rc.get("size", 128)))
+        cams = trajectories.orbit_cameras(int(rc.get("num_cameras", 3)), int(rc.get("size", 128)),
+                                          distance=float(rc.get("distance", 2.6)),
+                                          elevation_deg=float(rc.get("elevation_deg", 35.0)),
+                                          fov_deg=float(rc.get("fov_deg", 45.0)))
         return {f"recon_{i}": splat.render_side_by_side(gs.unpack(rows[i]), gs.unpack(rec[i]), cams)
                 for i in range(k)}
 

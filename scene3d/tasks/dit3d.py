@@ -20,7 +20,8 @@ a decoded arc trajectory (GIF + PNG strip) and the decoded point cloud (PLY) of 
 The 3DRAE lives inside the model as ``Frozen`` variables (``scene3d.tasks.stage1``): ``restore_pretrained`` fills
 it from ``tokenizer.workdir`` (a rae3d run; checkpoint ``tokenizer.step`` or the latest, EMA unless
 ``tokenizer.use_ema`` is False) at the start of a run; without a workdir the tokenizer of ``tokenizer.model`` is
-random (smoke tests).
+random (smoke tests). The task sees it only through its Tokenizer adapter (``scene3d.models.tokenizers``:
+encode, decode along cameras, and the per-view condition).
 """
 from __future__ import annotations
 
@@ -31,15 +32,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from scene3d.diffusion import guidance, paths, samplers, timesteps
-from scene3d.geometry import rays as rays_lib
+from scene3d.core.config import check_keys
+from scene3d.core.dtypes import dtype as _dtype
+from scene3d.diffusion import guidance
+from scene3d.diffusion.objective import FlowMatching
+from scene3d.geometry import trajectories
+from scene3d.metrics import image as image_metrics
 from scene3d.models import dit3d as dit3d_lib
+from scene3d.models import tokenizers
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.render import ply, video
 from scene3d.tasks import rae3d as rae3d_task
 from scene3d.tasks import stage1
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "cond_mode", "dim", "depth", "heads", "ray_bands", "traj_grid",
                          "mlp_ratio", "qk_norm", "attn_impl", "scan", "remat", "dtype", "param_dtype"})
 
@@ -81,12 +86,11 @@ class DiT3DTask:
     def __init__(self, config):
         self.config = config
         self.workdir, self.stage1 = stage1.resolve(config, stage2="dit3d", expected="rae3d", extra={"loss": {}})
-        self.rae_cfg = rae3d_task.RAE3DTask(self.stage1).model_cfg
-        self.scale = float(config.tokenizer.get("scale", 1.0))
+        # The 3DRAE through its adapter (shapes from the stage-1 config; bound to model.rae when used).
+        self.tokenizer = stage1.tokenizer(self.stage1, scale=float(config.tokenizer.get("scale", 1.0)))
+        self.scale = self.tokenizer.scale
         mc = config.model
-        unknown = set(mc.keys()) - _MODEL_KEYS
-        if unknown:
-            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)}")
+        check_keys(mc, _MODEL_KEYS, "config.model")
         cc = _as_dict(config.get("cond"))
         probs = _as_dict(cc.get("probs")) or {name: 1.0 for name in dit3d_lib.CONDITIONS}
         bad = set(probs) - set(dit3d_lib.CONDITIONS)
@@ -96,22 +100,23 @@ class DiT3DTask:
         total = sum(float(v) for v in probs.values())
         self.probs = tuple(float(probs.get(name, 0.0)) / total for name in dit3d_lib.CONDITIONS)
         self.drop_views, self.drop_trajectory = float(cc.get("drop_views", 0.1)), float(cc.get("drop_trajectory", 0.1))
-        self.flow = _as_dict(config.get("flow"))
-        self.time_sampler = timesteps.TimeSampler.from_spec(self.flow.get("time_sampler", "logit_normal"))
+        # CFG dropout is per condition type (cond.drop_views / drop_trajectory), not flow.cond_drop.
+        self.flow = FlowMatching.from_config(config.get("flow"), sample_steps=16)
         self.render_cfg = _as_dict(config.get("render"))
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> DiT3DModel:
         rae = stage1.frozen_tokenizer(self.stage1, rngs)
         mc = self.config.model
-        dtype = _DTYPES[mc.get("dtype", "float32")]
-        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=self.rae_cfg.num_tokens,
-                              latent_dim=self.rae_cfg.latent_dim, view_dim=self.rae_cfg.feature_dim,
+        dtype = _dtype(mc.get("dtype", "float32"), "config.model.dtype")
+        num_tokens, latent_dim = self.tokenizer.token_shape
+        dit = dit3d_lib.DiT3D(mc.get("variant", "tiny"), num_tokens=num_tokens,
+                              latent_dim=latent_dim, view_dim=self.tokenizer.feature_dim,
                               cond_mode=mc.get("cond_mode", "cross"), ray_bands=int(mc.get("ray_bands", 4)),
                               traj_grid=int(mc.get("traj_grid", 4)), mlp_ratio=float(mc.get("mlp_ratio", 4.0)),
                               qk_norm=mc.get("qk_norm", True), impl=mc.get("attn_impl", "xla"),
                               scan=mc.get("scan", True), remat=mc.get("remat", "none"), dtype=dtype,
-                              param_dtype=_DTYPES[mc.get("param_dtype", "float32")], rngs=rngs,
+                              param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"), rngs=rngs,
                               dim=mc.get("dim"), depth=mc.get("depth"), heads=mc.get("heads"))
         return DiT3DModel(dit, rae)
 
@@ -125,17 +130,20 @@ class DiT3DTask:
     # -- conditions and latents --------------------------------------------------------------------------------
     def tokens(self, model: DiT3DModel, batch) -> jax.Array:
         """x0 = scale x the frozen 3DRAE tokens of the context views."""
-        tok = model.rae.encode(batch["context_images"], batch["context_c2w"], batch["context_intrinsics"])
-        return jax.lax.stop_gradient(tok.astype(jnp.float32)) * self.scale
+        views = {"images": batch["context_images"], "c2w": batch["context_c2w"],
+                 "intrinsics": batch["context_intrinsics"]}
+        return self.tokenizer.bind(model.rae).encode(views) * self.scale
+
+    def decode(self, model: DiT3DModel, tokens, c2w, intrinsics, size) -> dict:
+        """Unscaled tokens (B, K, latent_dim) -> the frozen 3DRAE's renders of cameras (B, M, ...) at ``size``:
+        ``images`` (B, M, H, W, 3) in [-1, 1] (+ ``point_maps``, ``depth``, ``confidence`` with a point head)."""
+        return self.tokenizer.bind(model.rae).decode(tokens, tokenizers.Cameras(c2w, intrinsics, tuple(size)))
 
     def cond(self, model: DiT3DModel, batch, view_mask, traj_mask) -> dict:
         """The DiT3D condition dict: context views (frozen tower features + patch rays) and target cameras."""
-        im = batch["context_images"]
-        p = self.rae_cfg.patch
-        feats = jax.lax.stop_gradient(model.rae.encoder.features(im))
-        rays = rays_lib.plucker_map(batch["context_c2w"].astype(jnp.float32),
-                                    batch["context_intrinsics"].astype(jnp.float32), im.shape[2], im.shape[3], p)
-        return {"view_features": feats, "view_rays": rays, "view_mask": view_mask,
+        views = self.tokenizer.bind(model.rae).view_condition(batch["context_images"], batch["context_c2w"],
+                                                              batch["context_intrinsics"])
+        return {**views, "view_mask": view_mask,
                 "traj_c2w": batch["target_c2w"], "traj_intrinsics": batch["target_intrinsics"], "traj_mask": traj_mask}
 
     def _masks(self, batch, mode: str):
@@ -154,56 +162,44 @@ class DiT3DTask:
         r_c, r_t, r_e = jax.random.split(rng, 3)
         modes, vm, tm = condition_masks(r_c, b, batch["context_images"].shape[1], batch["target_c2w"].shape[1],
                                         self.probs, self.drop_views, self.drop_trajectory)
-        t = self.time_sampler(r_t, (b,))
-        eps = jax.random.normal(r_e, x0.shape, x0.dtype)
-        v, _ = model.dit(paths.interpolate(x0, eps, t), t, self.cond(model, batch, vm, tm))
-        per = jnp.mean(jnp.square(v - paths.target_velocity(x0, eps)), axis=(1, 2))
+        t, eps, x_t = self.flow.draw(x0, r_t, r_e)
+        v, _ = model.dit(x_t, t, self.cond(model, batch, vm, tm))
+        loss, per = self.flow.loss(v, x0, eps, t)
         metrics = {"x0_std": jnp.std(x0), "views_kept": jnp.mean(jnp.sum(vm, 1).astype(jnp.float32)),
                    "traj_kept": jnp.mean(tm[:, 0].astype(jnp.float32))}
         for i, name in enumerate(dit3d_lib.CONDITIONS):
             sel = (modes == i).astype(jnp.float32)
             metrics[f"loss_{name}"] = jnp.sum(per * sel) / jnp.maximum(jnp.sum(sel), 1.0)
-        return jnp.mean(per), metrics
+        return loss, metrics
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def sample(self, model: DiT3DModel, cond: dict | None, rng, *, batch_size: int, num_steps: int | None = None,
                cfg_scale: float | None = None, method: str | None = None) -> jax.Array:
         """Scene tokens (B, K, latent_dim) (unscaled: ready for the decoder) sampled from noise given ``cond``."""
-        shape = (batch_size, self.rae_cfg.num_tokens, self.rae_cfg.latent_dim)
+        shape = (batch_size,) + self.tokenizer.token_shape
         noise = jax.random.normal(rng, shape, jnp.float32)
         graphdef, state = nnx.split(model.dit)
 
-        def cond_fn(x, t):
-            return nnx.merge(graphdef, state)(x, t, cond)[0]
+        def velocity(c):
+            return lambda x, t: nnx.merge(graphdef, state)(x, t, c)[0]
 
-        def uncond_fn(x, t):
-            return nnx.merge(graphdef, state)(x, t, None)[0]
-
-        scale = float(self.flow.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
-        model_fn = cond_fn if (cond is None or scale == 1.0) else guidance.guided(cond_fn, uncond_fn, scale)
-        x0 = samplers.sample(model_fn, noise, num_steps=int(num_steps or self.flow.get("sample_steps", 16)),
-                             method=method or self.flow.get("sampler", "euler"),
-                             shift=float(self.flow.get("sample_shift", 1.0)))
+        x0 = self.flow.sample(velocity(cond), noise, uncond_fn=None if cond is None else velocity(None),
+                              num_steps=num_steps, method=method, cfg_scale=cfg_scale)
         return x0 / self.scale
 
     def evaluate(self, model, batch, rng):
         x0 = self.tokens(model, batch)
-        eps = jax.random.normal(rng, x0.shape, x0.dtype)
+        eps = self.flow.noise(rng, x0)
         out = {}
         for mode in ("views", "uncond"):
-            cond = self.cond(model, batch, *self._masks(batch, mode))
-            losses = []
-            for tv in (0.25, 0.5, 0.75):
-                t = jnp.full((x0.shape[0],), tv, jnp.float32)
-                v, _ = model.dit(paths.interpolate(x0, eps, t), t, cond)
-                losses.append(paths.velocity_loss(v, x0, eps))
-            out[f"val_loss_{mode}"] = sum(losses) / 3.0
+            cond, key = self.cond(model, batch, *self._masks(batch, mode)), f"val_loss_{mode}"
+            out[key] = self.flow.fixed_time_losses(lambda x, t: model.dit(x, t, cond)[0], x0, eps, name=key)[key]
         cond = self.cond(model, batch, *self._masks(batch, "views_trajectory"))
         tok = self.sample(model, cond, jax.random.fold_in(rng, 1), batch_size=x0.shape[0])
         size = batch["target_images"].shape[2:4]
-        rgb = model.rae.decode(tok, batch["target_c2w"], batch["target_intrinsics"], size)["rgb"]
-        out["sample_psnr"] = jnp.mean(rae3d_task.psnr(rae3d_task.to_unit(rgb),
-                                                      rae3d_task.to_unit(batch["target_images"])))
+        rgb = self.decode(model, tok, batch["target_c2w"], batch["target_intrinsics"], size)["images"]
+        out["sample_psnr"] = jnp.mean(image_metrics.psnr(image_metrics.to_unit(rgb),
+                                                         image_metrics.to_unit(batch["target_images"])))
         out["sample_token_std"] = jnp.std(tok)
         return out
 
@@ -219,7 +215,7 @@ class DiT3DTask:
             def run(m, batch, seed_key):
                 cond = self.cond(m, batch, *self._masks(batch, mode))
                 tok = self.sample(m, cond, seed_key, batch_size=b)
-                out = m.rae.decode(tok, batch["target_c2w"], batch["target_intrinsics"], size)
+                out = self.decode(m, tok, batch["target_c2w"], batch["target_intrinsics"], size)
                 return tok, out
 
             fn = cache[(mode, b, size)] = nnx.jit(run)
@@ -235,7 +231,7 @@ class DiT3DTask:
         host = {key: np.asarray(jax.device_get(v))[:k] for key, v in batch.items()}
         outs = self._sample_views(model, host, "one_view", (0, 1))
         rows = [[rae3d_task.uint8(host["context_images"][i, :1]), rae3d_task.uint8(host["target_images"][i])]
-                + [rae3d_task.uint8(o[1]["rgb"][i]) for o in outs] for i in range(k)]
+                + [rae3d_task.uint8(o[1]["images"][i]) for o in outs] for i in range(k)]
         return {"samples": rae3d_task.view_rows(rows)}
 
     def write_outputs(self, model, batch, rng, out_dir):
@@ -247,21 +243,23 @@ class DiT3DTask:
         host = {key: np.asarray(jax.device_get(v))[:1] for key, v in batch.items()}
         size = host["target_images"].shape[2:4]
         n = int(rc.get("trajectory_frames", 12))
-        decode = nnx.jit(lambda m, t, c, i: m.rae.decode(t, c, i, size))
+        decode = nnx.jit(lambda m, t, c, i: self.decode(m, t, c, i, size))
         from PIL import Image
         for s in range(int(rc.get("num_seeds", 2))):
             tok, out = self._sample_views(model, host, "one_view", (s,))[0]
             focus = float(np.clip(np.median(out["depth"][0]), 0.1, 100.0)) if "depth" in out else 1.0
-            c2w = rae3d_task.arc_trajectory(n, focus, float(rc.get("arc_deg", 60.0)),
-                                            float(rc.get("elevation_deg", 10.0)))
+            c2w = trajectories.focus_orbit(n, focus, arc_deg=float(rc.get("arc_deg", 60.0)),
+                                           elevation_deg=float(rc.get("elevation_deg", 10.0)),
+                                           centred=True).astype(np.float32)
             intr = np.broadcast_to(host["context_intrinsics"][0, 0], (n, 4)).astype(np.float32)
-            frames = np.asarray(decode(model, jnp.asarray(tok), jnp.asarray(c2w[None]), jnp.asarray(intr[None]))["rgb"])
+            frames = np.asarray(decode(model, jnp.asarray(tok), jnp.asarray(c2w[None]),
+                                       jnp.asarray(intr[None]))["images"])
             video.write_gif(os.path.join(out_dir, f"seed{s}_trajectory.gif"), rae3d_task.uint8(frames[0]),
                             fps=float(rc.get("fps", 8.0)))
             Image.fromarray(rae3d_task.view_rows([[rae3d_task.uint8(frames[0])]])).save(
                 os.path.join(out_dir, f"seed{s}_trajectory.png"))
-            if "points" in out:
-                pts = out["points"][0].reshape(-1, 3)
-                rgb = np.clip((out["rgb"][0].reshape(-1, 3) + 1) * 0.5, 0, 1)
+            if "point_maps" in out:
+                pts = out["point_maps"][0].reshape(-1, 3)
+                rgb = np.clip((out["images"][0].reshape(-1, 3) + 1) * 0.5, 0, 1)
                 ok = np.isfinite(pts).all(-1)
                 ply.write_point_ply(os.path.join(out_dir, f"seed{s}_points.ply"), pts[ok], rgb[ok])

@@ -27,8 +27,6 @@ Without ``tokenizer.workdir`` the tokenizer of ``tokenizer.model`` is randomly i
 """
 from __future__ import annotations
 
-import colorsys
-import math
 from typing import Sequence
 
 import jax
@@ -37,30 +35,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from scene3d.diffusion import guidance, paths, samplers, timesteps
+from scene3d.core.dtypes import dtype as _dtype
+from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import gaussians as gs
 from scene3d.models import cond_encoders
 from scene3d.models.latent_dit import VARIANTS as DIT_VARIANTS
 from scene3d.models.latent_dit import LatentDiT
 from scene3d.nn import patchify, unpatchify
+from scene3d.render.plots import image_grid
 from scene3d.tasks import stage1
-
-
-def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-
-
-def image_grid(images: np.ndarray, cols: int | None = None) -> np.ndarray:
-    """(N, H, W, C) in [-1, 1] -> one uint8 grid image."""
-    images = np.asarray(images, np.float32)
-    n, h, w, c = images.shape
-    cols = cols or int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = np.zeros((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images[i]
-    return np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
 def GenerateTask(config):
@@ -70,30 +53,23 @@ def GenerateTask(config):
     return ImageFlowTask(config)
 
 
-def _flow_sample(fc, apply, noise, *, guided: bool, num_steps, method, cfg_scale):
-    """Integrate ``apply(x, t, drop)`` from noise; CFG over drop=False/True when ``guided`` and scale != 1."""
-    num_steps = int(num_steps or fc.get("sample_steps", 32))
-    method = method or fc.get("sampler", "euler")
-    cfg_scale = float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
-    interval = fc.get("cfg_interval", (0.0, 1.0))
-    interval = None if interval is None else tuple(float(v) for v in interval)
-    b = noise.shape[0]
+def flow_objective(config) -> FlowMatching:
+    """The objective of ``config.flow`` (defaults: condition dropout 0.1, 32 sampler steps, guidance on all of
+    [0, 1]). The tasks read it at every use, so a changed config (e.g. ``cfg_interval``) takes effect."""
+    return FlowMatching.from_config(config.flow, cond_drop=0.1, sample_steps=32, cfg_interval=(0.0, 1.0))
 
-    def cond_fn(x, t):
-        return apply(x, t, jnp.zeros((b,), bool))
 
-    model_fn = cond_fn
-    if guided and cfg_scale != 1.0:
-        model_fn = guidance.guided(cond_fn, lambda x, t: apply(x, t, jnp.ones((b,), bool)), cfg_scale,
-                                   interval=interval)
-    return samplers.sample(model_fn, noise, num_steps=num_steps, method=method,
-                           shift=float(fc.get("sample_shift", 1.0)))
+class _Flow:
+    @property
+    def flow(self) -> FlowMatching:
+        """The flow-matching objective of ``self.config`` (``flow_objective``)."""
+        return flow_objective(self.config)
 
 
 # =============================================================================================== images
 
 
-class ImageFlowTask:
+class ImageFlowTask(_Flow):
     """Flow matching over pixel patches of images (procedural shapes), class-conditional with CFG."""
 
     def __init__(self, config):
@@ -105,7 +81,7 @@ class ImageFlowTask:
             raise ValueError(f"config.data.size={self.image_size} is not divisible by config.model.patch={self.patch}")
         self.grid = (self.image_size // self.patch,) * 2
         self.channels = 3
-        self.time_sampler = timesteps.TimeSampler.from_spec(config.flow.get("time_sampler", "logit_normal"))
+        flow_objective(config)  # validates config.flow
         self.num_classes = int(mc.get("num_classes", 0))
 
     # -- model -------------------------------------------------------------------------------------------------
@@ -116,7 +92,8 @@ class ImageFlowTask:
                          num_classes=self.num_classes, pos=mc.get("pos", "rope2d"), grid=self.grid,
                          qk_norm=mc.get("qk_norm", True), attn_impl=mc.get("attn_impl", "xla"),
                          scan=mc.get("scan", True), remat=mc.get("remat", "none"),
-                         dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")),
+                         dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+                         param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"),
                          rngs=rngs)
 
     # -- latents -----------------------------------------------------------------------------------------------
@@ -130,37 +107,33 @@ class ImageFlowTask:
         return []
 
     # -- training ----------------------------------------------------------------------------------------------
-    def _labels(self, batch, rng, p_drop):
+    def _labels(self, batch, rng=None):
+        """The batch's labels (None without classes), each dropped to the null class with probability
+        ``flow.cond_drop`` when ``rng`` is given."""
         if not self.num_classes:
             return None
         labels = batch["label"].astype(jnp.int32)
-        if p_drop > 0:
-            labels = guidance.drop_condition(rng, labels, p_drop, self.num_classes)
+        fm = self.flow
+        if rng is not None and fm.cond_drop > 0:
+            labels = fm.drop_condition(rng, labels, self.num_classes)
         return labels
 
     def loss(self, model, batch, rng, step=None):
         x0 = self.encode(batch)
+        fm = self.flow
         r_t, r_eps, r_drop = jax.random.split(rng, 3)
-        t = self.time_sampler(r_t, (x0.shape[0],))
-        eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
-        labels = self._labels(batch, r_drop, float(self.config.flow.get("cond_drop", 0.1)))
-        v, _ = model(paths.interpolate(x0, eps, t), t, labels=labels)
-        loss = paths.velocity_loss(v, x0, eps)
-        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(paths.x0_from_velocity(
-            paths.interpolate(x0, eps, t), v, t) - x0)))}
+        t, eps, x_t = fm.draw(x0, r_t, r_eps)
+        v, _ = model(x_t, t, labels=self._labels(batch, r_drop))
+        loss, _ = fm.loss(v, x0, eps, t)
+        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(fm.x0(v, x_t, t) - x0)))}
 
     def evaluate(self, model, batch, rng):
         """Velocity loss at fixed times (a low-variance validation curve) for one batch."""
         x0 = self.encode(batch)
-        eps = jax.random.normal(rng, x0.shape, x0.dtype)
-        labels = self._labels(batch, rng, 0.0)
-        out = {}
-        for tv in (0.1, 0.5, 0.9):
-            t = jnp.full((x0.shape[0],), tv, jnp.float32)
-            v, _ = model(paths.interpolate(x0, eps, t), t, labels=labels)
-            out[f"val_loss_t{tv}"] = paths.velocity_loss(v, x0, eps)
-        out["val_loss"] = sum(out.values()) / 3.0
-        return out
+        fm = self.flow
+        labels = self._labels(batch)
+        return fm.fixed_time_losses(lambda x, t: model(x, t, labels=labels)[0], x0, fm.noise(rng, x0),
+                                    (0.1, 0.5, 0.9))
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def sample(self, model, rng, *, num: int, labels=None, num_steps: int | None = None, method: str | None = None,
@@ -170,14 +143,14 @@ class ImageFlowTask:
         # Split once: the sampler's lax.scan must merge a fresh module inside its own trace.
         graphdef, state = nnx.split(model)
 
-        def apply(x, t, drop):
-            lab = labels
-            if lab is not None:
-                lab = jnp.where(drop, self.num_classes, lab)
-            return nnx.merge(graphdef, state)(x, t, labels=lab)[0]
+        def velocity(lab):
+            return lambda x, t: nnx.merge(graphdef, state)(x, t, labels=lab)[0]
 
-        x0 = _flow_sample(self.config.flow, apply, noise, guided=bool(self.num_classes and labels is not None),
-                          num_steps=num_steps, method=method, cfg_scale=cfg_scale)
+        guided = bool(self.num_classes and labels is not None)
+        labels = None if labels is None else jnp.asarray(labels)
+        uncond = velocity(jnp.full_like(labels, self.num_classes)) if guided else None
+        x0 = self.flow.sample(velocity(labels), noise, uncond_fn=uncond, num_steps=num_steps, method=method,
+                              cfg_scale=cfg_scale)
         return self.decode(x0)
 
     def images(self, model, batch, rng):
@@ -266,24 +239,25 @@ class LatentDiffusion(nnx.Module):
         return self.dit(x, t, cond=tokens, cond_mask=mask)[0]
 
 
-class LatentFlowTask:
+class LatentFlowTask(_Flow):
     """Latent diffusion on a frozen stage-1 tokenizer's latents (module docstring). Config fields: tokenizer,
     model (LatentDiT), cond, flow, data.gaussians, render."""
 
     def __init__(self, config):
         self.config = config
         tc = config.tokenizer
-        self.workdir, self.stage1 = stage1.resolve(config, stage2="generate")
-        self.scale = float(tc.get("scale", 1.0))
-        self.sample_posterior = bool(tc.get("sample_posterior", False))
-        tok = stage1.abstract_tokenizer(self.stage1, needs=("encode", "decode", "latent_shape", "output_shape"))
-        self.latent_shape = tuple(int(v) for v in tok.latent_shape)
-        self.output_shape = tuple(int(v) for v in tok.output_shape)
+        self.workdir, self.stage1 = stage1.resolve(config, stage2="generate", expected="autoencode")
+        # The stage-1 model is seen only through its Tokenizer adapter (bound to model.tokenizer when used).
+        self.tokenizer = stage1.tokenizer(self.stage1, scale=float(tc.get("scale", 1.0)),
+                                          sample_posterior=bool(tc.get("sample_posterior", False)))
+        self.scale = self.tokenizer.scale
+        self.latent_shape = self.tokenizer.token_shape
+        self.output_shape = self.tokenizer.output_shape
         n_data = (config.data.get("gaussians") or {}).get("num_gaussians")
         if n_data is not None and int(n_data) != self.output_shape[0]:
             raise ValueError(f"config.data.gaussians.num_gaussians={n_data} must equal the tokenizer's "
                              f"num_gaussians={self.output_shape[0]} (stage-1 config.model)")
-        self.time_sampler = timesteps.TimeSampler.from_spec(config.flow.get("time_sampler", "logit_normal"))
+        flow_objective(config)  # validates config.flow
         cc = config.get("cond") or ml_collections.ConfigDict({"kind": "none"})
         self.cond_kind = cc.get("kind", "none")
         if self.cond_kind not in ("none",) + cond_encoders.ENCODERS:
@@ -381,7 +355,8 @@ class LatentFlowTask:
     def build_generator(self, rngs: nnx.Rngs):
         """(LatentDiT, condition encoder or None): the trainable part of the model."""
         mc = self.config.model
-        kw = dict(dtype=_dtype(mc.get("dtype", "float32")), param_dtype=_dtype(mc.get("param_dtype", "float32")))
+        kw = dict(dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+                         param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"))
         variant = mc.get("variant", "S")
         if variant not in DIT_VARIANTS:
             raise ValueError(f"config.model.variant: unknown LatentDiT variant {variant!r} ({sorted(DIT_VARIANTS)})")
@@ -416,43 +391,33 @@ class LatentFlowTask:
         if rows.ndim != 3 or rows.shape[2] != self.output_shape[1]:
             raise ValueError(f"batch['gaussians']: expected (B, N, {self.output_shape[1]}) raw channels for the "
                              f"tokenizer, got {tuple(rows.shape)}")
-        z, _ = model.tokenizer.encode(rows.astype(jnp.float32), rng=rng, sample_posterior=self.sample_posterior)
-        z = jax.lax.stop_gradient(z.astype(jnp.float32))
-        return (self.scale * z).reshape((z.shape[0],) + self.latent_shape), z
+        tokens = self.tokenizer.bind(model.tokenizer).encode({"gaussians": rows}, rng)
+        return self.scale * tokens, tokens.reshape(tokens.shape[0], -1)
 
     def decode(self, model: LatentDiffusion, x0: jax.Array) -> jax.Array:
         """Latent tokens (B, T, E) -> raw Gaussians (B, N, C) (float32)."""
-        z = (x0 / self.scale).reshape(x0.shape[0], -1)
-        return model.tokenizer.decode(z)[0]
+        return self.tokenizer.bind(model.tokenizer).decode(x0 / self.scale)["gaussians"]
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, model, batch, rng, step=None):
         r_enc, r_t, r_eps, r_drop = jax.random.split(rng, 4)
         x0, z = self.encode(model, batch, r_enc)
-        b = x0.shape[0]
-        t = self.time_sampler(r_t, (b,))
-        eps = jax.random.normal(r_eps, x0.shape, x0.dtype)
-        drop = guidance.drop_mask(r_drop, b, float(self.config.flow.get("cond_drop", 0.1)))
-        xt = paths.interpolate(x0, eps, t)
-        v = model.velocity(xt, t, self._cond_inputs(batch), drop)
-        loss = paths.velocity_loss(v, x0, eps)
+        fm = self.flow
+        t, eps, xt = fm.draw(x0, r_t, r_eps)
+        v = model.velocity(xt, t, self._cond_inputs(batch), fm.drop(r_drop, x0.shape[0]))
+        loss, _ = fm.loss(v, x0, eps, t)
         std = jnp.std(z)
-        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(paths.x0_from_velocity(xt, v, t) - x0))),
+        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(fm.x0(v, xt, t) - x0))),
                       "latent_std": std, "latent_mean": jnp.mean(z), "suggested_scale": 1.0 / jnp.maximum(std, 1e-12),
                       "x0_std": jnp.std(x0)}
 
     def evaluate(self, model, batch, rng):
         """Velocity loss at fixed times with the condition kept, for one batch."""
         x0, _ = self.encode(model, batch)
-        eps = jax.random.normal(rng, x0.shape, x0.dtype)
-        cond = self._cond_inputs(batch)
-        out = {}
-        for tv in (0.1, 0.5, 0.9):
-            t = jnp.full((x0.shape[0],), tv, jnp.float32)
-            v = model.velocity(paths.interpolate(x0, eps, t), t, cond, jnp.zeros((x0.shape[0],), bool))
-            out[f"val_loss_t{tv}"] = paths.velocity_loss(v, x0, eps)
-        out["val_loss"] = sum(out.values()) / 3.0
-        return out
+        fm = self.flow
+        cond, keep = self._cond_inputs(batch), jnp.zeros((x0.shape[0],), bool)
+        return fm.fixed_time_losses(lambda x, t: model.velocity(x, t, cond, keep), x0, fm.noise(rng, x0),
+                                    (0.1, 0.5, 0.9))
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def sample_latents(self, model, rng, *, num: int, cond_inputs: dict | None = None, num_steps=None,
@@ -464,11 +429,12 @@ class LatentFlowTask:
         noise = jax.random.normal(rng, (num,) + self.latent_shape)
         graphdef, state = nnx.split(model)
 
-        def apply(x, t, drop):
-            return nnx.merge(graphdef, state).velocity(x, t, cond_inputs, drop)
+        def velocity(drop: bool):
+            return lambda x, t: nnx.merge(graphdef, state).velocity(x, t, cond_inputs, jnp.full((num,), drop))
 
-        return _flow_sample(self.config.flow, apply, noise, guided=self.cond_kind != "none", num_steps=num_steps,
-                            method=method, cfg_scale=cfg_scale)
+        uncond = velocity(True) if self.cond_kind != "none" else None
+        return self.flow.sample(velocity(False), noise, uncond_fn=uncond, num_steps=num_steps, method=method,
+                                cfg_scale=cfg_scale)
 
     def sample(self, model, rng, *, num: int, cond_inputs: dict | None = None, num_steps=None, method=None,
                cfg_scale=None) -> jax.Array:

@@ -13,15 +13,17 @@ come from the context views; the decoder renders the target views (novel views) 
 ``loss.decode_context``, the context views too. ``loss.token_noise`` > 0 adds N(0, s^2) noise to the tokens before
 decoding, s ~ U(0, token_noise) per scene, so the decoder tolerates imperfect (generated) tokens.
 
-Evaluation: PSNR of target and context views (images in [0, 1]), mean point-map error on valid target pixels,
-L1. ``images``: per scene one row [context | target | rendered target | rendered depth]. ``write_outputs``:
-per scene a rendered trajectory (``trajectory_<i>.gif`` and a ``trajectory_<i>.png`` strip: an arc around the
-point ``render.focus`` (median predicted depth of the first context view) in front of the reference camera) and
-coloured point clouds ``points_<i>.ply`` (decoded point maps of all views, predicted colours, the most confident
-``render.ply_keep`` fraction) and ``points_<i>_gt.ply`` (ground truth of valid pixels).
+Evaluation (``evaluate_examples``: per scene; ``evaluate``: a batch's figures): PSNR and SSIM of target and context
+views (images in [0, 1]), LPIPS of target views when ``metrics.lpips`` names weights
+(``scene3d.metrics.lpips.from_config``), mean point-map error on valid pixels, L1. ``images``: per scene one row
+[context | target | rendered target | rendered depth]. ``write_outputs``: per scene a rendered trajectory
+(``trajectory_<i>.gif`` and a ``trajectory_<i>.png`` strip: an arc around the point ``render.focus`` (median
+predicted depth of the first context view) in front of the reference camera) and coloured point clouds
+``points_<i>.ply`` (decoded point maps of all views, predicted colours, the most confident ``render.ply_keep``
+fraction) and ``points_<i>_gt.ply`` (ground truth of valid pixels).
 
 The tower is random unless ``model.encoder_weights`` names an HF checkpoint (safetensors / .bin / folder) of
-``model.encoder`` (loaded by ``restore_pretrained`` at the start of a run, via ``models.convert_hf``).
+``model.encoder`` (loaded by ``restore_pretrained`` at the start of a run, via ``convert.hf_vit``).
 """
 from __future__ import annotations
 
@@ -33,24 +35,24 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from scene3d.core.config import check_keys
+from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
 from scene3d.losses import perceptual as perceptual_lib
 from scene3d.losses import pointmap
+from scene3d.metrics import image as image_metrics
+from scene3d.metrics.image import to_unit
+from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import vit as vit_lib
 from scene3d.render import ply, video
 from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "encoder_weights", "attn_impl", "scan", "remat", "dtype", "param_dtype"}
                         | {f for f in rae3d_lib.RAE3DConfig.__dataclass_fields__})
 VIEW_FIELDS = ("images", "c2w", "intrinsics")
 
 
-def _dtype(name, field):
-    if name not in _DTYPES:
-        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
-    return _DTYPES[name]
 
 
 def _as_dict(x) -> dict:
@@ -100,17 +102,6 @@ def check_batch(batch: dict, name: str = "rae3d batch") -> None:
                              f"{tuple(batch[f'{part}_mask'].shape)}")
 
 
-def to_unit(images) -> jax.Array:
-    """[-1, 1] -> [0, 1], clipped."""
-    return jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
-
-
-def psnr(a, b) -> jax.Array:
-    """(...,) PSNR in dB of images (..., H, W, 3) in [0, 1] (data range 1)."""
-    mse = jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)), axis=(-3, -2, -1))
-    return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
-
-
 def depth_image(depth, lo=None, hi=None) -> np.ndarray:
     """(..., H, W) depth -> uint8 (..., H, W, 3) grey (near = bright) on the 2-98 percentile range."""
     d = np.asarray(depth, np.float32)
@@ -119,15 +110,6 @@ def depth_image(depth, lo=None, hi=None) -> np.ndarray:
     g = 1.0 - np.clip((d - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     return np.repeat((g[..., None] * 255 + 0.5).astype(np.uint8), 3, -1)
 
-
-def arc_trajectory(num: int, focus: float, arc_deg: float = 60.0, elevation_deg: float = 10.0) -> np.ndarray:
-    """(num, 4, 4) c2w in the reference-camera frame: an arc of ``arc_deg`` centred on the reference camera around
-    the point ``focus`` in front of it (camera up = -y), all looking at that point."""
-    if num < 1 or not focus > 0:
-        raise ValueError(f"arc_trajectory: need num >= 1 and focus > 0, got {num}, {focus}")
-    return trajectories.orbit((0.0, 0.0, float(focus)), float(focus), int(num), elevation_deg=elevation_deg,
-                              up=(0.0, -1.0, 0.0), start_azimuth_deg=180.0 - arc_deg / 2, turns=arc_deg / 360.0,
-                              endpoint=True).astype(np.float32)
 
 
 # ================================================================================================ task
@@ -141,9 +123,7 @@ class RAE3DTask:
         mc = config.model
         if mc.get("name", "rae3d") != "rae3d":
             raise ValueError(f"config.model.name: the rae3d task trains 'rae3d', got {mc.name!r}")
-        unknown = set(mc.keys()) - _MODEL_KEYS
-        if unknown:
-            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)}")
+        check_keys(mc, _MODEL_KEYS, "config.model")
         fields = {k: mc[k] for k in rae3d_lib.RAE3DConfig.__dataclass_fields__ if k in mc}
         self.model_cfg = rae3d_lib.rae3d_config(mc.get("variant", "tiny"), **fields)
         self.loss_cfg = _as_dict(config.get("loss"))
@@ -153,6 +133,7 @@ class RAE3DTask:
             raise ValueError(f"config.loss.perceptual_kind: expected one of {perceptual_lib.KINDS}, got {kind!r}")
         if float(self.loss_cfg.get("align", 0.0)) > 0 and not self.model_cfg.align:
             raise ValueError("config.loss.align > 0 needs config.model.align=True (the decoder's feature head)")
+        self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
         views = _as_dict(config.data.get("views"))
         res = views.get("resolution")
         if res is not None:
@@ -231,23 +212,57 @@ class RAE3DTask:
             al = 1.0 - jnp.mean(cos)
             total = total + w * al
             metrics["align"] = al
-        metrics["psnr"] = jnp.mean(psnr(to_unit(rgb), to_unit(gt)))
+        metrics["psnr"] = jnp.mean(image_metrics.psnr(to_unit(rgb), to_unit(gt)))
         metrics["token_std"] = jnp.std(tokens)
         return total, metrics
 
-    def evaluate(self, model, batch, rng):
+    def evaluate_examples(self, model, batch, rng):
+        """Per-scene metrics (B,) of the views decoded from the context's tokens (the decoder is deterministic:
+        no render variance), averaged over each scene's target views (and, ``*_context``, its context views):
+        ``psnr`` / ``ssim`` (images in [0, 1]), ``lpips`` (``metrics.lpips`` set), ``l1`` (on [-1, 1]) and, with a
+        point head, ``point_err`` (mean Euclidean error over the valid pixels) with ``point_pixels`` (their count,
+        the weight of the scene's error in a batch / split figure)."""
+        del rng
         out, _, parts = self.render(model, batch, None, with_context=True)
-        gt = self._gt(batch, parts, "images")
+        gt = self._gt(batch, parts, "images").astype(jnp.float32)
         vc = batch["context_images"].shape[1]
-        p = psnr(to_unit(out["rgb"]), to_unit(gt))  # (B, V)
-        res = {"psnr": jnp.mean(p[:, vc:]), "psnr_context": jnp.mean(p[:, :vc]),
-               "l1": jnp.mean(jnp.abs(out["rgb"][:, vc:] - gt[:, vc:]))}
+        pred_u, gt_u = to_unit(out["rgb"]), to_unit(gt)
+        p, s = image_metrics.psnr(pred_u, gt_u), image_metrics.ssim(pred_u, gt_u)  # (B, V)
+        res = {"psnr": jnp.mean(p[:, vc:], 1), "psnr_context": jnp.mean(p[:, :vc], 1),
+               "ssim": jnp.mean(s[:, vc:], 1), "ssim_context": jnp.mean(s[:, :vc], 1),
+               "l1": jnp.mean(jnp.abs(out["rgb"][:, vc:].astype(jnp.float32) - gt[:, vc:]), axis=(1, 2, 3, 4))}
+        if self.lpips is not None:  # LPIPS takes [-1, 1]
+            res["lpips"] = jnp.mean(self.lpips(pred_u[:, vc:] * 2.0 - 1.0, gt_u[:, vc:] * 2.0 - 1.0), 1)
         if self.model_cfg.points:
-            res["point_err"] = pointmap.point_error(out["points"][:, vc:], batch["target_points"],
-                                                    batch["target_mask"])
-            res["point_err_context"] = pointmap.point_error(out["points"][:, :vc], batch["context_points"],
-                                                            batch["context_mask"])
+            for name, sl, part in (("point_err", slice(vc, None), "target"), ("point_err_context", slice(0, vc),
+                                                                              "context")):
+                m = batch[f"{part}_mask"].astype(jnp.float32)
+                d = pointmap.point_distance(out["points"][:, sl], batch[f"{part}_points"])
+                pixels = jnp.sum(m, axis=(1, 2, 3))
+                res[name] = jnp.sum(d * m, axis=(1, 2, 3)) / jnp.maximum(pixels, 1.0)
+                res[name.replace("err", "pixels")] = pixels
         return res
+
+    @staticmethod
+    def _pool(values: dict, xp) -> dict:
+        """Batch / split figures of per-scene values with the array module ``xp`` (jnp under jit, np on the host):
+        means; point errors weighted by the scenes' valid-pixel counts (the error over all valid pixels)."""
+        out = {k: xp.mean(v) for k, v in values.items() if not k.startswith("point_pixels")}
+        for k in ("point_err", "point_err_context"):
+            if k in values:
+                w = values[k.replace("err", "pixels")]
+                out[k] = xp.sum(values[k] * w) / xp.maximum(xp.sum(w), 1.0)
+        return out
+
+    def summarize_examples(self, values: dict, batch_size: int) -> dict:
+        """Split figures from per-scene values (``evaluate_examples``): means, point errors pixel-weighted."""
+        del batch_size
+        return {k: float(v) for k, v in self._pool({k: np.asarray(v, np.float64) for k, v in values.items()},
+                                                    np).items()}
+
+    def evaluate(self, model, batch, rng):
+        """The batch figures of ``evaluate_examples`` (means; point errors weighted by valid pixels)."""
+        return self._pool(self.evaluate_examples(model, batch, rng), jnp)
 
     # -- figures and files -------------------------------------------------------------------------------------
     def _host(self, batch, k):
@@ -294,7 +309,9 @@ class RAE3DTask:
             else:
                 focus = float(rc.get("focus", 1.0))
             focus = float(np.clip(focus, 0.1, 100.0))
-            c2w = arc_trajectory(n, focus, float(rc.get("arc_deg", 60.0)), float(rc.get("elevation_deg", 10.0)))
+            c2w = trajectories.focus_orbit(n, focus, arc_deg=float(rc.get("arc_deg", 60.0)),
+                                           elevation_deg=float(rc.get("elevation_deg", 10.0)),
+                                           centred=True).astype(np.float32)
             intr = np.broadcast_to(host["context_intrinsics"][i, 0], (n, 4)).astype(np.float32)
             frames = np.asarray(decode(model, tokens[i:i + 1], jnp.asarray(c2w[None]), jnp.asarray(intr[None])))[0]
             video.write_gif(os.path.join(out_dir, f"trajectory_{i}.gif"), uint8(frames),
@@ -319,8 +336,8 @@ def _unit(x, eps: float = 1e-6):
 
 def load_tower_weights(variables, encoder: str, path):
     """``variables`` (an nnx State of a model holding ``encoder.vit``) with the tower's variables replaced by the
-    HF checkpoint at ``path`` (converted by ``models.convert_hf``), placed with the existing shardings and dtypes."""
-    from scene3d.models import convert_hf
+    HF checkpoint at ``path`` (converted by ``convert.hf_vit``), placed with the existing shardings and dtypes."""
+    from scene3d.convert import hf_vit as convert_hf
     sd = convert_hf.read_hf_checkpoint(path)
     abstract = nnx.eval_shape(lambda: vit_lib.ViT(encoder, rngs=nnx.Rngs(0)))
     state, report = convert_hf.from_hf_state_dict(abstract, sd)

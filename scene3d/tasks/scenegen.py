@@ -1,7 +1,8 @@
 """SceneGen stage 2: flow matching over a frozen SceneTok's scene tokens, conditioned on views and camera anchors.
 
-The stage-1 model (``scene3d.tasks.scenetok.SceneTokModel``: image compressor + SceneTok) lives inside the stage-2
-model as ``Frozen`` variables (``scene3d.tasks.stage1``). ``restore_pretrained`` fills it from
+The stage-1 model (``scene3d.models.tokenizers.SceneTokModel``: image compressor + SceneTok) lives inside the
+stage-2 model as ``Frozen`` variables (``scene3d.tasks.stage1``) and is used only through its Tokenizer adapter
+(``SceneTokTokenizer``: image latents, encode, decode = render along cameras). ``restore_pretrained`` fills it from
 ``tokenizer.workdir`` (a configs/scenetok.py run: its config.json gives the architecture, its checkpoint the
 weights, EMA if kept); without a workdir it is built from ``tokenizer.image_compressor`` / ``tokenizer.model`` and
 randomly initialised (smoke tests only).
@@ -33,28 +34,25 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from scene3d.diffusion import paths, timesteps
+from scene3d.core.config import check_keys
+from scene3d.core.dtypes import dtype as _dtype
+from scene3d.diffusion.objective import FlowMatching
 from scene3d.metrics import image as image_metrics
-from scene3d.models import scenegen, scenetok
+from scene3d.models import scenegen, scenetok, tokenizers
 from scene3d.tasks import stage1
 from scene3d.tasks import scenetok as stok
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "hidden", "depth", "heads", "mlp_ratio", "latent_patch", "camera_patch",
                          "freq_dim", "token_scale", "camera_dtype", "camera_dropout", "attn_impl", "scan", "remat",
                          "dtype", "param_dtype"})
 
 
-def _dtype(name: str, field: str):
-    if name not in _DTYPES:
-        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
-    return _DTYPES[name]
 
 
 class SceneGenModel(nnx.Module):
     """The stage-2 model: ``generator`` (SceneGen, trained) and ``tokenizer`` (the frozen SceneTokModel)."""
 
-    def __init__(self, generator: scenegen.SceneGen, tokenizer: stok.SceneTokModel):
+    def __init__(self, generator: scenegen.SceneGen, tokenizer: tokenizers.SceneTokModel):
         self.generator, self.tokenizer = generator, tokenizer
 
 
@@ -69,24 +67,23 @@ class SceneGenTask:
             config, stage2="scenegen", expected="scenetok", init_fields="model + image_compressor",
             extra={"image_compressor": (tc.get("image_compressor") or ml_collections.ConfigDict()).to_dict(),
                    "flow": config.flow.to_dict()})
-        # The stage-1 task renders generated tokens: its flow settings, with ``decode`` overrides, and ``render``.
-        s1 = self.stage1.to_dict()
-        s1["flow"] = dict(s1.get("flow") or {}, **{k: v for k, v in (config.get("decode") or {}).items()
-                                                   if v is not None})
-        s1["render"] = (config.get("render") or ml_collections.ConfigDict()).to_dict()
-        self.tok_task = stok.SceneTokTask(ml_collections.ConfigDict(s1))
+        self.sample_tokens = bool(tc.get("sample_tokens", False))
+        # The stage-1 model through its adapter; generated tokens render with the stage-1 run's decoder sampler
+        # (its flow settings, with the non-None ``decode`` overrides).
+        self.tokenizer = stage1.tokenizer(self.stage1, sample_tokens=self.sample_tokens,
+                                          flow_overrides=config.get("decode"))
         views = dict(config.data.get("views") or {})
         res = tuple(int(v) for v in views.get("resolution") or ())
-        if res != self.tok_task.resolution:
+        if res != self.tokenizer.resolution:
             raise ValueError(f"config.data.views.resolution={res or None} must equal the stage-1 run's "
-                             f"{self.tok_task.resolution} (the tokenizer's latents are tied to it)")
+                             f"{self.tokenizer.resolution} (the tokenizer's latents are tied to it)")
         self.num_context = int(views.get("num_context", 2))
         self.num_target = int(views.get("num_target", 1))
-        self.info = stok.latent_info(self.tok_task)
+        num_tokens, token_dim = self.tokenizer.token_shape
+        self.info = dict(latent_grid=self.tokenizer.latent_grid, latent_channels=self.tokenizer.latent_channels,
+                         num_tokens=num_tokens, token_dim=token_dim, resolution=res)
         mc = config.model
-        unknown = set(mc.keys()) - _MODEL_KEYS
-        if unknown:
-            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)}")
+        check_keys(mc, _MODEL_KEYS, "config.model")
         if mc.get("variant", "tiny") not in scenegen.VARIANTS:
             raise ValueError(f"config.model.variant: unknown SceneGen variant {mc.variant!r} "
                              f"(known: {sorted(scenegen.VARIANTS)})")
@@ -97,8 +94,9 @@ class SceneGenTask:
         cp = int(mc.get("camera_patch", 2))
         # The camera patch grid must equal the latent token grid: Pluecker maps of (grid x camera_patch) pixels.
         self.camera_size = (gh // lp * cp, gw // lp * cp)
-        fc = config.flow
-        self.time_sampler = timesteps.TimeSampler.from_spec(fc.get("time_sampler", "logit_normal,shift=4.0"))
+        # Condition dropout is SceneGen's own (cond.p_view / p_uncond, scenegen.random_cond_mask).
+        self.flow = FlowMatching.from_config(config.flow, time_sampler="logit_normal,shift=4.0", sample_steps=25,
+                                             sample_shift=4.0)
         cc = config.get("cond") or {}
         self.p_view, self.p_uncond = float(cc.get("p_view", 0.5)), float(cc.get("p_uncond", 0.1))
         sc = config.get("sample") or {}
@@ -106,7 +104,6 @@ class SceneGenTask:
         if not 1 <= self.num_cond_views <= self.num_context:
             raise ValueError(f"config.sample.num_cond_views={self.num_cond_views} must be in 1..data.views."
                              f"num_context={self.num_context}")
-        self.sample_tokens = bool(tc.get("sample_tokens", False))
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_generator(self, rngs: nnx.Rngs) -> scenegen.SceneGen:
@@ -117,7 +114,7 @@ class SceneGenTask:
             latent_channels=self.info["latent_channels"], latent_patch=int(mc.get("latent_patch", 1)),
             camera_size=self.camera_size, camera_patch=int(mc.get("camera_patch", 2)),
             mlp_ratio=float(mc.get("mlp_ratio", 4.0)), token_scale=float(mc.get("token_scale", 1.0)),
-            shift=float(self.config.flow.get("sample_shift", 4.0)), camera_dtype=mc.get("camera_dtype", "float32"),
+            shift=self.flow.sample_shift, camera_dtype=mc.get("camera_dtype", "float32"),
             camera_dropout=float(mc.get("camera_dropout", 0.1)), max_cond_views=self.num_context,
             attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True), remat=mc.get("remat", "none"),
             dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
@@ -140,11 +137,9 @@ class SceneGenTask:
         stok.check_views(batch, "scenegen batch")
         ctx_c2w, tgt_c2w = scenetok.relative_to_reference(jnp.asarray(batch["context_c2w"], jnp.float32),
                                                           jnp.asarray(batch["target_c2w"], jnp.float32))
-        tok = model.tokenizer
-        lat = jax.lax.stop_gradient(tok.latents(batch["context_images"]))
-        sample = self.sample_tokens and rng is not None
-        tokens, _ = tok.scenetok.encode(lat, ctx_c2w, batch["context_intrinsics"], rng=rng, sample=sample)
-        tokens = jax.lax.stop_gradient(tokens)
+        tok = self.tokenizer.bind(model.tokenizer)
+        lat = tok.image_latents(batch["context_images"])
+        tokens = tok.encode({"latents": lat, "c2w": ctx_c2w, "intrinsics": batch["context_intrinsics"]}, rng)
         return dict(tokens=tokens, x0=model.generator.scale_tokens(tokens), cond_latents=lat, context_c2w=ctx_c2w,
                     context_intrinsics=jnp.asarray(batch["context_intrinsics"], jnp.float32), target_c2w=tgt_c2w,
                     target_intrinsics=jnp.asarray(batch["target_intrinsics"], jnp.float32))
@@ -159,19 +154,16 @@ class SceneGenTask:
 
     def generate(self, model: SceneGenModel, inputs: dict, rng, cond_mask, *, num_steps=None, cfg_scale=None):
         """Scene tokens (B, K, d) (compressor units) sampled from noise for the condition in ``inputs``."""
-        fc = self.config.flow
-        interval = fc.get("cfg_interval")
-        scale = float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale)
         return model.generator.sample(
             rng, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"], inputs["context_c2w"],
-            inputs["context_intrinsics"], cond_mask=cond_mask, num_steps=int(num_steps or fc.get("sample_steps", 25)),
-            method=fc.get("sampler", "euler"), shift=float(fc.get("sample_shift", 4.0)),
-            cfg_scale=None if scale == 1.0 else scale,
-            cfg_interval=None if interval is None else tuple(float(v) for v in interval))
+            inputs["context_intrinsics"], cond_mask=cond_mask, flow=self.flow, num_steps=num_steps,
+            cfg_scale=cfg_scale)
 
     def render(self, model: SceneGenModel, tokens, c2w, intrinsics, rng):
-        """Target-view images (B, M, H, W, 3) (float, unclipped [-1, 1]) rendered by the frozen stage 1."""
-        return model.tokenizer.pixels(self.tok_task.render(model.tokenizer, tokens, c2w, intrinsics, rng))
+        """Target-view images (B, M, H, W, 3) (float, unclipped [-1, 1]) rendered by the frozen stage 1 (cameras
+        in context view 0's frame)."""
+        cameras = tokenizers.Cameras(c2w, intrinsics)
+        return self.tokenizer.bind(model.tokenizer).decode(tokens, cameras, rng)["images"]
 
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, model, batch, rng, step=None):
@@ -179,14 +171,12 @@ class SceneGenTask:
         inputs = self.prepare(model, batch, r_tok)
         x0 = inputs["x0"]
         b = x0.shape[0]
-        t = self.time_sampler(r_t, (b,))
-        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
+        t, eps, x_t = self.flow.draw(x0, r_t, r_eps)
         mask = scenegen.random_cond_mask(r_mask, b, self.num_context, p_view=self.p_view, p_uncond=self.p_uncond)
-        x_t = paths.interpolate(x0, eps, t)
         v = self.velocity(model, inputs, x_t, t, mask, r_cam)
-        loss = paths.velocity_loss(v, x0, eps)
+        loss, _ = self.flow.loss(v, x0, eps, t)
         std = jnp.std(inputs["tokens"])
-        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(paths.x0_from_velocity(x_t, v, t) - x0))),
+        return loss, {"x0_rmse": jnp.sqrt(jnp.mean(jnp.square(self.flow.x0(v, x_t, t) - x0))),
                       "token_std": std, "suggested_token_scale": 1.0 / jnp.maximum(std, 1e-12),
                       "x0_std": jnp.std(x0), "cond_views": jnp.mean(jnp.sum(mask, axis=1).astype(jnp.float32))}
 
@@ -197,23 +187,17 @@ class SceneGenTask:
         inputs = self.prepare(model, batch)
         x0 = inputs["x0"]
         b = x0.shape[0]
-        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
         full = jnp.ones((b, self.num_context), bool)
-        out, vals = {}, []
-        for tv in (0.25, 0.5, 0.75):
-            t = jnp.full((b,), tv, jnp.float32)
-            vals.append(paths.velocity_loss(self.velocity(model, inputs, paths.interpolate(x0, eps, t), t, full),
-                                            x0, eps))
-            out[f"val_loss_t{tv}"] = vals[-1]
-        out["val_loss"] = sum(vals) / len(vals)
+        out = self.flow.fixed_time_losses(lambda x, t: self.velocity(model, inputs, x, t, full), x0,
+                                          self.flow.noise(r_eps, x0))
         if not bool((self.config.get("sample") or {}).get("in_eval", True)):
             return out
         gen = self.generate(model, inputs, r_gen, self.eval_mask(b))
         cams = (inputs["target_c2w"], inputs["target_intrinsics"])
         # The same decoder noise for both token sets: differences come from the tokens.
-        pred = stok.to_unit(self.render(model, gen, *cams, r_render))
-        ref = stok.to_unit(self.render(model, inputs["tokens"], *cams, r_render))
-        gt = stok.to_unit(batch["target_images"])
+        pred = image_metrics.to_unit(self.render(model, gen, *cams, r_render))
+        ref = image_metrics.to_unit(self.render(model, inputs["tokens"], *cams, r_render))
+        gt = image_metrics.to_unit(batch["target_images"])
         out.update(gen_psnr=jnp.mean(image_metrics.psnr(pred, gt)), gen_ssim=jnp.mean(image_metrics.ssim(pred, gt)),
                    stage1_psnr=jnp.mean(image_metrics.psnr(ref, gt)),
                    gen_vs_stage1_psnr=jnp.mean(image_metrics.psnr(pred, ref)),
@@ -224,6 +208,17 @@ class SceneGenTask:
     def _num_scenes(self, batch) -> int:
         return min(int((self.config.get("render") or {}).get("num_scenes", 2)),
                    int(batch["context_images"].shape[0]))
+
+    def context_tokens(self, model, batch: dict) -> jax.Array:
+        """Stage-1 tokens (B, K, d) (posterior mean) of a batch's context views (host or device arrays)."""
+        return _context_tokens(self, model, *(jnp.asarray(batch[k], jnp.float32) for k in
+                                              ("context_images", "context_c2w", "context_intrinsics")))
+
+    def render_views(self, model, tokens, c2w, intrinsics, rng) -> np.ndarray:
+        """Host images (B, M, H, W, 3) in [-1, 1] (unclipped) of cameras (B, M, ...) in context view 0's frame,
+        rendered from tokens (B, K, d) by the frozen stage 1."""
+        return np.asarray(jax.device_get(_render(self, model, jnp.asarray(tokens), jnp.asarray(c2w, jnp.float32),
+                                                 jnp.asarray(intrinsics, jnp.float32), rng)))
 
     def generate_tokens(self, model, batch: dict, rng) -> jax.Array:
         """Tokens generated for a batch's first ``sample.num_cond_views`` context views (host or device arrays)."""
@@ -238,10 +233,10 @@ class SceneGenTask:
         host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in batch}
         r_gen, r_render = jax.random.split(rng)
         gen = self.generate_tokens(model, host, r_gen)
-        ref = self.tok_task.context_tokens(model.tokenizer, host)
+        ref = self.context_tokens(model, host)
         cams = (stok.relative_to_first(host["context_c2w"], host["target_c2w"]), host["target_intrinsics"])
         u8 = stok.uint8
-        out = [self.tok_task.render_views(model.tokenizer, tokens, *cams, r_render) for tokens in (gen, ref)]
+        out = [self.render_views(model, tokens, *cams, r_render) for tokens in (gen, ref)]
         rows = [[u8(host["context_images"][i, :self.num_cond_views]), u8(host["target_images"][i]), u8(out[0][i]),
                  u8(out[1][i])] for i in range(k)]
         return {"views": stok.view_rows(rows)}
@@ -255,7 +250,11 @@ class SceneGenTask:
         host = {key: np.asarray(jax.device_get(batch[key]))[:k] for key in batch}
         r_gen, r_render = jax.random.split(rng)
         tokens = self.generate_tokens(model, host, r_gen)
-        self.tok_task.write_orbits(model.tokenizer, tokens, host["context_intrinsics"][0, 0], r_render, out_dir)
+        rc = self.config.get("render")
+        c2w, intr = stok.orbit_cameras(rc, host["context_intrinsics"][0, 0])
+        frames = self.render_views(model, tokens, np.broadcast_to(c2w, (k,) + c2w.shape),
+                                   np.broadcast_to(intr, (k,) + intr.shape), r_render)
+        stok.write_orbit_gifs(frames, rc, out_dir)
 
 
 def _generate(task: SceneGenTask, model, batch, rng):
@@ -263,4 +262,13 @@ def _generate(task: SceneGenTask, model, batch, rng):
     return task.generate(model, inputs, rng, task.eval_mask(inputs["x0"].shape[0]))
 
 
-_generate_tokens = nnx.jit(_generate, static_argnums=0)  # compiled once per task instance and shapes
+def _encode_context(task: SceneGenTask, model, images, c2w, intrinsics):
+    inputs = {"images": images, "c2w": scenetok.relative_to_reference(c2w), "intrinsics": intrinsics}
+    return task.tokenizer.bind(model.tokenizer).encode(inputs)
+
+
+# Compiled once per task instance and shapes.
+_generate_tokens = nnx.jit(_generate, static_argnums=0)
+_context_tokens = nnx.jit(_encode_context, static_argnums=0)
+_render = nnx.jit(lambda task, model, tokens, c2w, intrinsics, rng: task.render(model, tokens, c2w, intrinsics, rng),
+                  static_argnums=0)

@@ -27,10 +27,8 @@ row [context | target | rendered] (``views``) and [target | mean render | per-pi
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,25 +36,24 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from scene3d.diffusion import paths, timesteps
+from scene3d import losses
+from scene3d.core.config import check_keys
+from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
 from scene3d.metrics import image as image_metrics
-from scene3d.models import image_vae, scenetok
+from scene3d.metrics.image import to_unit
+from scene3d.models import image_vae, scenetok, tokenizers
+from scene3d.models.tokenizers import RenderSpec, SceneTokModel
 from scene3d.render import plots, video
 from scene3d.tasks import stage1
 from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _MODEL_KEYS = frozenset({"name", "variant", "compressor", "decoder", "attn_impl", "scan", "remat", "dtype",
                          "param_dtype"})
 # SceneTok fields the image compressor determines.
 _DATA_FIELDS = ("in_channels", "input_size")
 
 
-def _dtype(name: str, field: str):
-    if name not in _DTYPES:
-        raise ValueError(f"{field}: unknown dtype {name!r} (known: {sorted(_DTYPES)})")
-    return _DTYPES[name]
 
 
 def _as_dict(x) -> dict:
@@ -103,22 +100,6 @@ def check_views(batch: dict, name: str = "scenetok batch") -> None:
                              f"(fx/W, fy/H, cx/W, cy/H), got {tuple(k.shape)}")
 
 
-def to_unit(images) -> jax.Array:
-    """[-1, 1] -> [0, 1], clipped."""
-    return jnp.clip((jnp.asarray(images, jnp.float32) + 1.0) * 0.5, 0.0, 1.0)
-
-
-def orbit_trajectory(num: int, *, focus_depth: float, elevation_deg: float = 0.0, arc_deg: float = 360.0,
-                     radius: float | None = None) -> np.ndarray:
-    """(num, 4, 4) OpenCV c2w in the reference-camera frame: an orbit around the point ``focus_depth`` in front of
-    the reference camera (identity), about the camera's up axis (-y), over ``arc_deg`` degrees, starting at the
-    reference camera (for radius = focus_depth and elevation 0)."""
-    if num < 1 or focus_depth <= 0:
-        raise ValueError(f"orbit_trajectory: need num >= 1 and focus_depth > 0, got {num}, {focus_depth}")
-    r = float(focus_depth if radius is None else radius)
-    return trajectories.orbit((0.0, 0.0, float(focus_depth)), r, int(num), elevation_deg=elevation_deg,
-                              up=(0.0, -1.0, 0.0), start_azimuth_deg=180.0, turns=arc_deg / 360.0)
-
 
 def relative_to_first(context_c2w: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     """Host-side pose normalisation: poses (B, V, 4, 4) in the frame of context view 0 ((B, Vc, 4, 4))."""
@@ -126,21 +107,25 @@ def relative_to_first(context_c2w: np.ndarray, c2w: np.ndarray) -> np.ndarray:
     return (ref @ np.asarray(c2w, np.float64)).astype(np.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class RenderSpec:
-    """Static settings of the decoder's sampler (``flow.*``) and the latent grid."""
-    latent_grid: tuple
-    num_steps: int
-    shift: float
-    method: str
-    cfg_scale: float
-    cfg_interval: tuple | None
+def orbit_cameras(render_config, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(c2w (n, 4, 4), intrinsics (n, 4)): the orbit of ``render_config.orbit`` (num_frames, focus_depth,
+    elevation_deg, arc_deg, radius) in the reference-camera frame, every frame with the (4,) ``intrinsics``."""
+    oc = (render_config or {}).get("orbit") or {}
+    c2w = trajectories.focus_orbit(int(oc.get("num_frames", 24)), float(oc.get("focus_depth", 1.0)),
+                                   elevation_deg=float(oc.get("elevation_deg", 0.0)),
+                                   arc_deg=float(oc.get("arc_deg", 360.0)), radius=oc.get("radius"))
+    return c2w.astype(np.float32), np.broadcast_to(np.asarray(intrinsics, np.float32), (len(c2w), 4))
+
+
+def write_orbit_gifs(frames: np.ndarray, render_config, out_dir: str) -> None:
+    """``orbit_<i>.gif`` of each scene's frames (B, n, H, W, 3) in [-1, 1] at ``render_config.orbit.fps``."""
+    fps = float(((render_config or {}).get("orbit") or {}).get("fps", 8.0))
+    for i in range(len(frames)):
+        video.write_gif(os.path.join(out_dir, f"orbit_{i}.gif"), uint8(frames[i]), fps=fps)
 
 
 def _render_latents(spec: RenderSpec, model, tokens, c2w, intrinsics, rng):
-    return model.scenetok.render(tokens, c2w, intrinsics, rng, latent_size=spec.latent_grid,
-                                 num_steps=spec.num_steps, shift=spec.shift, method=spec.method,
-                                 cfg_scale=spec.cfg_scale, cfg_interval=spec.cfg_interval)
+    return spec.render(model.scenetok, tokens, c2w, intrinsics, rng)
 
 
 def _render_pixels(spec: RenderSpec, model, tokens, c2w, intrinsics, rng):
@@ -205,30 +190,6 @@ context_tokens_jit = nnx.jit(_context_tokens)
 # ================================================================================================ model
 
 
-class SceneTokModel(nnx.Module):
-    """The stage-1 model: ``image`` (PixelLatent or ImageVAE) and ``scenetok`` (compressor + decoder)."""
-
-    def __init__(self, image, model: scenetok.SceneTok):
-        self.image, self.scenetok = image, model
-
-    def latents(self, images: jax.Array, rng=None) -> jax.Array:
-        """Views (B, V, H, W, 3) in [-1, 1] -> latents (B, V, h, w, C)."""
-        b, v = images.shape[:2]
-        lat = self.image.encode(images.reshape((b * v,) + images.shape[2:]), rng)
-        return lat.reshape((b, v) + lat.shape[1:])
-
-    def pixels(self, latents: jax.Array) -> jax.Array:
-        """Latents (B, V, h, w, C) -> views (B, V, H, W, 3) (float32, unclipped)."""
-        b, v = latents.shape[:2]
-        im = self.image.decode(latents.reshape((b * v,) + latents.shape[2:])).astype(jnp.float32)
-        return im.reshape((b, v) + im.shape[1:])
-
-    def tokens(self, images, c2w, intrinsics, *, rng=None, sample: bool = False):
-        """Context views -> scene tokens (B, K, d) (posterior mean unless ``sample``) and the compressor's aux."""
-        lat = jax.lax.stop_gradient(self.latents(images))
-        return self.scenetok.encode(lat, c2w, intrinsics, rng=rng, sample=sample)
-
-
 # ================================================================================================ task
 
 
@@ -240,10 +201,8 @@ class SceneTokTask:
         mc = config.model
         if mc.get("name", "scenetok") != "scenetok":
             raise ValueError(f"config.model.name: the scenetok task trains 'scenetok', got {mc.name!r}")
-        unknown = set(mc.keys()) - _MODEL_KEYS
-        if unknown:
-            raise ValueError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(_MODEL_KEYS)} (sizes go "
-                             f"in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
+        check_keys(mc, _MODEL_KEYS, "config.model",
+                   f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
         self.variant = mc.get("variant", "tiny")
         if self.variant not in scenetok.VARIANTS:
             raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "
@@ -275,18 +234,10 @@ class SceneTokTask:
                                                                  input_size=self.latent_grid[0]))
         self.decoder_cfg = self._overrides("decoder", dict(in_channels=self.latent_channels,
                                                            input_size=self.latent_grid[0], temporal_downsample=1))
-        fc = config.get("flow") or {}
-        self.flow = fc
-        self.time_sampler = timesteps.TimeSampler.from_spec(fc.get("time_sampler", "logit_normal"))
-        self.num_chunks = int(fc.get("num_chunks", 1))
-        if self.num_target % self.num_chunks:
-            raise ValueError(f"config.flow.num_chunks={self.num_chunks} must divide data.views.num_target="
+        self.flow = scenetok.flow_objective(config.get("flow"))
+        if self.num_target % self.flow.num_chunks:
+            raise ValueError(f"config.flow.num_chunks={self.flow.num_chunks} must divide data.views.num_target="
                              f"{self.num_target} (one noise level per chunk of target views)")
-        self.null_prob = float(fc.get("null_prob", 0.0))
-        self.loss_weighting = str(fc.get("loss_weighting", "velocity"))
-        if self.loss_weighting not in scenetok.LOSS_WEIGHTINGS:
-            raise ValueError(f"config.flow.loss_weighting must be one of {scenetok.LOSS_WEIGHTINGS}, "
-                             f"got {self.loss_weighting!r}")
         lc = config.get("loss") or {}
         kl = lc.get("kl_weight")
         self.kl_weight = None if kl is None else float(kl)
@@ -303,9 +254,7 @@ class SceneTokTask:
     def _overrides(self, part: str, derived: dict) -> dict:
         given = _as_dict(self.config.model.get(part))
         keys = scenetok.COMPRESSOR_KEYS if part == "compressor" else scenetok.DECODER_KEYS
-        unknown = set(given) - keys
-        if unknown:
-            raise ValueError(f"config.model.{part}: unknown keys {sorted(unknown)}; known: {sorted(keys)}")
+        check_keys(given, keys, f"config.model.{part}")
         for k, v in derived.items():
             if k in given and given[k] != v:
                 raise ValueError(f"config.model.{part}.{k}={given[k]} disagrees with the image latents ({k}={v} from "
@@ -340,7 +289,7 @@ class SceneTokTask:
         if not self.vae_weights:
             logging.warning("config.image_compressor: a frozen VA-VAE without weights is RANDOM (smoke tests only)")
             return params
-        from scene3d.models import convert_image_vae
+        from scene3d.convert import image_vae as convert_image_vae
         vae = nnx.eval_shape(lambda: self._build_image(nnx.Rngs(0)))
         loaded, report = convert_image_vae.official_to_state(vae, convert_image_vae.load_official(self.vae_weights),
                                                               name=str(self.vae_weights))
@@ -373,18 +322,13 @@ class SceneTokTask:
         flat = images.reshape((-1,) + images.shape[2:]).astype(jnp.float32)
         rec, aux = model.image(flat, rng)
         mse = jnp.mean(jnp.square(rec.astype(jnp.float32) - flat))
-        kl = jnp.mean(scenetok.gaussian_kl(aux["mean"], aux["logvar"]))
+        kl = losses.kl_loss(aux["mean"], aux["logvar"], axes=None)
         loss = self.vae_recon_weight * mse + self.vae_kl_weight * kl
         return loss, {"vae_mse": mse, "vae_kl": kl, "vae_psnr": jnp.mean(image_metrics.psnr(
             to_unit(rec), to_unit(flat)))}
 
     def render_spec(self, *, num_steps=None, cfg_scale=None) -> RenderSpec:
-        fc = self.flow
-        interval = fc.get("cfg_interval")
-        return RenderSpec(latent_grid=tuple(self.latent_grid), num_steps=int(num_steps or fc.get("sample_steps", 25)),
-                          shift=float(fc.get("sample_shift", 1.0)), method=fc.get("sampler", "euler"),
-                          cfg_scale=float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale),
-                          cfg_interval=None if interval is None else tuple(float(v) for v in interval))
+        return tokenizers.render_spec(self.flow, self.latent_grid, num_steps=num_steps, cfg_scale=cfg_scale)
 
     def render(self, model: SceneTokModel, tokens, c2w, intrinsics, rng, *, num_steps=None, cfg_scale=None):
         """Target-view latents (B, M, h, w, C) for cameras (B, M, ...) from the scene tokens alone."""
@@ -395,9 +339,7 @@ class SceneTokTask:
     def loss(self, model, batch, rng, step=None):
         r_loss, r_vae = jax.random.split(rng)
         inputs = self.prepare(model, batch)
-        loss, aux = model.scenetok.loss(inputs, r_loss, time_sampler=self.time_sampler, num_chunks=self.num_chunks,
-                                        null_prob=self.null_prob, kl_weight=self.kl_weight,
-                                        weighting=self.loss_weighting)
+        loss, aux = model.scenetok.loss(inputs, r_loss, flow=self.flow, kl_weight=self.kl_weight)
         metrics = {"flow_loss": aux["flow_loss"], "kl": aux["kl"],
                    "token_std": jnp.std(aux["mean"]), "token_logvar": jnp.mean(aux["logvar"]),
                    "latent_std": jnp.std(inputs["target_latents"])}
@@ -445,15 +387,9 @@ class SceneTokTask:
 
             out.update(render_uncertainty(self.render_samples, pred, gt, render_more, r_repeat))
         x0 = inputs["target_latents"]
-        eps = jax.random.normal(r_eps, x0.shape, jnp.float32)
-        vals = []
-        for tv in (0.25, 0.5, 0.75):
-            t = jnp.full(x0.shape[:2], tv, jnp.float32)
-            v, _ = model.scenetok.decoder(paths.interpolate(x0, eps, jnp.float32(tv)), t,
-                                          inputs["target_c2w"], inputs["target_intrinsics"], tokens)
-            vals.append(paths.velocity_loss(v, x0, eps))
-            out[f"val_flow_loss_t{tv}"] = vals[-1]
-        out["val_flow_loss"] = sum(vals) / len(vals)
+        cams = (inputs["target_c2w"], inputs["target_intrinsics"])
+        out.update(self.flow.fixed_time_losses(lambda x, t: model.scenetok.decoder(x, t, *cams, tokens)[0], x0,
+                                               self.flow.noise(r_eps, x0), name="val_flow_loss", per_view=True))
         if isinstance(model.image, image_vae.ImageVAE):  # the compressor's own ceiling on the PSNR
             out["compressor_psnr"] = jnp.mean(image_metrics.psnr(to_unit(model.pixels(x0)), gt))
         return out
@@ -518,11 +454,7 @@ class SceneTokTask:
 
     def orbit(self, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The orbit of ``render.orbit`` (reference-camera frame) with the given (4,) intrinsics for every frame."""
-        oc = (self.config.get("render") or {}).get("orbit") or {}
-        c2w = orbit_trajectory(int(oc.get("num_frames", 24)), focus_depth=float(oc.get("focus_depth", 1.0)),
-                               elevation_deg=float(oc.get("elevation_deg", 0.0)),
-                               arc_deg=float(oc.get("arc_deg", 360.0)), radius=oc.get("radius"))
-        return c2w.astype(np.float32), np.broadcast_to(np.asarray(intrinsics, np.float32), (len(c2w), 4))
+        return orbit_cameras(self.config.get("render"), intrinsics)
 
     def write_orbits(self, model, tokens, intrinsics: np.ndarray, rng, out_dir: str) -> None:
         """``orbit_<i>.gif`` for each scene's tokens (B, K, d): the orbit of ``render.orbit`` with ``intrinsics``
@@ -531,9 +463,7 @@ class SceneTokTask:
         b = int(tokens.shape[0])
         frames = self.render_views(model, tokens, np.broadcast_to(c2w, (b,) + c2w.shape),
                                    np.broadcast_to(intr, (b,) + intr.shape), rng)
-        fps = float(((self.config.get("render") or {}).get("orbit") or {}).get("fps", 8.0))
-        for i in range(b):
-            video.write_gif(os.path.join(out_dir, f"orbit_{i}.gif"), uint8(frames[i]), fps=fps)
+        write_orbit_gifs(frames, self.config.get("render"), out_dir)
 
     def write_outputs(self, model, batch, rng, out_dir):
         """``orbit_<i>.gif``: the orbit of ``render.orbit`` rendered from scene i's tokens alone; ``context_<i>.png``:
@@ -550,9 +480,3 @@ class SceneTokTask:
             Image.fromarray(view_rows([[uint8(host["context_images"][i])]])).save(
                 os.path.join(out_dir, f"context_{i}.png"))
 
-
-def latent_info(task: SceneTokTask) -> dict[str, Any]:
-    """Shapes a stage-2 model needs from a stage-1 SceneTok task: latent grid / channels, token shape."""
-    c = dict(scenetok.VARIANTS[task.variant]["compressor"], **task.compressor_cfg)
-    return dict(latent_grid=task.latent_grid, latent_channels=task.latent_channels,
-                num_tokens=int(c["num_tokens"]), token_dim=int(c["token_dim"]), resolution=task.resolution)

@@ -1,59 +1,47 @@
-"""Frozen stage-1 tokenizers inside stage-2 models, and restoring model variables from a run's checkpoints.
+"""Frozen stage-1 tokenizers inside stage-2 models, their Tokenizer adapters, and loading a run with its task.
 
 A stage-2 generator holds its tokenizer as a submodule whose parameters are ``Frozen`` variables (not
 ``nnx.Param``): the trainer optimises ``nnx.Param`` only, so the tokenizer is sharded, checkpointed and passed to
-the jitted step like any other state, never updated, and no optimiser state is kept for it.
-
-- ``stage1_config(workdir)``: the stage-1 run's ``config.json`` (written by ``scene3d.train``) as a ConfigDict.
-- ``build_tokenizer(config, rngs)``: the stage-1 model built by the stage-1 task (``config.task``), random init.
-- ``freeze(module)``: the module with every ``nnx.Param`` turned into a ``Frozen`` variable (metadata kept).
+the jitted step like any other state, never updated, and no optimiser state is kept for it. The stage-2 task uses
+it only through its adapter (``scene3d.models.tokenizers``: encode / decode / token_shape / scale).
 
 What every stage-2 task does with its ``config.tokenizer`` (``workdir``, ``model``, ``step``, ``use_ema``):
 
 - ``resolve(config, stage2=..., expected=...)``: (workdir or None, the stage-1 config): the run's config.json, or
   a random-init stand-in built from ``tokenizer.model`` (smoke tests).
-- ``frozen_tokenizer(config, rngs)``: the stage-1 model with ``Frozen`` variables (the stage-2 model's submodule).
+- ``tokenizer(stage1_config, **settings)``: the family's adapter (unbound, or bound to the abstract stage-1
+  module when its shapes need one); ``adapter.bind(model.tokenizer)`` inside the task's functions.
+- ``frozen_tokenizer(stage1_config, rngs)``: the stage-1 model with ``Frozen`` variables (the stage-2 model's
+  submodule; ``build_tokenizer``: the same, trainable).
 - ``restore_tokenizer(variables, key, tokenizer_config, workdir, name=...)``: fill ``variables[key]`` from the
   run (``restore_pretrained`` of the stage-2 task).
-- ``restore_variables(workdir, target, ...)``: the EMA (if the run kept one) or the raw parameters of a run's
-  checkpoint, restored into ``target`` (a State or abstract State: its structure, shapes and shardings) without
-  reading the optimiser state.
+
+``load_run(workdir, ...)``: (config, task, model, info) of any run, its variables restored onto a mesh: what
+``scene3d.sample`` / ``scene3d.export`` / ``scene3d.evaluate`` load. Reading run directories is
+``scene3d.core.runs``.
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Any
-
-import jax
 import ml_collections
-import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from flax import nnx
 
-from scene3d.core.checkpoint import Checkpointer
+from scene3d.core import runs
+from scene3d.core import sharding as sh
+from scene3d.core.runs import restore_variables  # noqa: F401  (re-exported for existing callers)
+from scene3d.models import tokenizers
 from scene3d.nn.frozen import Frozen, freeze  # noqa: F401  (re-exported: stage-2 tasks use them)
-
-
-def stage1_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a stage-1 run was trained with: ``<workdir>/config.json``."""
-    path = os.path.join(os.fspath(workdir), "config.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"stage-1 workdir {workdir!r}: no config.json (expected {path}, written by "
-                                "scene3d.train at the start of a run)")
-    with open(path) as f:
-        cfg = json.load(f)
-    for key in ("task", "model"):
-        if key not in cfg:
-            raise ValueError(f"{path}: field {key!r} missing; not a scene3d training config")
-    return ml_collections.ConfigDict(cfg)
 
 
 def build_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:
     """The stage-1 model of ``config`` (a stage-1 training config), randomly initialised, built by its task."""
     from scene3d import tasks  # the task registry (lazy: tasks import this module)
     return tasks.get_task(config).build_model(rngs)
+
+
+def frozen_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:
+    """``build_tokenizer(config, rngs)`` with its parameters ``Frozen`` (never optimised by the trainer)."""
+    return freeze(build_tokenizer(config, rngs))
 
 
 def resolve(config, *, stage2: str, expected: str | None = None, init_fields: str = "model",
@@ -68,7 +56,7 @@ def resolve(config, *, stage2: str, expected: str | None = None, init_fields: st
     workdir = tc.get("workdir") or None
     run = f"a {expected} run" if expected else "a stage-1 run"
     if workdir:
-        cfg = stage1_config(workdir)
+        cfg = runs.read_config(workdir)
         if expected and cfg.task != expected:
             raise ValueError(f"config.tokenizer.workdir={workdir!r}: a {cfg.task!r} run; the {stage2} task needs "
                              f"a {expected!r} run")
@@ -80,20 +68,17 @@ def resolve(config, *, stage2: str, expected: str | None = None, init_fields: st
                                             **(extra or {})})
 
 
-def frozen_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:
-    """``build_tokenizer(config, rngs)`` with its parameters ``Frozen`` (never optimised by the trainer)."""
-    return freeze(build_tokenizer(config, rngs))
-
-
-def abstract_tokenizer(config, needs: tuple[str, ...] = ("encode", "decode", "latent_shape")) -> nnx.Module:
-    """The stage-1 model of ``config`` as an abstract module (``nnx.eval_shape``: no arrays allocated), checked to
-    have the attributes ``needs``."""
-    tok = nnx.eval_shape(lambda: build_tokenizer(config, nnx.Rngs(0)))
-    for attr in needs:
-        if not hasattr(tok, attr):
-            raise ValueError(f"config.tokenizer: the stage-1 model {type(tok).__name__} has no {attr!r}; a latent "
-                             f"tokenizer needs {' / '.join(needs)}")
-    return tok
+def tokenizer(config, module: nnx.Module | None = None, **settings) -> tokenizers.Tokenizer:
+    """The Tokenizer adapter of the stage-1 ``config`` (``scene3d.models.tokenizers.from_config``) with
+    ``settings``, bound to ``module``; without one, bound to the abstract stage-1 module (``nnx.eval_shape``: no
+    arrays) only when the family needs a module for its shapes."""
+    adapter = tokenizers.from_config(config, module, **settings)
+    if module is None:
+        try:
+            adapter.token_shape
+        except ValueError:  # not bound: this family reads its shapes off the module
+            adapter = adapter.bind(nnx.eval_shape(lambda: build_tokenizer(config, nnx.Rngs(0))))
+    return adapter
 
 
 def restore_tokenizer(variables, key: str, tokenizer_config, workdir: str | None, *, name: str):
@@ -104,135 +89,24 @@ def restore_tokenizer(variables, key: str, tokenizer_config, workdir: str | None
     if not workdir:
         logging.warning("config.tokenizer.workdir unset: the stage-1 %s is RANDOMLY initialised", name)
         return variables
-    restored, info = restore_variables(workdir, variables[key], step=tokenizer_config.get("step"),
-                                       prefer_ema=bool(tokenizer_config.get("use_ema", True)))
+    restored, info = runs.restore_variables(workdir, variables[key], step=tokenizer_config.get("step"),
+                                            prefer_ema=bool(tokenizer_config.get("use_ema", True)))
     variables[key] = restored
     logging.info("stage-1 %s: state[%r] of step %d from %s", name, info["key"], info["step"], info["workdir"])
     return variables
 
 
-def checkpoint_step(workdir: str, step: int | None = None) -> int:
-    """``step`` if the run in ``workdir`` saved it, else its latest step; a clear error if there is none."""
-    ckdir = os.path.join(os.fspath(workdir), "checkpoints")
-    if not os.path.isdir(ckdir):
-        raise FileNotFoundError(f"{workdir!r}: no checkpoints folder ({ckdir})")
-    with Checkpointer(ckdir, async_save=False) as ckpt:
-        steps = ckpt.all_steps()
-    if not steps:
-        raise FileNotFoundError(f"{workdir!r}: no complete checkpoint in {ckdir}")
-    if step is None:
-        return steps[-1]
-    if int(step) not in steps:
-        raise FileNotFoundError(f"{workdir!r}: checkpoint step {step} not found (available: {steps})")
-    return int(step)
-
-
-def _saved_tree(state_dir: str) -> dict:
-    meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_dir))
-    return dict(getattr(meta, "tree", meta))
-
-
-def _is_wrapped(saved) -> bool:
-    """A saved nnx Variable: {'value': array metadata} (orbax writes a Variable's value under 'value')."""
-    return isinstance(saved, dict) and set(saved) == {"value"} and not isinstance(saved["value"], dict)
-
-
-def _unwrap(saved):
-    """The saved tree with every Variable's {'value': x} replaced by x (the layout of ``nnx.to_pure_dict``)."""
-    if _is_wrapped(saved):
-        return saved["value"]
-    return {k: _unwrap(v) for k, v in saved.items()} if isinstance(saved, dict) else saved
-
-
-def _wrap_like(tree, saved):
-    """A pure nested dict laid out as on disk: each leaf wrapped as {'value': leaf} where ``saved`` wraps it."""
-    if isinstance(tree, dict):
-        return {k: _wrap_like(v, saved.get(str(k)) if isinstance(saved, dict) else None) for k, v in tree.items()}
-    return {"value": tree} if _is_wrapped(saved) else tree
-
-
-def _split_by_saved(target: dict, saved: dict) -> tuple[dict, dict]:
-    """Split a nested dict into (the part whose paths exist in ``saved`` (unwrapped; keys compared as str), the
-    rest)."""
-    inside, outside = {}, {}
-    for k, v in target.items():
-        sv = saved.get(str(k))
-        if isinstance(v, dict):
-            a, b = _split_by_saved(v, sv if isinstance(sv, dict) else {})
-            if a:
-                inside[k] = a
-            if b:
-                outside[k] = b
-        elif sv is not None and not isinstance(sv, dict):
-            inside[k] = v
-        else:
-            outside[k] = v
-    return inside, outside
-
-
-def _merge_nested(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge_nested(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def restore_variables(workdir: str, target, *, step: int | None = None, prefer_ema: bool = True
-                      ) -> tuple[Any, dict]:
-    """Restore a run's model variables into ``target`` (an nnx State of arrays or of ``jax.ShapeDtypeStruct``:
-    its structure, shapes and shardings; variable *types* may differ from the saved ones, e.g. ``Frozen`` for
-    ``Param``). Trainable variables come from ``state['ema']`` when saved and ``prefer_ema``, else
-    ``state['params']``; the run's non-trainable variables from ``state['frozen']``. Only those subtrees are
-    read (no optimiser state). Returns (state, info) with info = {step, key, workdir}."""
-    step = checkpoint_step(workdir, step)
-    state_dir = os.path.join(os.fspath(workdir), "checkpoints", str(step), "state")
-    on_disk = _saved_tree(state_dir)
-    saved = _unwrap(on_disk)
-    key = "ema" if prefer_ema and "ema" in saved else "params"
-    if key not in saved:
-        raise ValueError(f"{state_dir}: checkpoint holds no 'params' (has {sorted(saved)})")
-
-    def abstract(x):
-        sharding = getattr(x, "sharding", None)
-        if sharding is None:
-            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-
-    pure = jax.tree.map(abstract, nnx.to_pure_dict(target) if isinstance(target, nnx.State) else target)
-    trainable, rest = _split_by_saved(pure, dict(saved[key]))
-    frozen, missing = _split_by_saved(rest, dict(saved.get("frozen", {})))
-    if missing:
-        _check_shapes(saved[key], missing, state_dir, key)  # raises, naming the first missing variable
-    item = {key: trainable}
-    if frozen:
-        item["frozen"] = frozen
-    for k, part in item.items():
-        _check_shapes(saved[k], part, state_dir, k)
-    item = {k: _wrap_like(part, on_disk[k]) for k, part in item.items()}
-    restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape,
-                                                               dtype=x.dtype), item)
-    try:
-        out = _unwrap(ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True)))
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{state_dir}: cannot restore state[{key!r}] into the model built from the config "
-                         f"(architecture mismatch?): {e}") from None
-    values = _merge_nested(out[key], out.get("frozen", {}))
-    if isinstance(target, nnx.State):
-        restored = jax.tree.map(lambda x: x, target)
-        nnx.replace_by_pure_dict(restored, values)
-        values = restored
-    return values, {"step": step, "key": key, "workdir": os.fspath(workdir)}
-
-
-def _check_shapes(saved, target, where, key):
-    flat_saved = {tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p): v
-                  for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-    for p, x in jax.tree_util.tree_flatten_with_path(target)[0]:
-        name = tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in p)
-        s = flat_saved.get(name)
-        if s is None:
-            raise ValueError(f"{where}: state[{key!r}] has no variable {'.'.join(name)}")
-        if tuple(s.shape) != tuple(x.shape):
-            raise ValueError(f"{where}: state[{key!r}].{'.'.join(name)} is {tuple(s.shape)}, the model expects "
-                             f"{tuple(x.shape)}")
+def load_run(workdir: str, *, step: int | None = None, mesh=None, prefer_ema: bool = True):
+    """(config, task, model, info) of the run in ``workdir``: its config.json, the task it names, and the model
+    that task builds with the variables of checkpoint ``step`` (default: latest; EMA when kept and
+    ``prefer_ema``) restored straight into their shardings on ``mesh`` (default: all devices along fsdp). info:
+    step, key (ema | params), workdir, mesh, rules."""
+    from scene3d import tasks  # the task registry (lazy: tasks import this module)
+    config = runs.read_config(workdir)
+    runs.checkpoint_step(workdir, step)  # a clear error before the task is built
+    task = tasks.get_task(config)
+    mesh = sh.make_mesh({"data": 1, "fsdp": -1, "tensor": 1}) if mesh is None else mesh
+    rules = sh.rules_from_config(config.sharding.get("rules") if "sharding" in config else None)
+    model, info = runs.restore_model(workdir, lambda: task.build_model(nnx.Rngs(0)), mesh=mesh, rules=rules,
+                                     step=step, prefer_ema=prefer_ema)
+    return config, task, model, info

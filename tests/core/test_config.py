@@ -89,3 +89,10 @@ def test_load_config_and_json(tmp_path):
     assert back["lr"] == "inf"
     with pytest.raises(FileNotFoundError, match="nope.py"):
         config_lib.load_config("nope.py:runlocal")
+
+
+def test_check_keys_names_the_field_and_lists_unknown_and_known_keys():
+    from scene3d.core.config import check_keys
+    check_keys({"a": 1, "b": 2}, {"a", "b", "c"}, "config.model")  # a subset passes
+    with pytest.raises(ValueError, match=r"^config.model: unknown keys \['d', 'e'\]; known: \['a', 'b'\] \(hint\)$"):
+        check_keys(ml_collections.ConfigDict({"a": 1, "e": 2, "d": 3}), ("b", "a"), "config.model", "(hint)")

@@ -13,6 +13,7 @@ from PIL import Image
 from scene3d.data import inspect as I
 from scene3d.data import splat_io
 from scene3d.geometry.gaussians import Gaussians
+from scene3d.render import plots
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -43,8 +44,12 @@ def _check_png(path, min_size=(400, 300)):
         a = np.asarray(im.convert("RGB")).astype(np.float64)
     assert a.shape[1] >= min_size[0] and a.shape[0] >= min_size[1], a.shape
     assert a.std() > 20  # not blank
-    # the figure area (above the text footer) holds real content, not one flat colour
-    top = a[40: a.shape[0] // 2]
+    # the figure area (above the text footer) holds real content, not one flat colour; measured over the columns
+    # that hold anything, so a wider figure (a longer title or footer line) does not dilute it
+    band = a[40: a.shape[0] // 2]
+    cols = np.nonzero((np.abs(band - np.asarray(plots.BACKGROUND, np.float64)).sum(-1) > 0).any(0))[0]
+    assert cols.size, "the figure area is empty"
+    top = band[:, cols.min(): cols.max() + 1]
     assert top.std() > 15 and len(np.unique(top.reshape(-1, 3), axis=0)) > 50
     return a
 
@@ -146,6 +151,25 @@ def test_splat_file_and_default_out(tmp_path, capsys, monkeypatch):
     # --up is honoured and reported
     rc, out, _ = _run([tmp_path / "blob.splat", "--up=-y", "--no-png"], capsys)
     assert rc == 0 and _field(out, "up").startswith("(0, -1, 0) (from --up)")
+
+
+def test_figure_does_not_depend_on_where_the_file_sits(tmp_path, capsys):
+    """The same file under a short and a very long folder name gives a figure of the same width (the title elides
+    long paths; the footer wraps a long path onto more lines); the long title keeps both ends of the path."""
+    short = tmp_path / "s"
+    deep = tmp_path / ("a_very_long_directory_name_" * 4) / ("another_long_directory_name_" * 4)
+    sizes = []
+    for folder in (short, deep):
+        folder.mkdir(parents=True)
+        splat_io.write_splat(folder / "blob.splat", _random_gaussians(300))
+        rc, _, _ = _run([folder / "blob.splat", "--out", folder / "fig.png"], capsys)
+        assert rc == 0
+        with Image.open(folder / "fig.png") as im:
+            sizes.append(im.size)
+    assert sizes[0][0] == sizes[1][0]
+    title = plots.elide(str(deep / "blob.splat") + " - .splat", 100)
+    assert len(title) == 100 and title.startswith(str(tmp_path)[:20]) and title.endswith("blob.splat - .splat")
+    assert plots.elide("short", 100) == "short"
 
 
 def _random_gaussians(n, seed=0):

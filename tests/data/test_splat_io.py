@@ -8,6 +8,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from scipy.special import expit
 
+from scene3d.core import io as core_io
 from scene3d.data import splat_io as S
 from scene3d.geometry import gaussians as G
 
@@ -258,10 +259,10 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        S.atomic_write(target, chunks())
+        core_io.write_bytes(target, chunks())
     assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["scene.ply"]
     g = expected_gaussians(synthetic_props(np.random.default_rng(0), 4, 0, False))
-    monkeypatch.setattr(S.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
+    monkeypatch.setattr(core_io.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
     with pytest.raises(OSError):
         S.write_ply(target, g)
     assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["scene.ply"]

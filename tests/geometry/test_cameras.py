@@ -173,3 +173,17 @@ def test_relative_and_scale_under_jit():
         cn, pn, sn = C.normalise_scene_scale(C.relative_poses(c2w, 1), pts, mode=mode)
         np.testing.assert_allclose(float(sj), sn, rtol=1e-5)
         np.testing.assert_allclose(np.asarray(cj), cn, atol=1e-5)
+
+
+def test_as_intrinsics4_from_vector_or_normalised_matrix():
+    from scene3d.geometry.cameras import as_intrinsics4
+    intr = np.array([[0.9, 1.2, 0.45, 0.55], [1.1, 1.0, 0.5, 0.5]])
+    K = np.zeros((2, 3, 3))
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = intr[:, 0], intr[:, 1], intr[:, 2], intr[:, 3], 1
+    np.testing.assert_array_equal(as_intrinsics4(K), intr)
+    np.testing.assert_array_equal(as_intrinsics4(intr, (2,)), intr)
+    np.testing.assert_array_equal(as_intrinsics4(K, (2,)), intr)
+    with pytest.raises(ValueError, match=r"cams: intrinsics must be \(3, 4\)"):
+        as_intrinsics4(intr, (3,), "cams")
+    with pytest.raises(ValueError, match="intrinsics must be"):
+        as_intrinsics4(np.zeros((2, 5)))

@@ -70,3 +70,39 @@ def test_spiral_looks_at_focus():
     assert np.all(z > 0)
     # orientation stays close to the centre pose (same image 'up')
     assert np.all(np.sum(c2w[:, :3, 1] * c[:3, 1], -1) > 0.9)
+
+
+def test_orbit_cameras_look_at_the_origin_from_the_requested_distance_and_elevation():
+    cams = T.orbit_cameras(6, 20, distance=3.0, elevation_deg=25.0, fov_deg=50.0)
+    assert len(cams) == 6 and cams.height == cams.width == 20
+    _check_rotations(cams.c2w)
+    eyes = cams.c2w[:, :3, 3]
+    np.testing.assert_allclose(np.linalg.norm(eyes, axis=-1), 3.0)
+    np.testing.assert_allclose(eyes[:, 2], 3.0 * np.sin(np.deg2rad(25.0)))  # z up
+    uv, z = C.project(np.zeros((6, 1, 3)), cams.c2w, cams.intrinsics, 20, 20)
+    np.testing.assert_allclose(uv[:, 0], 10.0, atol=1e-9)
+    assert np.all(z > 0)
+    np.testing.assert_allclose(cams.intrinsics[:, 1], 0.5 / np.tan(np.deg2rad(25.0)))  # fy / H from the fov
+    az = np.arctan2(eyes[:, 1], eyes[:, 0])
+    np.testing.assert_allclose(np.diff(np.unwrap(az)), 2 * np.pi / 6)  # evenly spaced, one turn
+    with pytest.raises(ValueError, match="orbit_cameras"):
+        T.orbit_cameras(0, 20)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_focus_orbit_circles_the_point_in_front_of_the_reference_camera(centred):
+    c2w = T.focus_orbit(8, 1.5, arc_deg=360.0 if not centred else 60.0, centred=centred)
+    focus = np.array([0.0, 0.0, 1.5])
+    _check_rotations(c2w)
+    t = c2w[:, :3, 3]
+    np.testing.assert_allclose(np.linalg.norm(t - focus, axis=-1), 1.5, rtol=1e-9)
+    np.testing.assert_allclose(c2w[:, :3, 2], (focus - t) / 1.5, atol=1e-9)  # every camera looks at the focus
+    np.testing.assert_allclose(t[:, 1], 0.0, atol=1e-9)  # stays in the reference camera's horizontal plane
+    if not centred:
+        np.testing.assert_allclose(c2w[0], np.eye(4), atol=1e-9)  # starts at the reference camera
+        np.testing.assert_allclose(c2w[4, :3, 3], [0, 0, 3.0], atol=1e-9)  # half way round: the opposite side
+    else:  # a 60 degree arc, symmetric about the reference camera, both ends included
+        ang = np.degrees(np.arctan2(t[:, 0], focus[2] - t[:, 2]))
+        np.testing.assert_allclose(ang, np.linspace(-30.0, 30.0, 8), atol=1e-9)
+    with pytest.raises(ValueError, match="focus_orbit"):
+        T.focus_orbit(4, 0.0)

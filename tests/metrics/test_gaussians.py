@@ -26,3 +26,15 @@ def test_metrics_against_explicit_loops():
 def test_shape_errors():
     with pytest.raises(ValueError, match=r"\(B, N, C\)"):
         gm.per_scene_l2(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
+
+
+def test_batch_figure_over_a_split_from_per_scene_values():
+    """Batches of 2 over 5 scenes (the last holds one): each batch's figure from the raw arrays, then averaged."""
+    rng = np.random.default_rng(1)
+    pred, target = rng.normal(size=(5, 6, 14)), rng.normal(size=(5, 6, 14))
+    per = np.asarray(gm.per_scene_l2(pred, target))
+    want = np.mean([float(gm.batch_l2(pred[i:i + 2], target[i:i + 2])) for i in (0, 2, 4)])
+    assert gm.batch_l2_from_scenes(per, 2) == pytest.approx(want, rel=1e-5)
+    assert gm.batch_l2_from_scenes(per, 5) == pytest.approx(float(gm.batch_l2(pred, target)), rel=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        gm.batch_l2_from_scenes(per, 0)

@@ -11,9 +11,10 @@ import torch
 from flax import nnx
 
 from scene3d import nn
+from scene3d.convert import can3tok as cv
+from scene3d.convert.can3tok import config_from_official
 from scene3d.core.sharding import DEFAULT_RULES
-from scene3d.models import convert_can3tok as cv
-from scene3d.models.can3tok import VARIANTS, Can3Tok, config_from_official, voxel_anchor, voxel_grid_queries
+from scene3d.models.can3tok import VARIANTS, Can3Tok, voxel_anchor, voxel_grid_queries
 
 # float32 tolerance for the fixtures: observed max |ours - official| ~4e-6 on values up to ~4.
 RTOL = ATOL = 1e-5

@@ -9,7 +9,7 @@ import torch.nn as tnn
 import torch.nn.functional as F
 from flax import nnx
 
-from scene3d.models import convert_image_vae as cv
+from scene3d.convert import image_vae as cv
 from scene3d.models.image_vae import ImageVAE, get_image_compressor
 
 RTOL = ATOL = 1e-4

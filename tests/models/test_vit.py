@@ -12,8 +12,8 @@ import torch.nn.functional as F
 import transformers as T
 from flax import nnx
 
+from scene3d.convert import hf_vit as convert_hf
 from scene3d.core import sharding
-from scene3d.models import convert_hf
 from scene3d.models.vit import VARIANTS, ViT, freeze, interpolate_weights, preprocess, torch_interpolate
 
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -209,8 +209,8 @@ def test_import_errors_name_keys_and_shapes():
     with pytest.raises(ValueError) as e:
         convert_hf.from_hf_state_dict(abstract, sd, "siglip2")
     msg = str(e.value)
-    assert "encoder.layers.1.mlp.fc1.bias (128,)" in msg
-    assert "head.probe: got (1, 1, 65), expected (1, 1, 64)" in msg
+    assert "encoder.layers.1.mlp.fc1.bias (expected shape (128,))" in msg
+    assert "head.probe: expected (1, 1, 64), got (1, 1, 65)" in msg
     dino = T.Dinov2Model(_dinov2_cfg()).state_dict()
     with pytest.raises(ValueError, match="not a 'siglip2' vision tower"):
         convert_hf.from_hf_state_dict(abstract, dino, "siglip2")

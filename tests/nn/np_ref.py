@@ -1,6 +1,6 @@
 """Independent float64 numpy re-implementations used as references by the nn tests."""
 import numpy as np
-from scipy.special import erf
+from scipy.special import erf, logsumexp
 
 
 def pure(state):
@@ -92,3 +92,31 @@ def modulate(x, shift, scale):
     if shift.ndim == 2:
         shift, scale = shift[:, None], scale[:, None]
     return x * (1 + scale) + shift
+
+
+def rope_1d(x, pos, theta=10000.0, interleaved=False):
+    """Rotate (B, L, H, d) by positions (L,) using complex multiplication."""
+    d = x.shape[-1]
+    freqs = theta ** (-np.arange(0, d, 2) / d)
+    rot = np.exp(1j * np.asarray(pos, np.float64)[:, None] * freqs)[None, :, None, :]
+    z = (x[..., 0::2] + 1j * x[..., 1::2]) if interleaved else (x[..., :d // 2] + 1j * x[..., d // 2:])
+    z = z * rot
+    if interleaved:
+        return np.stack([z.real, z.imag], -1).reshape(x.shape)
+    return np.concatenate([z.real, z.imag], -1)
+
+
+def swiglu(p, x):
+    return linear(p["w_down"], silu(linear(p["w_gate"], x)) * linear(p["w_up"], x))
+
+
+def attention_heads(q, k, v, keep=None):
+    """Per-head softmax attention before the output projection and its log-sum-exp: q (B,Lq,H,D), k/v (B,Lk,H,D)
+    -> o (B,Lq,H,D), lse (B,Lq,H) (-inf where nothing is kept; o is 0 there)."""
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    if keep is not None:
+        logits = np.where(keep, logits, -np.inf)
+    lse = logsumexp(logits, axis=-1)
+    with np.errstate(invalid="ignore"):
+        w = np.nan_to_num(np.exp(logits - lse[..., None]))
+    return np.einsum("bhqk,bkhd->bqhd", w, v), lse.transpose(0, 2, 1)

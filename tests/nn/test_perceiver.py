@@ -1,4 +1,5 @@
-"""PerceiverRead vs numpy (incl. key masks / kv_lengths, learned latents); PerceiverProcess."""
+"""PerceiverRead vs numpy (incl. key masks / kv_lengths, learned latents), its blockwise read; PerceiverProcess."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,6 +44,18 @@ def test_perceiver_read_matches_numpy_with_masks():
                                atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="key mask"):
         m(jnp.asarray(inputs), mask=jnp.ones((2, 6), bool))
+
+
+def test_blockwise_read_equals_one_shot_read():
+    m = build(lambda: PerceiverRead(DIM, HEADS, input_dim=IN, num_latents=4, mlp_ratio=2.0, rngs=nnx.Rngs(0)))
+    p = randomize(m, 6, scale=0.3)
+    blocks = arr(7, 2, 2, 3, IN)  # 2 blocks of 3 inputs
+    masks = np.array([[[1, 1, 0], [1, 1, 1]], [[0, 0, 0], [1, 0, 1]]], bool)  # example 0: block 1 fully masked
+    graphdef, state = nnx.split(m)
+    y = jax.jit(lambda s, b, k: nnx.merge(graphdef, s).blockwise([(b, k)]))(state, blocks, masks)  # learned latents
+    inputs, keep = np.moveaxis(blocks, 0, 1).reshape(2, 6, IN), np.moveaxis(masks, 0, 1).reshape(2, 6)
+    ref = np_read(p, inputs, np.broadcast_to(p["latents"], (2, 4, DIM)), keep=keep[:, None, None, :])
+    np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_perceiver_process_scan_equals_loop():

@@ -6,22 +6,11 @@ import pytest
 
 from scene3d import nn
 from scene3d.nn import grid_positions_2d, grid_positions_3d, make_rope
+from tests.nn.np_ref import rope_1d as np_rope
 
 D = 8
 apply_rope_1d = jax.jit(nn.apply_rope_1d, static_argnames=("theta", "interleaved"))
 apply_rope_nd = jax.jit(nn.apply_rope_nd, static_argnums=(2, 3))
-
-
-def np_rope(x, pos, theta=10000.0, interleaved=False):
-    """Rotate (B, L, H, d) by positions (L,) using complex multiplication."""
-    d = x.shape[-1]
-    freqs = theta ** (-np.arange(0, d, 2) / d)
-    rot = np.exp(1j * np.asarray(pos, np.float64)[:, None] * freqs)[None, :, None, :]
-    z = (x[..., 0::2] + 1j * x[..., 1::2]) if interleaved else (x[..., :d // 2] + 1j * x[..., d // 2:])
-    z = z * rot
-    if interleaved:
-        return np.stack([z.real, z.imag], -1).reshape(x.shape)
-    return np.concatenate([z.real, z.imag], -1)
 
 
 def vec(seed, n=1):

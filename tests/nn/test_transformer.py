@@ -1,4 +1,5 @@
-"""Block, DiTBlock, FinalLayer vs numpy; Stack scan == loop, remat grads; logical names; sharded Block."""
+"""Block, DiTBlock (with each option), FinalLayer vs numpy; Stack scan == loop, remat grads; logical names;
+sharded Block."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from scene3d.core import sharding
-from scene3d.nn import (Block, DiTBlock, FinalLayer, PatchEmbed, PerceiverRead, Stack, TimestepEmbedder,
-                        apply_rope_1d)
+from scene3d.nn import (LIGHTNING_DIT, Block, DiTBlock, FinalLayer, PatchEmbed, PerceiverRead, Stack,
+                        TimestepEmbedder, apply_rope_1d, make_rope)
 from tests.nn import np_ref
 from tests.nn.util import build, randomize, run
 
@@ -60,6 +61,81 @@ def test_final_layer():
     p = randomize(m, 10, scale=0.3)
     shift, scale = np.split(np_ref.linear(p["adaln"]["proj"], np_ref.silu(c)), 2, -1)
     ref = np_ref.linear(p["linear"], np_ref.modulate(np_ref.layernorm(x), shift, scale))
+    np.testing.assert_allclose(run(m, jnp.asarray(x), jnp.asarray(c)), ref, atol=1e-4, rtol=1e-4)
+
+
+def _np_norm(kind, h, q=None):
+    q = q or {}
+    return (np_ref.rmsnorm if kind == "rms" else np_ref.layernorm)(h, q.get("scale"), q.get("bias"))
+
+
+def np_dit_options(p, x, c, context, *, norm, mlp, cross_norm, cross_rope, rope, context_rope):
+    """DiTBlock in numpy with the options of the test below; rope / context_rope: numpy rotations."""
+    s1, sc1, g1, s2, sc2, g2 = np.split(np_ref.linear(p["adaln"]["proj"], np_ref.silu(c)), 6, -1)
+    qk = np_ref.rmsnorm  # qk_norm='rms'
+    h = np_ref.modulate(_np_norm(norm, x, p.get("norm1")), s1, sc1)
+    x = x + g1 * np_ref.attention(p["attn"], h, heads=HEADS, qk_norm=qk, q_hook=rope, k_hook=rope)
+    h = _np_norm(norm, x, p["norm_cross"]) if cross_norm else x
+    x = x + np_ref.attention(p["cross"], h, context, heads=HEADS, qk_norm=qk,
+                             q_hook=rope if "q" in cross_rope else None,
+                             k_hook=context_rope if "k" in cross_rope else None)
+    h = np_ref.modulate(_np_norm(norm, x, p.get("norm2")), s2, sc2)
+    return x + g2 * (np_ref.swiglu(p["mlp"], h) if mlp == "swiglu" else np_ref.mlp(p["mlp"], h, np_ref.gelu))
+
+
+@pytest.mark.parametrize("opts", [
+    dict(LIGHTNING_DIT, mlp_dim=24, cross_rope="q"),  # SceneTok's denoiser block
+    dict(norm="layer", norm_affine=True, mlp="gelu", qk_norm="rms", cross_attn=True, cross_rope="qk"),
+    dict(norm="rms", qk_norm="rms", mlp="swiglu", cross_attn=True, cross_norm=True, cross_rope="k"),
+], ids=["lightning", "layer_affine_gelu", "rms_plain_swiglu"])
+def test_dit_block_options_match_numpy(opts):
+    m = build(lambda: DiTBlock(DIM, HEADS, 8, context_dim=6, rngs=nnx.Rngs(0), **opts))
+    p = randomize(m, 20, scale=0.3)
+    # the parameter tree each option implies
+    affine, rms = opts.get("norm_affine", False), opts["norm"] == "rms"
+    assert set(p.get("norm1", {})) == ({"scale"} if rms else {"scale", "bias"}) if affine else "norm1" not in p
+    assert ("norm_cross" in p) == opts.get("cross_norm", True)
+    swiglu = opts["mlp"] == "swiglu"
+    assert ("bias" in p["mlp"]["w_gate"]) == opts.get("mlp_bias", False) if swiglu else "fc1" in p["mlp"]
+    if "mlp_dim" in opts:
+        assert p["mlp"]["w_up"]["kernel"].shape == (DIM, opts["mlp_dim"])
+    x, ctx, c = arr(21, 2, 5, DIM), arr(22, 2, 4, 6), arr(23, 2, 5, 8)  # per-token condition
+    pos, cpos = np.arange(5) * 1.5, np.arange(4) + 7.0
+    y = run(m, jnp.asarray(x), jnp.asarray(c), jnp.asarray(ctx), rope=make_rope(pos, axial=False),
+            context_rope=make_rope(cpos, axial=False))
+    ref = np_dit_options(p, x, c, ctx, norm=opts["norm"], mlp=opts["mlp"], cross_norm=opts.get("cross_norm", True),
+                         cross_rope=opts["cross_rope"], rope=lambda t: np_ref.rope_1d(t, pos),
+                         context_rope=lambda t: np_ref.rope_1d(t, cpos))
+    np.testing.assert_allclose(y, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_dit_block_cross_init_and_option_errors():
+    x, ctx, c = jnp.asarray(arr(24, 2, 5, DIM)), jnp.asarray(arr(25, 2, 3, DIM)), jnp.asarray(arr(26, 2, DIM))
+    plain = build(lambda: DiTBlock(DIM, HEADS, mlp="swiglu", cross_attn=True, cross_norm=False,
+                                   cross_zero_init=False, rngs=nnx.Rngs(0)))
+    p = np_ref.pure(nnx.state(plain, nnx.Param))
+    # adaLN gates start at zero: a fresh block adds only the (plainly initialised) cross-attention
+    np.testing.assert_allclose(run(plain, x, c, ctx), np.asarray(x) + np_ref.attention(p["cross"], x, ctx,
+                                                                                           heads=HEADS), atol=1e-5)
+    assert np.abs(p["cross"]["out"]["kernel"]).max() > 0
+    with pytest.raises(ValueError, match="cross_rope"):
+        DiTBlock(DIM, HEADS, cross_attn=True, cross_rope="v", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="needs cross_attn"):
+        DiTBlock(DIM, HEADS, cross_rope="q", rngs=nnx.Rngs(0))
+    with_k = DiTBlock(DIM, HEADS, cross_attn=True, cross_rope="k", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="context_rope"):
+        with_k(x, c, ctx)
+    with pytest.raises(ValueError, match="unknown norm"):
+        DiTBlock(DIM, HEADS, norm="batch", rngs=nnx.Rngs(0))
+
+
+def test_final_layer_rms_affine():
+    m = build(lambda: FinalLayer(DIM, 3, 8, norm="rms", norm_affine=True, rngs=nnx.Rngs(0)))
+    p = randomize(m, 27, scale=0.3)
+    assert set(p["norm"]) == {"scale"}
+    x, c = arr(28, 2, 5, DIM), arr(29, 2, 5, 8)  # per-token condition
+    shift, scale = np.split(np_ref.linear(p["adaln"]["proj"], np_ref.silu(c)), 2, -1)
+    ref = np_ref.linear(p["linear"], np_ref.modulate(np_ref.rmsnorm(x, p["norm"]["scale"]), shift, scale))
     np.testing.assert_allclose(run(m, jnp.asarray(x), jnp.asarray(c)), ref, atol=1e-4, rtol=1e-4)
 
 

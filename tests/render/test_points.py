@@ -181,9 +181,10 @@ def test_contact_sheet_and_compose():
 def test_sample_points_renderer_gives_one_frame_per_camera():
     """scene3d.sample.render_views(renderer='points'): (views, H, W, 3) uint8, each frame = render_gaussians."""
     from scene3d import sample
+    from scene3d.geometry.trajectories import orbit_cameras
     g = Gaussians(xyz=np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.1]]), f_dc=np.array([[1.0, -0.5, 0.2], [0, 1.0, 0]]),
                   opacity=np.array([2.0, 2.0]), scale=np.log(np.full((2, 3), 0.2)), rot=np.tile([1.0, 0, 0, 0], (2, 1)))
-    cams = sample.orbit_cameras(3, 16)
+    cams = orbit_cameras(3, 16)
     frames = sample.render_views(g, cams, renderer="points", background=1.0)
     assert frames.shape == (3, 16, 16, 3) and frames.dtype == np.uint8
     for i in range(3):

@@ -69,3 +69,16 @@ def test_write_gif_roundtrip(scene, tmp_path):
         video.write_gif(tmp_path / "bad.gif", frames[0])
     with pytest.raises(ValueError, match="fps"):
         video.write_gif(tmp_path / "bad.gif", frames, fps=0)
+
+
+def test_image_grid_places_every_image_row_by_row():
+    from scene3d.render import plots
+    imgs = np.stack([np.full((4, 5, 3), v) for v in (-1.0, -0.5, 0.0, 0.5, 1.0)])
+    g = plots.image_grid(imgs, cols=2)
+    assert g.dtype == np.uint8 and g.shape == (3 * 4 + 2 * 2, 2 * 5 + 1, 3)  # 3 rows (gap 2), 2 columns (1 px)
+    for i, v in enumerate((-1.0, -0.5, 0.0, 0.5, 1.0)):
+        r, c = divmod(i, 2)
+        cell = g[r * 6: r * 6 + 4, c * 6: c * 6 + 5]
+        assert np.all(cell == int(np.clip((v + 1) * 127.5 + 0.5, 0, 255)))
+    grey = plots.image_grid(np.zeros((4, 3, 3, 1)))  # one channel -> RGB, 2 x 2 by default
+    assert grey.shape == (3 * 2 + 2, 3 * 2 + 1, 3) and np.all(grey[:3, :3] == 128)

@@ -19,7 +19,8 @@ from scene3d.data import gs_pipeline, splat_io  # noqa: E402
 from scene3d.geometry import gaussians as gs  # noqa: E402
 from scene3d.geometry import so3  # noqa: E402
 from scene3d.render import splat  # noqa: E402
-from scene3d.tasks.autoencode import AutoencodeTask, orbit_cameras, scene_index  # noqa: E402
+from scene3d.geometry.trajectories import orbit_cameras  # noqa: E402
+from scene3d.tasks.autoencode import AutoencodeTask, scene_index  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "configs" / "can3tok.py")
@@ -215,7 +216,7 @@ def test_normalise_and_rotate_is_a_camera_change():
     q = so3.quat_multiply(so3.matrix_to_quat(R), plain["gaussians"][:, 10:14].astype(np.float64))
     np.testing.assert_allclose(ex["gaussians"][:, 10:14], q, atol=1e-5)
 
-    cams = orbit_cameras(2, distance=4.0, elevation_deg=30.0, fov_deg=50.0, size=24)
+    cams = orbit_cameras(2, 24, distance=4.0, elevation_deg=30.0, fov_deg=50.0)
     c2w = cams.c2w.copy()
     c2w[:, :3, 3] = c2w[:, :3, 3] * 3.0 + [10.0, -4.0, 2.0]  # look at the original scene
     for i in range(2):

@@ -137,7 +137,8 @@ def test_point_ply_round_trip(tmp_path):
 def test_hf_tower_weights_load_into_frozen_encoder(tmp_path):
     from safetensors.numpy import save_file
 
-    from scene3d.models import convert_hf, rae3d, vit
+    from scene3d.convert import hf_vit as convert_hf
+    from scene3d.models import rae3d, vit
     from scene3d.nn.frozen import Frozen
     from scene3d.tasks.rae3d import load_tower_weights
     src = vit.ViT("tiny-dinov2", rngs=nnx.Rngs(7))

@@ -213,20 +213,6 @@ def test_prepare_latents_and_relative_poses(data_dir):
         task.prepare(model, dict(batch, target_c2w=batch["target_c2w"][:, :1]))
 
 
-def test_orbit_trajectory_geometry():
-    c2w = stok.orbit_trajectory(8, focus_depth=1.5, arc_deg=360.0)
-    np.testing.assert_allclose(c2w[0], np.eye(4), atol=1e-9)  # starts at the reference camera
-    focus = np.array([0.0, 0.0, 1.5])
-    for pose in c2w:
-        R, t = pose[:3, :3], pose[:3, 3]
-        np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-9)
-        assert np.linalg.det(R) > 0
-        np.testing.assert_allclose(np.linalg.norm(t - focus), 1.5, rtol=1e-9)
-        np.testing.assert_allclose(R[:, 2], (focus - t) / 1.5, atol=1e-9)  # looks at the focus point
-        np.testing.assert_allclose(t[1], 0.0, atol=1e-9)  # stays in the reference camera's horizontal plane
-    np.testing.assert_allclose(c2w[4, :3, 3], [0, 0, 3.0], atol=1e-9)  # half way: opposite side
-
-
 # ------------------------------------------------------------------------------------------ VAE + errors
 
 

@@ -1,5 +1,6 @@
 """scene3d.tasks.stage1's stage-2 helpers (no training): resolving ``config.tokenizer`` to a stage-1 config, the
-frozen tokenizer and its token shape, and restoring it from a fake stage-1 run (checkpoint step, EMA or params)."""
+frozen tokenizer and its adapter's shapes, and restoring it from a fake stage-1 run (checkpoint step, EMA or
+params)."""
 import json
 import logging
 
@@ -77,18 +78,16 @@ def test_resolve_reads_and_checks_the_run(tmp_path):
         stage1.resolve(config, stage2="generate")
 
 
-def test_abstract_tokenizer_frozen_tokenizer_and_needs(s1_config):
-    tok = stage1.abstract_tokenizer(s1_config, needs=("encode", "decode", "latent_shape", "output_shape"))
-    assert tuple(int(v) for v in tok.latent_shape) == TOKENS
-    assert tuple(tok.output_shape) == (ldm_setup.N, s1_config.model.gs_channels)
-    with pytest.raises(ValueError, match=r"Can3Tok has no 'tokens_per_view'; a latent tokenizer needs encode / "
-                                         r"tokens_per_view"):
-        stage1.abstract_tokenizer(s1_config, needs=("encode", "tokens_per_view"))
+def test_frozen_tokenizer_and_its_adapter(s1_config):
     frozen = nnx.eval_shape(lambda: stage1.frozen_tokenizer(s1_config, nnx.Rngs(0)))
     plain = nnx.eval_shape(lambda: stage1.build_tokenizer(s1_config, nnx.Rngs(0)))
     assert len(nnx.state(frozen, nnx.Param)) == 0
     shapes = lambda m, kind: jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(m, kind)))  # noqa: E731
     assert shapes(frozen, Frozen) == shapes(plain, nnx.Param) and shapes(frozen, Frozen)
+    # the adapter reads its shapes off the (abstract) frozen module as off the plain one
+    tok = stage1.tokenizer(s1_config, frozen)
+    assert tok.token_shape == stage1.tokenizer(s1_config).token_shape == TOKENS
+    assert tok.output_shape == (ldm_setup.N, s1_config.model.gs_channels)
 
 
 class _Stage2(nnx.Module):

@@ -8,7 +8,7 @@ import torch
 from flax import nnx
 
 import scene3d_torch
-from scene3d.models import convert_torch_port as ctp
+from scene3d.convert import torch_port as ctp
 from tests.torch_port import DIT3D, LATENT, dit3d, latent_dit
 
 

@@ -15,7 +15,7 @@ from flax import nnx
 
 import scene3d_torch
 from scene3d import nn as snn
-from scene3d.models import convert_torch_port as ctp
+from scene3d.convert import torch_port as ctp
 from scene3d.nn.frozen import Frozen
 from tests.torch_port import dit3d, latent_dit
 
@@ -147,7 +147,7 @@ def test_strict_errors(models):
     m = models["dit3d_cross"]
     sd = ctp.export_torch_port(m)
     missing = {k: v for k, v in sd.items() if k != "blocks.layers.1.cross.k.weight"}
-    with pytest.raises(ValueError, match=r"missing keys.*blocks\.layers\.1\.cross\.k\.weight"):
+    with pytest.raises(ValueError, match=r"missing 1 keys.*blocks\.layers\.1\.cross\.k\.weight"):
         ctp.torch_port_to_state(m, missing)
     with pytest.raises(ValueError, match=r"unexpected keys.*blocks\.layers\.2\.attn\.q\.weight"):
         ctp.torch_port_to_state(m, {**sd, "blocks.layers.2.attn.q.weight": sd["blocks.layers.0.attn.q.weight"]})
@@ -190,11 +190,18 @@ def test_specs_of_vit_and_rae3d():
 
 
 def test_scene3d_torch_imports_no_jax():
-    code = ("import sys, torch, scene3d_torch, scene3d_torch.nn, scene3d_torch.latent_dit, scene3d_torch.dit3d\n"
+    """scene3d_torch (and the scene3d.specs tables it shares with the JAX models) import no jax / flax and, of
+    scene3d, only scene3d.specs."""
+    code = ("import pkgutil, sys, torch, scene3d_torch, scene3d.specs\n"
+            "for pkg in (scene3d_torch, scene3d.specs):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        __import__(pkg.__name__ + '.' + m.name)\n"
             "m = scene3d_torch.build({'class': 'LatentDiT', 'kwargs': {'in_dim': 4, 'num_tokens': 4, "
             "'variant': 'tiny', 'width': 16, 'depth': 1, 'heads': 2}})\n"
             "m(torch.zeros(1, 4, 4), torch.zeros(1))\n"
-            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax', 'scene3d'))\n"
+            "assert 'scene3d_torch.rae3d' in sys.modules and 'scene3d.specs.scenetok' in sys.modules\n"
+            "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('jax', 'jaxlib', 'flax')\n"
+            "             or (k.split('.')[0] == 'scene3d' and k != 'scene3d' and not k.startswith('scene3d.specs')))\n"
             "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

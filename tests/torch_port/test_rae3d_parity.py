@@ -19,11 +19,11 @@ import pytest
 import torch
 from flax import nnx
 
+import scene3d_torch
+from scene3d.convert.torch_port import export_torch_port, model_spec
 from scene3d.geometry import rays as jrays
 from scene3d.models import rae3d as jrae3d
 from scene3d.models import vit as jvit
-import scene3d_torch
-from scene3d.models.convert_torch_port import export_torch_port, model_spec
 from scene3d_torch import geometry as tgeometry
 from scene3d_torch import rae3d as trae3d
 from scene3d_torch import vit as tvit

@@ -1,0 +1,283 @@
+"""Evaluate a run's checkpoint on a whole data split: every example exactly once, per-example values and split
+figures.
+
+    python -m scene3d.evaluate --workdir=RUN [--split=eval] [--step=N] [--batch_size=B] [--seed=0] [--no_ema] \
+        [--out=FILE]
+
+Loads the run's ``config.json`` and the model variables of checkpoint ``--step`` (default: the latest; the EMA
+when the run kept one, unless ``--no_ema``), reads the split in order (no shuffle, no repeat) through the same
+data transforms as training, evaluates the task on every example once, prints a table (mean, std, min, max over
+the examples) and writes ``<workdir>/eval_<split>_<step>.json`` (``--out`` elsewhere): the run, the split, the
+split figures (``metrics``) and every example's values (``per_example``, in split order). A progress line with
+the ETA goes to stderr.
+
+Splits: the datasets have a training and a held-out split, ``train`` and ``eval``; ``test`` names the held-out
+split too (files are named after the split as given).
+
+The last partial batch is padded to a whole batch with copies of the split's last example and the padded rows are
+masked out of every value (one compiled shape, any split size, any process count).
+
+What is computed, per task:
+- a task with ``evaluate_examples(model, batch, rng) -> {name: (B,) array}`` (Can3Tok ``autoencode``: per-scene L2
+  (the paper's definition), failure indicator, MSE per channel group, KL; ``rae3d``: PSNR / SSIM of target and
+  context views, LPIPS when ``metrics.lpips`` is set, L1, point-map error) gives per-example values directly; its
+  ``summarize_examples(values, batch_size)`` turns the split's values into the split figures (e.g. Can3Tok's
+  ``l2_batch``, the release's batch figure over consecutive batches of ``--batch_size`` scenes, and
+  ``failure_rate``; 3DRAE's pixel-weighted point error); the rng of a batch is ``fold_in(key(seed), i)`` for
+  the index i of its first example;
+- any other task (``scenetok``: PSNR / SSIM / LPIPS of renders from the context's tokens, render variance over
+  ``metrics.render_samples`` renders; ``scenegen`` / ``dit3d``: the stage-1 metrics of renders of generated tokens
+  against the held-out targets; ``generate``: validation losses) has its ``evaluate(model, batch, rng)`` run on
+  each example as a batch of one (``jax.vmap`` over the batch) with the key ``fold_in(key(seed), example
+  index)``: the values do not depend on the batch size. Metrics a task computes over a batch (e.g. SceneTok's
+  ``psnr_mean_image`` baseline, the mean of the batch's targets) are then those of each example alone. The split
+  figure of each value is its mean over the examples.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import grain
+import jax
+import numpy as np
+from flax import nnx
+
+from scene3d import data as data_lib
+from scene3d.core import chrono as chrono_lib
+from scene3d.core import io
+from scene3d.core import metrics as metrics_lib
+from scene3d.core import runs
+from scene3d.core import sharding as sh
+from scene3d.data import pipeline
+from scene3d.tasks import stage1
+
+SPLITS = {"train": "train", "eval": "eval", "test": "eval"}  # --split -> the data split it reads
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_run(workdir: str, *, step: int | None = None, prefer_ema: bool = True, mesh=None):
+    """(task, model, info) of any run (``tasks.stage1.load_run``), on ``mesh`` (default: the run's
+    ``config.mesh`` when it fits the devices here, else all devices along fsdp). info: step, key, workdir, mesh,
+    rules, config."""
+    if mesh is None:
+        try:
+            mesh = sh.make_mesh(dict(runs.read_config(workdir).mesh))
+        except (ValueError, KeyError, AttributeError):
+            mesh = None  # load_run's default
+    config, task, model, info = stage1.load_run(workdir, step=step, mesh=mesh, prefer_ema=prefer_ema)
+    return task, model, {**info, "config": config}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Data: the whole split once, padded to whole batches
+
+
+class PaddedSource:
+    """``source`` followed by copies of its last example up to ``length`` examples."""
+
+    def __init__(self, source, length: int):
+        self.source, self.n, self.length = source, len(source), int(length)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        return self.source[min(int(i), self.n - 1)]
+
+
+def split_batches(config, task, split: str, batch_size: int, *, seed: int = 0, source=None):
+    """(iterator of this process's rows of each global batch, number of examples in the split, number of
+    batches): the data split (``source``: default ``data.get_source(config.data, split)``) read in order once,
+    through the dataset's and the task's transforms (random ones seeded by ``seed`` and the example index), the
+    last batch padded (``PaddedSource``)."""
+    source = data_lib.get_source(config.data, split) if source is None else source
+    n = len(source)
+    if n == 0:
+        raise ValueError(f"config.data ({config.data.get('name')!r}): the {split!r} split is empty")
+    num_batches = math.ceil(n / batch_size)
+    read = grain.ReadOptions(num_threads=int(config.data.get("num_threads", 2)),
+                             prefetch_buffer_size=int(config.data.get("prefetch", 4)))
+    it = pipeline.make_batch_iterator(
+        PaddedSource(source, num_batches * batch_size), global_batch_size=batch_size, seed=seed, shuffle=False,
+        num_epochs=1, transforms=data_lib.get_transforms(config.data, split) + list(task.data_transforms(split)),
+        read_options=read)
+    return it, n, num_batches
+
+
+def resolve_batch_size(requested: int | None, config, num_examples: int | None = None) -> int:
+    """``requested`` (else ``config.eval_batch_size``, else ``global_batch_size``), no larger than the split
+    needs, rounded up to a multiple of the process count."""
+    b = int(requested or config.get("eval_batch_size") or config.global_batch_size)
+    if b < 1:
+        raise ValueError(f"--batch_size: expected >= 1, got {b}")
+    p = jax.process_count()
+    if num_examples is not None:
+        b = min(b, num_examples)
+    return -(-b // p) * p
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def per_example_fn(task):
+    """(model, batch, base key, example indices (B,)) -> {name: (B,)} (module docstring), and its mode name."""
+    if hasattr(task, "evaluate_examples"):
+        def fn(model, batch, base, index):
+            return task.evaluate_examples(model, batch, jax.random.fold_in(base, index[0]))
+        return fn, "evaluate_examples"
+
+    def fn(model, batch, base, index):
+        def one(example, i):
+            return task.evaluate(model, jax.tree.map(lambda x: x[None], example), jax.random.fold_in(base, i))
+        return jax.vmap(one)(batch, index)
+
+    return fn, "evaluate per example (vmap)"
+
+
+def _progress(done: int, total: int, examples: int, rates: dict, out) -> None:
+    line = (f"\revaluating: batch {done}/{total} | {examples} examples | "
+            f"{rates['examples_per_sec']:.3g} ex/s | ETA {metrics_lib.format_duration(rates['eta_sec'])}")
+    if out.isatty():
+        out.write(line + ("\n" if done == total else ""))
+    else:
+        out.write(line[1:] + "\n")
+    out.flush()
+
+
+def evaluate_split(task, model, config, *, split: str = "eval", batch_size: int | None = None, seed: int = 0,
+                   data_seed: int = 0, mesh=None, rules=None, progress=sys.stderr) -> dict:
+    """Evaluate ``model`` on every example of data split ``split`` once (module docstring). Returns {metrics,
+    per_example (name -> list in split order, plus ``index``), num_examples, batch_size, num_batches, padded,
+    mode, wall_sec}."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: expected 'train' or 'eval', got {split!r}")
+    source = data_lib.get_source(config.data, split)
+    b = resolve_batch_size(batch_size, config, len(source))
+    it, n, num_batches = split_batches(config, task, split, b, seed=data_seed, source=source)
+    fn, mode = per_example_fn(task)
+    eval_fn = nnx.jit(fn) if mesh is None else nnx.jit(fn, out_shardings=sh.replicated(mesh))
+    base = jax.random.key(int(seed))
+    chrono = chrono_lib.Chrono(num_batches, b)
+    values: dict[str, list] = {}
+    start = time.perf_counter()
+    with sh.use_mesh(mesh, rules):
+        for j in range(num_batches):
+            batch = next(it)
+            batch = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind in "biufc"}
+            index = np.arange(j * b, (j + 1) * b, dtype=np.int32)
+            out = eval_fn(model, pipeline.to_global(batch, mesh), base, index)
+            valid = index < n
+            for k, v in out.items():
+                v = np.asarray(jax.device_get(v), np.float64)
+                if v.shape != (b,):
+                    raise ValueError(f"task {config.task!r}: metric {k!r} has shape {v.shape} per batch; expected one "
+                                     f"value per example ({b},)")
+                values.setdefault(k, []).append(v[valid])
+            if "scene_index" in batch and jax.process_count() == 1:
+                values.setdefault("scene_index", []).append(np.asarray(batch["scene_index"])[valid])
+            if progress is not None and jax.process_index() == 0:
+                _progress(j + 1, num_batches, int(min((j + 1) * b, n)), chrono.tick(j + 1), progress)
+    per = {k: np.concatenate(v) for k, v in values.items()}
+    ids = per.pop("scene_index", None)
+    if hasattr(task, "summarize_examples"):
+        summary = task.summarize_examples(per, b)
+    else:
+        summary = {k: float(np.mean(v)) for k, v in per.items()}
+    per_example = {"index": list(range(n))}
+    if ids is not None:
+        per_example["scene_index"] = ids.astype(int).tolist()
+    per_example.update({k: v.tolist() for k, v in per.items()})
+    return {"metrics": summary, "per_example": per_example, "num_examples": n, "batch_size": b,
+            "num_batches": num_batches, "padded": num_batches * b - n, "mode": mode,
+            "wall_sec": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Output
+
+
+def table(result: dict) -> str:
+    """The printed table: the split figures, each with mean / std / min / max over the examples where it has
+    per-example values of the same name, then the per-example values that are not split figures themselves."""
+    per, figures = result["per_example"], result["metrics"]
+    rows = [("metric", "split", "mean", "std", "min", "max")]
+    names = sorted(figures) + sorted(k for k in per if k not in figures and k not in ("index", "scene_index"))
+    for name in names:
+        a = np.asarray(per[name], np.float64) if name in per else None
+        stats = ["", "", "", ""] if a is None else [f"{x:.5g}" for x in (np.mean(a), np.std(a), np.min(a),
+                                                                          np.max(a))]
+        rows.append((name, f"{figures[name]:.5g}" if name in figures else "-", *stats))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def _finite(x):
+    """JSON-safe: non-finite floats -> None (nested)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m scene3d.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="run directory (config.json + checkpoints/)")
+    p.add_argument("--split", default="eval", choices=sorted(SPLITS),
+                   help="data split: train, eval (held out) or test (= eval)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--batch_size", type=int, default=None, help="default: config.eval_batch_size")
+    p.add_argument("--seed", type=int, default=0, help="model randomness (samplers, renderers)")
+    p.add_argument("--data_seed", type=int, default=0,
+                   help="random data transforms (view choice, crops); 0 = the trainer's evaluation")
+    p.add_argument("--no_ema", action="store_true", help="use the raw parameters even if the run kept an EMA")
+    p.add_argument("--out", default=None, help="json file (default: WORKDIR/eval_<split>_<step>.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    args = p.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    try:
+        task, model, info = load_run(args.workdir, step=args.step, prefer_ema=not args.no_ema)
+        result = evaluate_split(task, model, info["config"], split=SPLITS[args.split], batch_size=args.batch_size,
+                                seed=args.seed, data_seed=args.data_seed, mesh=info["mesh"], rules=info["rules"],
+                                progress=None if args.quiet else sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"scene3d.evaluate: {e}") from e
+    record = {"workdir": os.path.abspath(args.workdir), "task": info["config"].task, "step": info["step"],
+              "variables": info["key"], "split": args.split, "data_split": SPLITS[args.split], "seed": args.seed,
+              "data_seed": args.data_seed, "devices": jax.device_count(), **result}
+    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{info['step']}.json")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        io.write_json(out, _finite(record), indent=1)
+        print(f"{info['config'].task} run {record['workdir']} | step {info['step']} ({info['key']}) | split "
+              f"{args.split}: {result['num_examples']} examples in {result['num_batches']} batches of "
+              f"{result['batch_size']} ({result['padded']} padded rows masked) | {result['wall_sec']:.1f} s")
+        print(table(result))
+        print(f"wrote {out}", file=sys.stderr)
+    record["out"] = out
+    return record
+
+
+if __name__ == "__main__":
+    main()
