@@ -43,11 +43,11 @@ def linear(in_features: int, out_features: int, bias: bool = True) -> nn.Linear:
 class LayerNorm(nn.Module):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis, fp32 statistics (scene3d.nn.LayerNorm)."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True, use_bias: bool = True, **_):
+    def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True, use_bias: bool | None = None, **_):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim)) if use_scale else None
-        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias or use_bias is None else None  # bias by default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
@@ -60,11 +60,11 @@ class LayerNorm(nn.Module):
 class RMSNorm(nn.Module):
     """x / sqrt(mean(x^2) + eps) * weight (+ bias) over the last axis, fp32 (scene3d.nn.RMSNorm)."""
 
-    def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True, use_bias: bool = False, **_):
+    def __init__(self, dim: int, *, eps: float = 1e-6, use_scale: bool = True, use_bias: bool | None = None, **_):
         super().__init__()
         self.dim, self.eps = dim, eps
         self.weight = nn.Parameter(torch.ones(dim)) if use_scale else None
-        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if use_bias else None  # no bias by default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
@@ -493,27 +493,41 @@ class Block(nn.Module):
         return x + (m if self.ls2 is None else m * self.ls2.to(m.dtype))
 
 
+def _modulated_norm(norm: str, dim: int, affine: bool, eps: float) -> LayerNorm | RMSNorm:
+    """The norm in front of an adaLN modulation: without learned scale / bias unless ``affine``."""
+    return make_norm(norm, dim, eps=eps) if affine else make_norm(norm, dim, eps=eps, use_scale=False, use_bias=False)
+
+
 class DiTBlock(nn.Module):
-    """adaLN-Zero DiT block (scene3d.nn.DiTBlock), optional cross-attention."""
+    """adaLN-Zero DiT block (scene3d.nn.DiTBlock): norm kind / affine, MLP kind / width / bias, optional
+    cross-attention (normed or not) with RoPE on its queries ('q'), keys ('k') or both."""
 
     def __init__(self, dim: int, num_heads: int, cond_dim: int | None = None, *, mlp_ratio: float = 4.0,
-                 mlp: str = "gelu_tanh", norm_eps: float = 1e-6, qk_norm: bool | str = False,
-                 qkv_bias: bool = True, cross_attn: bool = False, context_dim: int | None = None, **_):
+                 mlp: str = "gelu_tanh", mlp_dim: int | None = None, mlp_bias: bool | None = None,
+                 norm: str = "layer", norm_affine: bool = False, norm_eps: float = 1e-6,
+                 qk_norm: bool | str = False, qkv_bias: bool = True, cross_attn: bool = False,
+                 context_dim: int | None = None, cross_norm: bool = True, cross_rope: str = "none", **_):
         super().__init__()
+        if cross_rope not in ("none", "q", "k", "qk"):
+            raise ValueError(f"DiTBlock: cross_rope must be 'none', 'q', 'k' or 'qk', got {cross_rope!r}")
+        if cross_rope != "none" and not cross_attn:
+            raise ValueError(f"DiTBlock: cross_rope={cross_rope!r} needs cross_attn=True")
+        self.cross_rope = cross_rope
         akw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, norm_eps=norm_eps)
-        self.norm1 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False)
+        self.norm1 = _modulated_norm(norm, dim, norm_affine, norm_eps)
         self.attn = Attention(dim, num_heads, **akw)
         if cross_attn:
-            self.norm_cross = LayerNorm(dim, eps=norm_eps)
+            self.norm_cross = make_norm(norm, dim, eps=norm_eps) if cross_norm else None
             self.cross = Attention(dim, num_heads, kv_dim=context_dim or dim, **akw)
         else:
             self.norm_cross = self.cross = None
-        self.norm2 = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False)
-        self.mlp = make_mlp(mlp, dim, int(dim * mlp_ratio))
+        self.norm2 = _modulated_norm(norm, dim, norm_affine, norm_eps)
+        mkw = {} if mlp_bias is None else dict(use_bias=mlp_bias)
+        self.mlp = make_mlp(mlp, dim, int(mlp_dim) if mlp_dim else int(dim * mlp_ratio), **mkw)
         self.adaln = AdaLNZero(cond_dim or dim, dim, 6)
 
-    def forward(self, x, c, context=None, *, rope: RopeFn | None = None, mask=None, kv_lengths=None,
-                context_mask=None, context_lengths=None):
+    def forward(self, x, c, context=None, *, rope: RopeFn | None = None, context_rope: RopeFn | None = None,
+                mask=None, kv_lengths=None, context_mask=None, context_lengths=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)
         if c.ndim == 2:
             gate1, gate2 = gate1[:, None], gate2[:, None]
@@ -522,16 +536,22 @@ class DiTBlock(nn.Module):
         if self.cross is not None:
             if context is None:
                 raise ValueError("DiTBlock: built with cross_attn=True, call it with context (B, Lc, context_dim)")
-            x = x + self.cross(self.norm_cross(x), context, mask=context_mask, kv_lengths=context_lengths)
+            if "k" in self.cross_rope and context_rope is None:
+                raise ValueError(f"DiTBlock: built with cross_rope={self.cross_rope!r}, call it with context_rope")
+            h = x if self.norm_cross is None else self.norm_cross(x)
+            x = x + self.cross(h, context, q_rope=rope if "q" in self.cross_rope else None,
+                               k_rope=context_rope if "k" in self.cross_rope else None, mask=context_mask,
+                               kv_lengths=context_lengths)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class FinalLayer(nn.Module):
-    """linear(modulate(norm(x), shift, scale)) (scene3d.nn.FinalLayer)."""
+    """linear(modulate(norm(x), shift, scale)) (scene3d.nn.FinalLayer); norm kind / affine as in DiTBlock."""
 
-    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, norm_eps: float = 1e-6, **_):
+    def __init__(self, dim: int, out_dim: int, cond_dim: int | None = None, *, norm: str = "layer",
+                 norm_affine: bool = False, norm_eps: float = 1e-6, **_):
         super().__init__()
-        self.norm = LayerNorm(dim, eps=norm_eps, use_scale=False, use_bias=False)
+        self.norm = _modulated_norm(norm, dim, norm_affine, norm_eps)
         self.adaln = AdaLNZero(cond_dim or dim, dim, 2)
         self.linear = linear(dim, out_dim)
 

@@ -61,6 +61,7 @@ PORT_IRRELEVANT: dict[str, dict[str, str]] = {
 FRAMEWORK_PARAMS = {
     "rngs": "random init (port values come from a checkpoint)",
     "zero_init_out": "initialiser choice (port values come from a checkpoint)",
+    "cross_zero_init": "initialiser choice (port values come from a checkpoint)",
     "dtype": "framework dtype objects (torch: cast the module with .to(dtype))",
     "param_dtype": "parameter dtype (torch: cast the module with .to(dtype))",
     "device": "torch placement of new tensors",

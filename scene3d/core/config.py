@@ -165,7 +165,8 @@ def config_to_json(config, path: str | os.PathLike | None = None, *, indent: int
     """The resolved config as sorted JSON (non-JSON values become their repr); also written to ``path`` if given."""
     text = json.dumps(_jsonable(config), indent=indent, sort_keys=True)
     if path is not None:
-        pathlib.Path(path).write_text(text + "\n")
+        from scene3d.core import io  # noqa: PLC0415  (config is imported by everything; io only when writing)
+        io.write_text(path, text + "\n")
     return text
 
 

@@ -27,6 +27,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from scene3d.core import io as io_lib
 from scene3d.core import tree as tree_lib
 
 
@@ -141,8 +142,7 @@ class MetricWriter:
         if not self.enabled:
             return
         clean = {str(k): _hparam_value(v) for k, v in hparams.items()}
-        with open(os.path.join(self.workdir, "hparams.json"), "w") as f:
-            json.dump(clean, f, indent=2, sort_keys=True)
+        io_lib.write_json(os.path.join(self.workdir, "hparams.json"), clean, indent=2, sort_keys=True)
         summary = hparams_summary.hparams_pb(clean)
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
 

@@ -23,6 +23,7 @@ from typing import Optional
 
 import numpy as np
 
+from scene3d.core import io
 from scene3d.geometry.cameras import Cameras, invert_rigid, make_c2w
 from scene3d.geometry.so3 import matrix_to_quat, quat_to_matrix
 
@@ -197,7 +198,7 @@ def write_transforms_json(path, cameras: Cameras, file_paths, extra: Optional[di
             f.update(pix(intr[i]))
         frames.append(f)
     out["frames"] = frames
-    pathlib.Path(path).write_text(json.dumps(out, indent=2))
+    io.write_text(path, json.dumps(out, indent=2))
 
 
 # ----------------------------------------------------------------------------------------------------- LLFF
@@ -410,7 +411,7 @@ def write_colmap_cameras_txt(path, cameras: dict):
              "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(cameras)}"]
     for c in cameras.values():
         lines.append(" ".join([str(c.id), c.model, str(c.width), str(c.height)] + [repr(float(p)) for p in c.params]))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    io.write_text(path, "\n".join(lines) + "\n")
 
 
 def read_colmap_images_bin(path) -> dict:
@@ -476,7 +477,7 @@ def write_colmap_images_txt(path, images: dict):
         lines.append(" ".join([str(im.id)] + [repr(float(v)) for v in (*im.qvec, *im.tvec)]
                               + [str(im.camera_id), im.name]))
         lines.append(" ".join(f"{float(x)!r} {float(y)!r} {int(p)}" for (x, y), p in zip(im.xys, im.point3d_ids)))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    io.write_text(path, "\n".join(lines) + "\n")
 
 
 def read_colmap_points3d_bin(path) -> ColmapPoints:
@@ -530,7 +531,7 @@ def write_colmap_points3d_txt(path, pts: ColmapPoints):
         lines.append(" ".join([str(int(pts.ids[k]))] + [repr(float(v)) for v in pts.xyz[k]]
                               + [str(int(v)) for v in pts.rgb[k]] + [repr(float(pts.error[k]))]
                               + [str(int(v)) for v in np.asarray(pts.tracks[k]).reshape(-1)]))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    io.write_text(path, "\n".join(lines) + "\n")
 
 
 def _find(folder, stem):
@@ -667,7 +668,7 @@ def write_re10k(path, clip: RE10KClip, decimals: int = 9):
     lines = [clip.url]
     for t, k, m in zip(clip.timestamps, np.asarray(clip.intrinsics, np.float64), w2c):
         lines.append(" ".join([str(int(t))] + [fmt.format(v) for v in (*k, 0.0, 0.0, *m)]))
-    pathlib.Path(path).write_text("\n".join(lines) + "\n")
+    io.write_text(path, "\n".join(lines) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- 3DGS cameras.json
@@ -712,5 +713,5 @@ def write_3dgs_cameras(path, cameras: Cameras, names, ids=None):
     out = [{"id": int(ids[i]), "img_name": str(names[i]), "width": W, "height": H,
             "position": c2w[i, :3, 3].tolist(), "rotation": c2w[i, :3, :3].tolist(),
             "fx": intr[i, 0] * W, "fy": intr[i, 1] * H} for i in range(len(cameras))]
-    pathlib.Path(path).write_text(json.dumps(out))
+    io.write_text(path, json.dumps(out))
 

@@ -75,17 +75,6 @@ def check_views(images, c2w, intrinsics, name: str, *, multiple: int | None = No
                          f"{tuple(intrinsics.shape)}")
 
 
-# The blockwise read is scene3d.nn's (PerceiverRead.blockwise over nn.blockwise_attention / nn.merge_partial);
-# these two names stay for the callers of this module.
-merge_softmax = nn.merge_partial
-
-
-def blockwise_read(read: nn.PerceiverRead, latents: jax.Array, groups: Sequence[tuple[jax.Array, jax.Array]]
-                   ) -> jax.Array:
-    """``read(concat(inputs), latents, mask=concat(masks))`` block by block: :meth:`nn.PerceiverRead.blockwise`."""
-    return read.blockwise(groups, latents)
-
-
 _EYE = jnp.eye(4, dtype=jnp.float32)
 _DEFAULT_INTRINSICS = jnp.asarray([1.0, 1.0, 0.5, 0.5], jnp.float32)
 

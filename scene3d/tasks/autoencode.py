@@ -235,16 +235,22 @@ class AutoencodeTask:
         rows = self.target(rows)
         for i in range(k):
             sid = int(host["scene_index"][i]) if "scene_index" in host else -1
+            frame = {key: host[key][i] for key in ("center", "scale", "rotation") if key in host}
             for name, raw in (("recon", rec[i]), ("input", rows[i])):
-                g = gs.unpack(raw.astype(np.float64))
-                if "rotation" in host:
-                    g = gs.rotate_gaussians(g, host["rotation"][i].astype(np.float64).T)
-                if "center" in host and "scale" in host:
-                    g = gs.denormalise_scene(g, gs.SceneTransform(host["center"][i].astype(np.float64),
-                                                                  float(host["scale"][i])))
-                g = _viewer_layout(g)
-                splat_io.write_ply(os.path.join(out_dir, f"{name}_{i}.ply"), g,
+                splat_io.write_ply(os.path.join(out_dir, f"{name}_{i}.ply"), to_world(raw, **frame),
                                    comments=[f"scene3d can3tok {name}", f"scene_index {sid}"])
+
+
+def to_world(raw, center=None, scale=None, rotation=None) -> gs.Gaussians:
+    """One scene's packed raw channels (N, C) in the normalised frame of an example (its ``center``, ``scale`` and
+    augmentation ``rotation``; each optional) -> Gaussians in the scene's world frame, in the layout 3DGS viewers
+    expect (float32, zero normals, f_rest zero-padded to SH degree 3)."""
+    g = gs.unpack(np.asarray(raw, np.float64))
+    if rotation is not None:
+        g = gs.rotate_gaussians(g, np.asarray(rotation, np.float64).T)
+    if center is not None and scale is not None:
+        g = gs.denormalise_scene(g, gs.SceneTransform(np.asarray(center, np.float64), float(scale)))
+    return _viewer_layout(g)
 
 
 def _viewer_layout(g: gs.Gaussians) -> gs.Gaussians:

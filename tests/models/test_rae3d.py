@@ -1,12 +1,10 @@
-"""3DRAE: the blockwise perceiver read vs the one-shot nn.PerceiverRead, the online-softmax merge vs numpy,
-view-order invariance, masked / padded views, groups of different resolutions, decoder geometry vs numpy."""
-import jax
+"""3DRAE (its blockwise perceiver read is tested in tests/nn/test_perceiver.py): view-order invariance, masked /
+padded views, groups of different resolutions, decoder geometry vs numpy."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from scene3d import nn
 from scene3d.geometry import cameras
 from scene3d.models import rae3d
 
@@ -32,54 +30,6 @@ def model():
 @pytest.fixture(scope="module")
 def encode(model):
     return nnx.jit(lambda m, im, c, k, vm: m.encoder((im, c, k), view_mask=vm)[0])
-
-
-def test_merge_softmax_vs_numpy():
-    rng = np.random.default_rng(0)
-    q, k, v = rng.normal(size=(1, 3, 2, 4)), rng.normal(size=(1, 7, 2, 4)), rng.normal(size=(1, 7, 2, 4))
-    from scene3d.kernels import attention
-    o1, l1 = attention(jnp.asarray(q), jnp.asarray(k[:, :3]), jnp.asarray(v[:, :3]), return_lse=True)
-    o2, l2 = attention(jnp.asarray(q), jnp.asarray(k[:, 3:]), jnp.asarray(v[:, 3:]), return_lse=True)
-    o, lse = rae3d.merge_softmax(o1, l1, o2, l2)
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / 2.0
-    p = np.exp(logits - logits.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    np.testing.assert_allclose(o, np.einsum("bhqk,bkhd->bqhd", p, v), atol=1e-5)
-    ref_lse = np.log(np.exp(logits).sum(-1)).transpose(0, 2, 1)
-    np.testing.assert_allclose(lse, ref_lse, atol=1e-5)
-    # an empty block (lse = -inf) changes nothing
-    o3, l3 = rae3d.merge_softmax(o, lse, jnp.zeros_like(o), jnp.full_like(lse, -jnp.inf))
-    np.testing.assert_allclose(o3, o, atol=1e-6)
-    np.testing.assert_allclose(l3, lse, atol=1e-6)
-
-
-def test_blockwise_read_equals_one_shot_read_and_gradients():
-    read = nn.PerceiverRead(32, 4, num_latents=5, qk_norm=True, rngs=nnx.Rngs(1))
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(3, 2, 6, 32)), jnp.float32)  # 3 blocks of 6 tokens
-    m = rng.uniform(size=(3, 2, 6)) > 0.3
-    m[1, 0] = False  # one block fully masked for scene 0
-    m = jnp.asarray(m)
-    lat = jnp.asarray(rng.normal(size=(2, 5, 32)), jnp.float32)
-    fmask = jnp.moveaxis(m, 0, 1).reshape(2, 18)
-
-    def block(lat, x):
-        return rae3d.blockwise_read(read, lat, [(x[:2], m[:2]), (x[2:], m[2:])])
-
-    def one_shot(lat, x):
-        return read(jnp.moveaxis(x, 0, 1).reshape(2, 18, 32), lat, mask=fmask)
-
-    loss = lambda f: (lambda a, b: jnp.sum(jnp.sin(f(a, b))))
-
-    @jax.jit
-    def both(lat, x):
-        return (block(lat, x), one_shot(lat, x), jax.grad(loss(block), argnums=(0, 1))(lat, x),
-                jax.grad(loss(one_shot), argnums=(0, 1))(lat, x))
-
-    y1, y2, g1, g2 = both(lat, x)
-    np.testing.assert_allclose(y1, y2, atol=2e-5)
-    for a, b in zip(g1, g2):
-        np.testing.assert_allclose(a, b, atol=5e-5)
 
 
 def test_view_order_invariance_and_masked_views(model, encode):

@@ -184,6 +184,16 @@ def test_nn_blocks_parity():
     c = rng.normal(size=(b, lq, 16)).astype(np.float32)
     jm, tmod = _block_pair("DiTBlock", 32, 4, 16, qk_norm="rms")
     cases.append(("ditblock_tokens", jm(jx, jnp.asarray(c)), tmod(tx, tm_(c))))
+    # DiTBlock with the LightningDiT options (affine RMSNorms, SwiGLU with biases, un-normed cross-attention) and
+    # RoPE on the cross-attention's queries and keys; FinalLayer with an affine RMSNorm
+    jm, tmod = _block_pair("DiTBlock", 32, 4, 16, **dict(snn.LIGHTNING_DIT, context_dim=24, mlp_dim=48,
+                                                          cross_rope="qk"))
+    jr, kr = snn.make_rope(qpos, axial=False), snn.make_rope(kpos, axial=False)
+    cases.append(("ditblock_lightning", jm(jx, jnp.asarray(c[:, 0]), jc, rope=jr, context_rope=kr),
+                  tmod(tx, tm_(c[:, 0]), tc, rope=tnn.make_rope(tm_(qpos), axial=False),
+                       context_rope=tnn.make_rope(tm_(kpos), axial=False))))
+    jm, tmod = _block_pair("FinalLayer", 32, 6, 16, norm="rms", norm_affine=True)
+    cases.append(("final_rms", jm(jx, jnp.asarray(c)), tmod(tx, tm_(c))))
     # PerceiverRead with learned latents and a (B, Lin) key mask; PerceiverProcess (a Stack) with 1D RoPE
     kmask = mask[:, 0, 0]
     kmask[:, 0] = True
