@@ -178,6 +178,16 @@ def check_keys(section, known, where: str, hint: str = "") -> None:
         raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}{(' ' + hint) if hint else ''}")
 
 
+def model_section(config, task: str, model: str, known, hint: str = ""):
+    """``config.model`` of a stage-1 task, checked: its ``name`` (default ``model``) must be ``model`` and its keys
+    must be in ``known`` (ValueErrors naming the field)."""
+    mc = config.model
+    if mc.get("name", model) != model:
+        raise ValueError(f"config.model.name: the {task} task trains {model!r}, got {mc.name!r}")
+    check_keys(mc, known, "config.model", hint)
+    return mc
+
+
 def dataclass_from_config(cls, cfg, where: str):
     """The fields of dataclass ``cls`` from a dict / ConfigDict, checked: unknown keys raise a ValueError that
     names ``where`` (the config field, e.g. 'config.data.views') and lists the known keys. Returns a dict

@@ -111,18 +111,14 @@ class DiT3D(nnx.Module):
         null = self.type_embed[0].astype(self.dtype)
         toks = [jnp.broadcast_to(null, (batch_size, 1, self.dim))]
         masks = [jnp.ones((batch_size, 1), bool)]
-        if cond.get("view_features") is not None:
-            vm = cond.get("view_mask")
-            vm = jnp.ones(cond["view_features"].shape[:2], bool) if vm is None else vm
-            t, m = self.view_tokens(cond["view_features"], cond["view_rays"], vm)
-            toks.append(t)
-            masks.append(m)
-        if cond.get("traj_c2w") is not None:
-            tm = cond.get("traj_mask")
-            tm = jnp.ones(cond["traj_c2w"].shape[:2], bool) if tm is None else tm
-            t, m = self.camera_tokens(cond["traj_c2w"], cond["traj_intrinsics"], tm)
-            toks.append(t)
-            masks.append(m)
+        for main, other, mask, embed in (("view_features", "view_rays", "view_mask", self.view_tokens),
+                                         ("traj_c2w", "traj_intrinsics", "traj_mask", self.camera_tokens)):
+            if cond.get(main) is not None:
+                keep = cond.get(mask)
+                keep = jnp.ones(cond[main].shape[:2], bool) if keep is None else keep
+                t, m = embed(cond[main], cond[other], keep)
+                toks.append(t)
+                masks.append(m)
         return self.cond_norm(jnp.concatenate(toks, 1)), jnp.concatenate(masks, 1)
 
     # -- forward -----------------------------------------------------------------------------------------------

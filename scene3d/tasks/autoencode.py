@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from scene3d import losses
-from scene3d.core.config import check_keys
+from scene3d.core.config import model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.data import gs_pipeline, splat_io
 from scene3d.geometry import gaussians as gs
@@ -66,14 +66,11 @@ class AutoencodeTask:
 
     def __init__(self, config):
         self.config = config
-        mc = config.model
-        if mc.get("name", "can3tok") != "can3tok":
-            raise ValueError(f"config.model.name: the autoencode task trains 'can3tok', got {mc.name!r}")
+        mc = model_section(config, "autoencode", "can3tok", _TASK_KEYS | can3tok.CONFIG_KEYS)
         variant = mc.get("variant", "tiny")
         if variant not in can3tok.VARIANTS:
             raise ValueError(f"config.model.variant: unknown Can3Tok variant {variant!r} "
                              f"(known: {sorted(can3tok.VARIANTS)})")
-        check_keys(mc, _TASK_KEYS | can3tok.CONFIG_KEYS, "config.model")
         self.overrides = {k: mc[k] for k in mc.keys() if k in can3tok.CONFIG_KEYS}
         arch = dict(can3tok.VARIANTS[variant], **self.overrides)
         gcfg = config.data.get("gaussians") or {}

@@ -35,7 +35,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from scene3d.core.config import check_keys
+from scene3d.core.config import model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
 from scene3d.losses import perceptual as perceptual_lib
@@ -120,10 +120,7 @@ class RAE3DTask:
 
     def __init__(self, config):
         self.config = config
-        mc = config.model
-        if mc.get("name", "rae3d") != "rae3d":
-            raise ValueError(f"config.model.name: the rae3d task trains 'rae3d', got {mc.name!r}")
-        check_keys(mc, _MODEL_KEYS, "config.model")
+        mc = model_section(config, "rae3d", "rae3d", _MODEL_KEYS)
         fields = {k: mc[k] for k in rae3d_lib.RAE3DConfig.__dataclass_fields__ if k in mc}
         self.model_cfg = rae3d_lib.rae3d_config(mc.get("variant", "tiny"), **fields)
         self.loss_cfg = _as_dict(config.get("loss"))

@@ -37,7 +37,7 @@ from absl import logging
 from flax import nnx
 
 from scene3d import losses
-from scene3d.core.config import check_keys
+from scene3d.core.config import check_keys, model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
 from scene3d.metrics import image as image_metrics
@@ -198,11 +198,8 @@ class SceneTokTask:
 
     def __init__(self, config):
         self.config = config
-        mc = config.model
-        if mc.get("name", "scenetok") != "scenetok":
-            raise ValueError(f"config.model.name: the scenetok task trains 'scenetok', got {mc.name!r}")
-        check_keys(mc, _MODEL_KEYS, "config.model",
-                   f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
+        mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
+                           f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
         self.variant = mc.get("variant", "tiny")
         if self.variant not in scenetok.VARIANTS:
             raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "

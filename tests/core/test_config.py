@@ -96,3 +96,13 @@ def test_check_keys_names_the_field_and_lists_unknown_and_known_keys():
     check_keys({"a": 1, "b": 2}, {"a", "b", "c"}, "config.model")  # a subset passes
     with pytest.raises(ValueError, match=r"^config.model: unknown keys \['d', 'e'\]; known: \['a', 'b'\] \(hint\)$"):
         check_keys(ml_collections.ConfigDict({"a": 1, "e": 2, "d": 3}), ("b", "a"), "config.model", "(hint)")
+
+
+def test_model_section_checks_the_model_name_and_keys():
+    from scene3d.core.config import model_section
+    cfg = ml_collections.ConfigDict({"model": {"name": "rae3d", "variant": "tiny"}})
+    assert model_section(cfg, "rae3d", "rae3d", {"name", "variant"}) is cfg.model
+    with pytest.raises(ValueError, match=r"config.model.name: the autoencode task trains 'can3tok', got 'rae3d'"):
+        model_section(cfg, "autoencode", "can3tok", {"name", "variant"})
+    with pytest.raises(ValueError, match=r"config.model: unknown keys \['variant'\]"):
+        model_section(cfg, "rae3d", "rae3d", {"name"})
