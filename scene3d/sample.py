@@ -323,7 +323,9 @@ def sample_scenegen(task, model, info, args, out: str) -> dict:
 def sample_dit3d(task, model, info, args, out: str) -> dict:
     from scene3d.models import dit3d as dit3d_lib
     rc = task.render_cfg
-    res = task.config.data.get("views", {}).get("resolution") or (args.size, args.size)
+    res = (task.config.data.get("views") or {}).get("resolution")
+    if not (args.size or res):
+        raise SystemExit("--size is required: the run's config has no data.views.resolution")
     size = (args.size, args.size) if args.size else tuple(int(v) for v in res)
     mode = args.mode or ("views" if len(args.image or ()) > 1 else "one_view" if args.image else "uncond")
     if mode not in dit3d_lib.CONDITIONS:

@@ -41,6 +41,7 @@ from scene3d.core.config import check_keys, model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
 from scene3d.metrics import image as image_metrics
+from scene3d.metrics import lpips as lpips_lib
 from scene3d.metrics.image import to_unit
 from scene3d.models import image_vae, scenetok, tokenizers
 from scene3d.models.tokenizers import RenderSpec, SceneTokModel
@@ -163,25 +164,6 @@ def render_uncertainty(samples: int, first, gt, render_more, rng) -> dict:
             "psnr_sample_mean": jnp.mean(image_metrics.psnr(mean, gt)), "uncertainty_error_corr": corr}
 
 
-def build_lpips(spec):
-    """The LPIPS metric of ``config.metrics.lpips`` (None: not computed): ``dict(net='alex'|'vgg', backbone=PATH,
-    lin=PATH)`` (torchvision backbone + lpips 'lin' weights) or ``dict(net=..., file=PATH)`` (one combined
-    file); ``dict(net=..., random=True)`` uses random weights (tests only: not LPIPS)."""
-    spec = _as_dict(spec)
-    if not spec:
-        return None
-    from scene3d.metrics import lpips as lpips_lib
-    net = spec.get("net", "alex")
-    if spec.get("random"):
-        return lpips_lib.LPIPS.random(net, int(spec.get("seed", 0)))
-    if spec.get("file"):
-        return lpips_lib.LPIPS.from_files(spec["file"], None, net=net)
-    if not (spec.get("backbone") and spec.get("lin")):
-        raise ValueError("config.metrics.lpips: expected backbone=PATH and lin=PATH, file=PATH, or random=True; "
-                         f"got {spec}")
-    return lpips_lib.LPIPS.from_files(spec["backbone"], spec["lin"], net=net)
-
-
 # Jitted once per process (compile caches shared by every task instance with the same settings and shapes).
 render_pixels = nnx.jit(_render_pixels, static_argnums=0)
 context_tokens_jit = nnx.jit(_context_tokens)
@@ -246,7 +228,7 @@ class SceneTokTask:
         self.render_samples = int(mc.get("render_samples", 1))
         if self.render_samples < 1:
             raise ValueError(f"config.metrics.render_samples must be >= 1, got {self.render_samples}")
-        self.lpips = build_lpips(mc.get("lpips"))
+        self.lpips = lpips_lib.from_config(mc.get("lpips"))
 
     def _overrides(self, part: str, derived: dict) -> dict:
         given = _as_dict(self.config.model.get(part))

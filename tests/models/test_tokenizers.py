@@ -17,16 +17,6 @@ from scene3d.tasks import stage1
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _set(c, over: dict):
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
-
-
 def _perturbed(model, seed: int):
     """``model`` with every variable moved by N(0, 0.05^2) noise (zero-initialised output layers would otherwise
     make outputs independent of the inputs)."""
@@ -118,9 +108,10 @@ SIZE = 16
 @pytest.fixture(scope="module")
 def scenetok():
     c = load_config(f"{REPO}/configs/scenetok.py:runlocal")
-    c = _set(c, {"data.views.resolution": (SIZE, SIZE), "data.views.num_target": 2, "flow.sample_steps": 2,
-                 "model.compressor": dict(width=32, heads=2, depth=1, patch=2, num_tokens=8, token_dim=4, ray_patch=2),
-                 "model.decoder": dict(width=32, heads=2, depth=1, patch=1, ray_patch=2, freq_dim=32)})
+    c.update_from_flattened_dict({
+        "data.views.resolution": (SIZE, SIZE), "data.views.num_target": 2, "flow.sample_steps": 2,
+        "model.compressor": dict(width=32, heads=2, depth=1, patch=2, num_tokens=8, token_dim=4, ray_patch=2),
+        "model.decoder": dict(width=32, heads=2, depth=1, patch=1, ray_patch=2, freq_dim=32)})
     return c, _perturbed(stage1.build_tokenizer(c, nnx.Rngs(4)), 1)
 
 
@@ -145,7 +136,9 @@ def test_scenetok_adapter_matches_the_model_and_the_task(scenetok):
     key = jax.random.key(7)
     out = nnx.jit(lambda m, t, c, i, r: tok.bind(m).decode(t, tokenizers.Cameras(c, i), r))(model, tokens, c2w3,
                                                                                               k3, key)
-    task = stok.SceneTokTask(_set(config.copy_and_resolve_references(), {"flow.sample_steps": 3}))
+    task_config = config.copy_and_resolve_references()
+    task_config.flow.sample_steps = 3
+    task = stok.SceneTokTask(task_config)
     want = task.render_views(model, tokens, np.asarray(c2w3), np.asarray(k3), key)
     assert out["images"].shape == (2, 3, SIZE, SIZE, 3) and out["latents"].shape == (2, 3, 4, 4, 48)
     np.testing.assert_allclose(out["images"], want, atol=2e-5)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from scene3d.metrics import lpips as lpips_lib
 from scene3d.render import plots
 from scene3d.tasks import scenetok as stok
 
@@ -51,15 +52,15 @@ def test_render_uncertainty_identical_samples_and_error_tracking():
 
 
 def test_build_lpips_from_config(tmp_path):
-    assert stok.build_lpips(None) is None and stok.build_lpips({}) is None
-    metric = stok.build_lpips(dict(net="alex", random=True, seed=1))
+    assert lpips_lib.from_config(None) is None and lpips_lib.from_config({}) is None
+    metric = lpips_lib.from_config(dict(net="alex", random=True, seed=1))
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
     d = np.asarray(metric(x, x[::-1]))
     assert d.shape == (2,) and np.all(d > 0) and float(metric(x, x)[0]) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="config.metrics.lpips"):
-        stok.build_lpips(dict(net="alex", backbone=str(tmp_path / "alexnet.pth")))
+        lpips_lib.from_config(dict(net="alex", backbone=str(tmp_path / "alexnet.pth")))
     with pytest.raises(ValueError, match="nope.pth"):
-        stok.build_lpips(dict(net="alex", file=str(tmp_path / "nope.pth")))
+        lpips_lib.from_config(dict(net="alex", file=str(tmp_path / "nope.pth")))
 
 
 def test_heatmap_colours():
