@@ -29,9 +29,10 @@ What is computed, per task:
   ``metrics.render_samples`` renders; ``scenegen`` / ``dit3d``: the stage-1 metrics of renders of generated tokens
   against the held-out targets; ``generate``: validation losses) has its ``evaluate(model, batch, rng)`` run on
   each example as a batch of one (``jax.vmap`` over the batch) with the key ``fold_in(key(seed), example
-  index)``: the values do not depend on the batch size. Metrics a task computes over a batch (e.g. SceneTok's
-  ``psnr_mean_image`` baseline, the mean of the batch's targets) are then those of each example alone. The split
-  figure of each value is its mean over the examples.
+  index)``: the values do not depend on the batch size. Metrics that a task computes over a whole batch and
+  lists in ``task.batch_metrics`` (SceneTok's ``psnr_mean_image`` baseline, the mean of the batch's targets) are
+  left out: for one example they would be meaningless. The split figure of each value is its mean over the
+  examples.
 """
 from __future__ import annotations
 
@@ -134,9 +135,12 @@ def per_example_fn(task):
             return task.evaluate_examples(model, batch, jax.random.fold_in(base, index[0]))
         return fn, "evaluate_examples"
 
+    batch_level = set(getattr(task, "batch_metrics", ()))
+
     def fn(model, batch, base, index):
         def one(example, i):
-            return task.evaluate(model, jax.tree.map(lambda x: x[None], example), jax.random.fold_in(base, i))
+            out = task.evaluate(model, jax.tree.map(lambda x: x[None], example), jax.random.fold_in(base, i))
+            return {k: v for k, v in out.items() if k not in batch_level}
         return jax.vmap(one)(batch, index)
 
     return fn, "evaluate per example (vmap)"

@@ -201,3 +201,25 @@ def test_rae3d_per_scene_metrics_vs_numpy(tmp_path):
     assert set(split) == {"psnr", "psnr_context", "ssim", "ssim_context", "l1", "point_err", "point_err_context"}
     for k, val in batch_figures.items():
         np.testing.assert_allclose(float(val), split[k], rtol=1e-4, err_msg=k)
+
+
+def test_batch_level_metrics_are_left_out_of_the_per_example_path():
+    """A task's ``batch_metrics`` (e.g. SceneTok's mean-image baseline: the mean of the batch's targets) would be
+    meaningless for one example: the per-example path drops them and keeps the rest, example by example."""
+    import jax
+    import jax.numpy as jnp
+
+    class Task:
+        batch_metrics = ("mean_of_batch",)
+
+        def evaluate(self, model, batch, rng):
+            x = batch["x"]
+            return {"sq": jnp.mean(jnp.square(x)), "mean_of_batch": jnp.mean(x)}
+
+    fn, mode = evaluate.per_example_fn(Task())
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    out = fn(None, {"x": jnp.asarray(x)}, jax.random.key(0), jnp.arange(3))
+    assert mode.startswith("evaluate per example") and set(out) == {"sq"}
+    np.testing.assert_allclose(out["sq"], np.mean(x ** 2, axis=1))
+    from scene3d.tasks.scenetok import SceneTokTask
+    assert "psnr_mean_image" in SceneTokTask.batch_metrics

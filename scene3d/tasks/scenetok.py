@@ -178,6 +178,10 @@ context_tokens_jit = nnx.jit(_context_tokens)
 class SceneTokTask:
     """SceneTok stage-1 training (module docstring). Config fields: image_compressor, model, flow, loss, render."""
 
+    # Metrics of ``evaluate`` that mean something only over a batch of scenes (the mean-image baseline predicts every
+    # target by the mean of all the batch's targets): ``scene3d.evaluate``'s per-example path leaves them out.
+    batch_metrics = ("psnr_mean_image",)
+
     def __init__(self, config):
         self.config = config
         mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
