@@ -61,7 +61,7 @@ from scene3d import convert
 from scene3d import tasks as tasks_lib
 from scene3d.convert import engine
 from scene3d.core import config as config_lib
-from scene3d.core import io
+from scene3d.core import io, runs
 from scene3d.core import sharding as sh
 from scene3d.nn.frozen import Frozen
 from scene3d.tasks import stage1
@@ -313,7 +313,7 @@ def import_run(import_from: str, layout: str, config_arg: str, workdir: str, *, 
     from scene3d.core import checkpoint as ckpt_lib
     if layout not in LAYOUTS:
         raise ValueError(f"--layout: expected one of {LAYOUTS}, got {layout!r}")
-    ckdir = os.path.join(workdir, "checkpoints")
+    ckdir = runs.checkpoint_dir(workdir)
     if os.path.isdir(ckdir) and os.listdir(ckdir):
         raise FileExistsError(f"--workdir {workdir!r} already holds checkpoints ({ckdir}); import into a new folder")
     state_dict = engine.load_state_dict(import_from)
@@ -351,9 +351,8 @@ def import_run(import_from: str, layout: str, config_arg: str, workdir: str, *, 
     passthrough = getattr(report, "passthrough", None)
     if passthrough:
         engine.save_safetensors(os.path.join(workdir, EXTRA_FILE), passthrough, {"part": part, "class": cls})
-    for fname, text in (("config.json", config_lib.config_to_json(config)),
-                        ("import.json", json.dumps(record, indent=2, default=_json_default))):
-        io.write_text(os.path.join(workdir, fname), text + "\n")
+    config_lib.config_to_json(config, runs.config_path(workdir))
+    io.write_text(os.path.join(workdir, "import.json"), json.dumps(record, indent=2, default=_json_default) + "\n")
     print(f"{workdir}: step-0 checkpoint with {n} arrays of {cls} (part {part or '<whole model>'!r}) from "
           f"{import_from}" + (f"; {record['report']}" if report is not None else ""), file=sys.stderr)
     return record

@@ -10,12 +10,10 @@ checkpoint in ``--workdir``. Metrics go to the console, ``metrics.jsonl`` and Te
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging as std_logging
 import os
 import signal
-import time
 from typing import Any
 
 from absl import app, flags, logging
@@ -35,6 +33,7 @@ from scene3d.core import chrono as chrono_lib
 from scene3d.core import config as config_lib
 from scene3d.core import distributed
 from scene3d.core import metrics as metrics_lib
+from scene3d.core import runs
 from scene3d.core import sharding as sh
 from scene3d.data import pipeline
 
@@ -272,8 +271,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
     if primary:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_lib.config_to_json(config))
+        config_lib.config_to_json(config, runs.config_path(workdir))
     s, state = setup(config, mesh)
     writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     logging.info("mesh: %s", sh.describe(s.mesh))
@@ -283,7 +281,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                      f"{sum(x.size for x in jax.tree.leaves(state['frozen'])):,}")
 
     data_iter = data_iterator(config, task=s.task, split="train")
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=int(config.get("keep_ckpts", 3)),
+    ckpt = ckpt_lib.Checkpointer(runs.checkpoint_dir(workdir), keep=int(config.get("keep_ckpts", 3)),
                                  async_save=bool(config.get("async_checkpoint", True)))
     latest = ckpt.latest_step()
     if latest is not None:

@@ -23,7 +23,8 @@ from etils import epath
 
 from scene3d.core import tree as tree_lib
 
-_STATE, _DATA, _META = "state", "data", "meta"
+STATE_ITEM = "state"  # the train-state item of a step (read back by scene3d.core.runs)
+_STATE, _DATA, _META = STATE_ITEM, "data", "meta"
 
 
 class _StateAdapter:

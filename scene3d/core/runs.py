@@ -84,7 +84,7 @@ def checkpoint_step(workdir: str | os.PathLike, step: int | None = None) -> int:
 
 
 def _state_dir(workdir, step: int) -> str:
-    return os.path.join(checkpoint_dir(workdir), str(int(step)), ckpt_lib._STATE)  # the train-state item of a step
+    return os.path.join(checkpoint_dir(workdir), str(int(step)), ckpt_lib.STATE_ITEM)
 
 
 def _saved_tree(state_dir: str) -> dict:

@@ -45,8 +45,8 @@ from scene3d.metrics import lpips as lpips_lib
 from scene3d.metrics.image import to_unit
 from scene3d.models import image_vae, scenetok, tokenizers
 from scene3d.models.tokenizers import RenderSpec, SceneTokModel
+from scene3d.nn.frozen import freeze
 from scene3d.render import plots, video
-from scene3d.tasks import stage1
 from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
 
 _MODEL_KEYS = frozenset({"name", "variant", "compressor", "decoder", "attn_impl", "scan", "remat", "dtype",
@@ -256,7 +256,7 @@ class SceneTokTask:
         mc = self.config.model
         image = self._build_image(rngs)
         if isinstance(image, image_vae.ImageVAE) and not self.train_vae:
-            image = stage1.freeze(image)
+            image = freeze(image)
         model = scenetok.SceneTok(variant=self.variant, compressor=self.compressor_cfg, decoder=self.decoder_cfg,
                                   attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
                                   remat=mc.get("remat", "none"),

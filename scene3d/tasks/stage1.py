@@ -28,9 +28,8 @@ from flax import nnx
 
 from scene3d.core import runs
 from scene3d.core import sharding as sh
-from scene3d.core.runs import restore_variables  # noqa: F401  (re-exported for existing callers)
 from scene3d.models import tokenizers
-from scene3d.nn.frozen import Frozen, freeze  # noqa: F401  (re-exported: stage-2 tasks use them)
+from scene3d.nn.frozen import freeze
 
 
 def build_tokenizer(config, rngs: nnx.Rngs) -> nnx.Module:

@@ -3,7 +3,6 @@ a two-step run through scene3d.train on a 2 x 4 mesh (frozen tokenizer untouched
 restoring the tokenizer from a stage-1 run, and classifier-free guidance against a hand-computed Euler step."""
 import colorsys
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +11,7 @@ import pytest
 from flax import nnx
 
 from scene3d.core import config as config_lib
+from scene3d.core import runs
 from scene3d.core.checkpoint import Checkpointer
 from scene3d.geometry import gaussians as gs
 from scene3d.models import cond_encoders as ce
@@ -142,7 +142,7 @@ def test_two_step_run_on_2x4_mesh(run):
     assert set(state["params"]) == {"dit", "cond"} and set(state["frozen"]) == {"tokenizer"}
     assert train_lines[1]["train/lr"] > 0
     full = nnx.merge_state(state["params"], state["frozen"])
-    s1, s2 = (jax.device_get(stage1.restore_variables(str(workdir), full, step=k)[0]) for k in (1, 2))
+    s1, s2 = (jax.device_get(runs.restore_variables(str(workdir), full, step=k)[0]) for k in (1, 2))
     assert len(jax.tree.leaves(s1["tokenizer"])) > 20
     for a, b in zip(jax.tree.leaves(s1["tokenizer"]), jax.tree.leaves(s2["tokenizer"])):
         np.testing.assert_array_equal(a, b)
