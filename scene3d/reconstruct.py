@@ -116,23 +116,6 @@ def read_input(path, *, scene: int = 0) -> dict:
             "name": p.stem}
 
 
-def read_trajectory(path) -> np.ndarray:
-    """(N, 4, 4) OpenCV camera-to-world poses of a trajectory file (module docstring), in its world frame."""
-    p = pathlib.Path(path)
-    if p.suffix == ".txt":
-        c2w = conventions.read_re10k(p).c2w
-    elif p.suffix in (".npy", ".npz"):
-        data = np.load(p)
-        c2w = data["c2w"] if p.suffix == ".npz" else data
-    else:
-        raise ValueError(f"--trajectory {path}: expected .npy / .npz ('c2w') camera-to-world poses or a "
-                         "RealEstate10K pose .txt")
-    c2w = np.asarray(c2w, np.float64)
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or not len(c2w):
-        raise ValueError(f"--trajectory {path}: expected (N, 4, 4) camera-to-world poses, got {c2w.shape}")
-    return c2w
-
-
 def default_context(num_frames: int, num_context: int, window: int) -> np.ndarray:
     """``num_context`` frames spread evenly over the middle ``window + 1`` frames (all frames when fewer)."""
     span = min(int(window), num_frames - 1)
@@ -324,7 +307,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"--input {args.input}: a {family} run reconstructs posed views (a capture folder or a "
                          "built-in scene), not a 3DGS file")
     data = read_input(args.input, scene=args.scene)
-    trajectory = read_trajectory(args.trajectory) if args.trajectory else None
+    trajectory = (conventions.read_camera_file(args.trajectory, require_intrinsics=False)[0].astype(np.float64)
+                  if args.trajectory else None)
     config, task, model, info = stage1.load_run(args.workdir, step=args.step, prefer_ema=not args.no_ema)
     adapter = stage1.tokenizer(config, model)
     os.makedirs(args.out, exist_ok=True)

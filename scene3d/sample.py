@@ -57,6 +57,7 @@ from PIL import Image
 from scene3d.core import sharding as sh
 from scene3d.data import splat_io
 from scene3d.geometry import cameras as cam_lib
+from scene3d.geometry import conventions
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import trajectories
 from scene3d.render import plots
@@ -178,36 +179,6 @@ def sample_latent(task, model, info, args, out: str) -> dict:
 # ============================================================================================ posed views
 
 
-def read_cameras(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(c2w (N, 4, 4) OpenCV, intrinsics (N, 4) normalised) of a camera file (module docstring), float32, as
-    stored (world frame)."""
-    from scene3d.geometry import conventions
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"camera file {path!r} does not exist")
-    name = os.path.basename(path)
-    if name.endswith(".txt"):
-        clip = conventions.read_re10k(path)
-        c2w, intr = clip.c2w, clip.intrinsics
-    elif name.endswith(".json") and "frames" in json.loads(open(path).read()):
-        cams = conventions.read_transforms_json(path, check_files=False).cameras
-        c2w, intr = cams.c2w, cams.intrinsics
-    elif name.endswith((".json", ".npz")):
-        data = json.loads(open(path).read()) if name.endswith(".json") else dict(np.load(path))
-        missing = [k for k in ("c2w", "intrinsics") if k not in data]
-        if missing:
-            raise ValueError(f"{path}: fields {missing} missing (expected c2w (N, 4, 4) and intrinsics (N, 4))")
-        c2w, intr = np.asarray(data["c2w"], np.float64), np.asarray(data["intrinsics"], np.float64)
-    else:
-        raise ValueError(f"{path}: unknown camera file (expected .npz, .json, transforms.json or a RealEstate10K "
-                         ".txt)")
-    c2w, intr = np.asarray(c2w, np.float64), np.asarray(intr, np.float64)
-    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) < 1 or intr.shape != (len(c2w), 4):
-        raise ValueError(f"{path}: expected c2w (N, 4, 4) and intrinsics (N, 4), got {c2w.shape} and {intr.shape}")
-    if not (np.isfinite(c2w).all() and np.isfinite(intr).all()):
-        raise ValueError(f"{path}: the cameras are not finite")
-    return c2w.astype(np.float32), intr.astype(np.float32)
-
-
 def load_views(paths, size: tuple[int, int]) -> np.ndarray:
     """Images (V, H, W, 3) float32 in [-1, 1]: each file covered-resized (aspect kept) and centre-cropped to
     ``size``."""
@@ -231,7 +202,7 @@ def view_cameras(args, num: int, size) -> tuple[np.ndarray, np.ndarray, np.ndarr
     """(c2w (num, 4, 4), intrinsics (num, 4)) of the conditioning / anchor views in the first one's frame, and the
     inverse of the first anchor's world pose (None without an anchors file)."""
     if args.anchors:
-        c2w, intr = read_cameras(args.anchors)
+        c2w, intr = conventions.read_camera_file(args.anchors)
         if len(c2w) < num:
             raise ValueError(f"--anchors {args.anchors}: {len(c2w)} cameras for {num} views")
         ref = np.linalg.inv(c2w[0].astype(np.float64))
@@ -245,7 +216,7 @@ def trajectory_cameras(args, ref, default) -> tuple[np.ndarray, np.ndarray]:
     the trajectory's own first camera), else ``default()``."""
     if not args.trajectory:
         return default()
-    c2w, intr = read_cameras(args.trajectory)
+    c2w, intr = conventions.read_camera_file(args.trajectory)
     ref = np.linalg.inv(c2w[0].astype(np.float64)) if ref is None else ref
     return (ref @ c2w).astype(np.float32), intr
 

@@ -220,7 +220,7 @@ def test_dit3d_sample_modes_and_every_load_path(dit3d_run, tmp_path):
         sample.main(base + ["--mode=views", f"--out={tmp_path / 'x'}"])
 
 
-def test_read_cameras(tmp_path):
+def test_read_camera_file(tmp_path):
     from scene3d.geometry import conventions
     rng = np.random.default_rng(0)
     c2w = np.tile(np.eye(4), (3, 1, 1))
@@ -230,12 +230,20 @@ def test_read_cameras(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"c2w": c2w.tolist(), "intrinsics": intr.tolist()}))
     conventions.write_re10k(tmp_path / "c.txt", conventions.RE10KClip("url", np.arange(3), intr, c2w))
     for name in ("c.npz", "c.json", "c.txt"):
-        got_c2w, got_intr = sample.read_cameras(str(tmp_path / name))
+        got_c2w, got_intr = conventions.read_camera_file(str(tmp_path / name))
         np.testing.assert_allclose(got_c2w, c2w, atol=1e-6)
         np.testing.assert_allclose(got_intr, intr, atol=1e-6)
     np.savez(tmp_path / "bad.npz", c2w=c2w)
     with pytest.raises(ValueError, match=r"bad.npz: fields \['intrinsics'\] missing"):
-        sample.read_cameras(str(tmp_path / "bad.npz"))
+        conventions.read_camera_file(str(tmp_path / "bad.npz"))
+    got_c2w, got_intr = conventions.read_camera_file(tmp_path / "bad.npz", require_intrinsics=False)
+    np.testing.assert_allclose(got_c2w, c2w, atol=1e-6)
+    assert got_intr is None
+    np.save(tmp_path / "poses.npy", c2w)  # a trajectory of poses alone (scene3d.reconstruct --trajectory)
+    np.testing.assert_allclose(conventions.read_camera_file(tmp_path / "poses.npy", require_intrinsics=False)[0], c2w,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="poses.npy: fields"):
+        conventions.read_camera_file(tmp_path / "poses.npy")
     np.savez(tmp_path / "bad2.npz", c2w=c2w[:, :3], intrinsics=intr)
     with pytest.raises(ValueError, match=r"bad2.npz: expected c2w \(N, 4, 4\)"):
-        sample.read_cameras(str(tmp_path / "bad2.npz"))
+        conventions.read_camera_file(str(tmp_path / "bad2.npz"))

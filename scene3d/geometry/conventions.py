@@ -715,3 +715,50 @@ def write_3dgs_cameras(path, cameras: Cameras, names, ids=None):
             "fx": intr[i, 0] * W, "fy": intr[i, 1] * H} for i in range(len(cameras))]
     io.write_text(path, json.dumps(out))
 
+
+def read_camera_file(path, *, require_intrinsics: bool = True):
+    """(c2w (N, 4, 4) OpenCV camera-to-world, intrinsics (N, 4) normalised or None) of a camera / trajectory file,
+    float32, as stored (its world frame): a RealEstate10K pose file (``.txt``), a NeRF ``transforms.json``, a
+    ``.json`` / ``.npz`` with ``c2w`` and ``intrinsics``, or a ``.npy`` of c2w alone. Without intrinsics in the file
+    (``.npy``, or ``.npz`` / ``.json`` with ``c2w`` only) a ValueError when ``require_intrinsics``, else None."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"camera file {str(path)!r} does not exist")
+    intr = None
+    if path.suffix == ".txt":
+        clip = read_re10k(path)
+        c2w, intr = clip.c2w, clip.intrinsics
+    elif path.suffix in (".json", ".npz", ".npy"):
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text())
+            elif path.suffix == ".npz":
+                data = dict(np.load(path, allow_pickle=False))
+            else:
+                data = {"c2w": np.load(path, allow_pickle=False)}
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read a camera file: {e}") from None
+        if path.suffix == ".json" and isinstance(data, dict) and "frames" in data:
+            cams = read_transforms_json(path, check_files=False).cameras
+            c2w, intr = cams.c2w, cams.intrinsics
+        else:
+            if not isinstance(data, dict) or "c2w" not in data:
+                raise ValueError(f"{path}: field 'c2w' missing (expected c2w (N, 4, 4) and intrinsics (N, 4))")
+            c2w, intr = data["c2w"], data.get("intrinsics")
+    else:
+        raise ValueError(f"{path}: unknown camera file (expected .npz, .npy, .json, transforms.json or a "
+                         "RealEstate10K .txt)")
+    try:
+        c2w = np.asarray(c2w, np.float64)
+        intr = None if intr is None else np.asarray(intr, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cameras are not numeric arrays: {e}") from None
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or len(c2w) < 1:
+        raise ValueError(f"{path}: expected c2w (N, 4, 4), got {c2w.shape}")
+    if intr is None and require_intrinsics:
+        raise ValueError(f"{path}: fields ['intrinsics'] missing (expected c2w (N, 4, 4) and intrinsics (N, 4))")
+    if intr is not None and intr.shape != (len(c2w), 4):
+        raise ValueError(f"{path}: expected intrinsics ({len(c2w)}, 4) for c2w (N, 4, 4), got {intr.shape}")
+    if not (np.isfinite(c2w).all() and (intr is None or np.isfinite(intr).all())):
+        raise ValueError(f"{path}: the cameras are not finite")
+    return c2w.astype(np.float32), (None if intr is None else intr.astype(np.float32))

@@ -37,7 +37,9 @@ from scene3d.core.dtypes import dtype as _dtype
 from scene3d.diffusion import guidance
 from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import trajectories
+from scene3d.losses import pointmap
 from scene3d.metrics import image as image_metrics
+from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import dit3d as dit3d_lib
 from scene3d.models import tokenizers
 from scene3d.models import rae3d as rae3d_lib
@@ -103,6 +105,7 @@ class DiT3DTask:
         # CFG dropout is per condition type (cond.drop_views / drop_trajectory), not flow.cond_drop.
         self.flow = FlowMatching.from_config(config.get("flow"), sample_steps=16)
         self.render_cfg = _as_dict(config.get("render"))
+        self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> DiT3DModel:
@@ -197,9 +200,16 @@ class DiT3DTask:
         cond = self.cond(model, batch, *self._masks(batch, "views_trajectory"))
         tok = self.sample(model, cond, jax.random.fold_in(rng, 1), batch_size=x0.shape[0])
         size = batch["target_images"].shape[2:4]
-        rgb = self.decode(model, tok, batch["target_c2w"], batch["target_intrinsics"], size)["images"]
-        out["sample_psnr"] = jnp.mean(image_metrics.psnr(image_metrics.to_unit(rgb),
-                                                         image_metrics.to_unit(batch["target_images"])))
+        dec = self.decode(model, tok, batch["target_c2w"], batch["target_intrinsics"], size)
+        pred, gt = image_metrics.to_unit(dec["images"]), image_metrics.to_unit(batch["target_images"])
+        out["sample_psnr"] = jnp.mean(image_metrics.psnr(pred, gt))
+        out["sample_ssim"] = jnp.mean(image_metrics.ssim(pred, gt))
+        if self.lpips is not None:  # LPIPS takes [-1, 1]
+            out["sample_lpips"] = jnp.mean(self.lpips(pred * 2.0 - 1.0, gt * 2.0 - 1.0))
+        if "point_maps" in dec and "target_points" in batch:  # over the valid (depth) pixels of the targets
+            m = batch["target_mask"].astype(jnp.float32)
+            d = pointmap.point_distance(dec["point_maps"], batch["target_points"])
+            out["sample_point_err"] = jnp.sum(d * m) / jnp.maximum(jnp.sum(m), 1.0)
         out["sample_token_std"] = jnp.std(tok)
         return out
 

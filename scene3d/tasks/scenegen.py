@@ -38,6 +38,7 @@ from scene3d.core.config import check_keys
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.diffusion.objective import FlowMatching
 from scene3d.metrics import image as image_metrics
+from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import scenegen, scenetok, tokenizers
 from scene3d.tasks import stage1
 from scene3d.tasks import scenetok as stok
@@ -97,6 +98,7 @@ class SceneGenTask:
         # Condition dropout is SceneGen's own (cond.p_view / p_uncond, scenegen.random_cond_mask).
         self.flow = FlowMatching.from_config(config.flow, time_sampler="logit_normal,shift=4.0", sample_steps=25,
                                              sample_shift=4.0)
+        self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
         cc = config.get("cond") or {}
         self.p_view, self.p_uncond = float(cc.get("p_view", 0.5)), float(cc.get("p_uncond", 0.1))
         sc = config.get("sample") or {}
@@ -202,6 +204,8 @@ class SceneGenTask:
                    stage1_psnr=jnp.mean(image_metrics.psnr(ref, gt)),
                    gen_vs_stage1_psnr=jnp.mean(image_metrics.psnr(pred, ref)),
                    token_rmse=jnp.sqrt(jnp.mean(jnp.square(gen - inputs["tokens"]))))
+        if self.lpips is not None:  # LPIPS takes [-1, 1]
+            out["gen_lpips"] = jnp.mean(self.lpips(pred * 2.0 - 1.0, gt * 2.0 - 1.0))
         return out
 
     # -- figures and files -------------------------------------------------------------------------------------

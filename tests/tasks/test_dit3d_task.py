@@ -34,8 +34,10 @@ def test_smoke_train_metrics_images_outputs(smoke):
         assert np.isfinite(l["train/loss"]) and 0 < l["train/loss"] < 10
         assert 0 <= l["train/views_kept"] <= 2 and 0 <= l["train/traj_kept"] <= 1
     ev = [l for l in lines if "eval/sample_psnr" in l][0]
-    for k in ("val_loss_views", "val_loss_uncond", "sample_psnr", "sample_token_std"):
+    for k in ("val_loss_views", "val_loss_uncond", "sample_psnr", "sample_ssim", "sample_point_err",
+              "sample_token_std"):
         assert np.isfinite(ev[f"eval/{k}"]), k
+    assert 0 < ev["eval/sample_point_err"] and -1 <= ev["eval/sample_ssim"] <= 1
     # the 3DRAE is frozen state, the DiT the only trainable part
     assert "rae" in state["frozen"] and "rae" not in state["params"] and "dit" in state["params"]
     out = workdir / "outputs" / "00000002"
