@@ -43,7 +43,7 @@ from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import dit3d as dit3d_lib
 from scene3d.models import tokenizers
 from scene3d.models import rae3d as rae3d_lib
-from scene3d.render import ply, video
+from scene3d.render import plots, ply, video
 from scene3d.tasks import rae3d as rae3d_task
 from scene3d.tasks import stage1
 
@@ -240,9 +240,9 @@ class DiT3DTask:
             return {}
         host = {key: np.asarray(jax.device_get(v))[:k] for key, v in batch.items()}
         outs = self._sample_views(model, host, "one_view", (0, 1))
-        rows = [[rae3d_task.uint8(host["context_images"][i, :1]), rae3d_task.uint8(host["target_images"][i])]
-                + [rae3d_task.uint8(o[1]["images"][i]) for o in outs] for i in range(k)]
-        return {"samples": rae3d_task.view_rows(rows)}
+        rows = [[plots.signed_to_uint8(host["context_images"][i, :1]), plots.signed_to_uint8(host["target_images"][i])]
+                + [plots.signed_to_uint8(o[1]["images"][i]) for o in outs] for i in range(k)]
+        return {"samples": plots.view_rows(rows)}
 
     def write_outputs(self, model, batch, rng, out_dir):
         """Per seed (``render.num_seeds``), for the first scene conditioned on its first view: ``seed<s>_trajectory``
@@ -264,9 +264,9 @@ class DiT3DTask:
             intr = np.broadcast_to(host["context_intrinsics"][0, 0], (n, 4)).astype(np.float32)
             frames = np.asarray(decode(model, jnp.asarray(tok), jnp.asarray(c2w[None]),
                                        jnp.asarray(intr[None]))["images"])
-            video.write_gif(os.path.join(out_dir, f"seed{s}_trajectory.gif"), rae3d_task.uint8(frames[0]),
+            video.write_gif(os.path.join(out_dir, f"seed{s}_trajectory.gif"), plots.signed_to_uint8(frames[0]),
                             fps=float(rc.get("fps", 8.0)))
-            Image.fromarray(rae3d_task.view_rows([[rae3d_task.uint8(frames[0])]])).save(
+            Image.fromarray(plots.view_rows([[plots.signed_to_uint8(frames[0])]])).save(
                 os.path.join(out_dir, f"seed{s}_trajectory.png"))
             if "point_maps" in out:
                 pts = out["point_maps"][0].reshape(-1, 3)

@@ -46,7 +46,7 @@ from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import vit as vit_lib
 from scene3d.render import ply, video
-from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
+from scene3d.render.plots import signed_to_uint8 as uint8, view_rows
 
 _MODEL_KEYS = frozenset({"name", "variant", "encoder_weights", "attn_impl", "scan", "remat", "dtype", "param_dtype"}
                         | {f for f in rae3d_lib.RAE3DConfig.__dataclass_fields__})

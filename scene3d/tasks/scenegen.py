@@ -40,6 +40,7 @@ from scene3d.diffusion.objective import FlowMatching
 from scene3d.metrics import image as image_metrics
 from scene3d.metrics import lpips as lpips_lib
 from scene3d.models import scenegen, scenetok, tokenizers
+from scene3d.render import plots
 from scene3d.tasks import stage1
 from scene3d.tasks import scenetok as stok
 
@@ -239,11 +240,11 @@ class SceneGenTask:
         gen = self.generate_tokens(model, host, r_gen)
         ref = self.context_tokens(model, host)
         cams = (stok.relative_to_first(host["context_c2w"], host["target_c2w"]), host["target_intrinsics"])
-        u8 = stok.uint8
+        u8 = plots.signed_to_uint8
         out = [self.render_views(model, tokens, *cams, r_render) for tokens in (gen, ref)]
         rows = [[u8(host["context_images"][i, :self.num_cond_views]), u8(host["target_images"][i]), u8(out[0][i]),
                  u8(out[1][i])] for i in range(k)]
-        return {"views": stok.view_rows(rows)}
+        return {"views": plots.view_rows(rows)}
 
     def write_outputs(self, model, batch, rng, out_dir):
         """``orbit_<i>.gif``: the orbit of ``render.orbit`` rendered from scene i's generated tokens."""

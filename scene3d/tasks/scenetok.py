@@ -47,7 +47,7 @@ from scene3d.models import image_vae, scenetok, tokenizers
 from scene3d.models.tokenizers import RenderSpec, SceneTokModel
 from scene3d.nn.frozen import freeze
 from scene3d.render import plots, video
-from scene3d.render.plots import signed_to_uint8 as uint8, view_rows  # noqa: F401  (used by stage-2 tasks)
+from scene3d.render.plots import signed_to_uint8 as uint8, view_rows
 
 _MODEL_KEYS = frozenset({"name", "variant", "compressor", "decoder", "attn_impl", "scan", "remat", "dtype",
                          "param_dtype"})
