@@ -144,9 +144,10 @@ def test_scenegen_sample_from_images_and_a_trajectory(scenegen_run, tmp_path):
     spec, tok = task.tokenizer.render, model.tokenizer
     cams = [jax.numpy.asarray(np.broadcast_to(saved[k], (2,) + saved[k].shape))
             for k in ("trajectory_c2w", "trajectory_intrinsics")]
+    assert spec.flow.sample_steps == 2
     lat = tok.scenetok.render(jax.numpy.asarray(tokens), *cams, key, latent_size=(4, 4), num_steps=2,
-                              shift=spec.shift, method=spec.method, cfg_scale=spec.cfg_scale,
-                              cfg_interval=spec.cfg_interval)
+                              shift=spec.flow.sample_shift, method=spec.flow.sampler, cfg_scale=spec.flow.cfg_scale,
+                              cfg_interval=spec.flow.cfg_interval)
     want = np.clip((np.asarray(tok.pixels(lat)) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     for i in range(2):
         got = _strip(tmp_path / "a" / f"sample_{i}_frames.png", 16)

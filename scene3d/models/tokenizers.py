@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import rays as rays_lib
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import scenetok as scenetok_lib
@@ -122,31 +123,22 @@ class Can3TokTokenizer:
 
 @dataclasses.dataclass(frozen=True)
 class RenderSpec:
-    """Static settings of the SceneTok decoder's sampler (a stage-1 run's ``flow.*``) and the latent grid."""
+    """Static settings of the SceneTok decoder's renders: the latent grid and the run's flow matching (its sampler:
+    ``sample_steps``, ``sampler``, ``sample_shift``, ``cfg_scale``, ``cfg_interval``)."""
     latent_grid: tuple
-    num_steps: int
-    shift: float
-    method: str
-    cfg_scale: float
-    cfg_interval: tuple | None
+    flow: FlowMatching
 
     def render(self, scenetok: scenetok_lib.SceneTok, tokens, c2w, intrinsics, rng):
         """Latents (B, M, h, w, C) of cameras (B, M, ...) rendered from scene tokens (B, K, d) alone."""
-        return scenetok.render(tokens, c2w, intrinsics, rng, latent_size=self.latent_grid, num_steps=self.num_steps,
-                               shift=self.shift, method=self.method, cfg_scale=self.cfg_scale,
-                               cfg_interval=self.cfg_interval)
+        return scenetok.render(tokens, c2w, intrinsics, rng, latent_size=self.latent_grid, flow=self.flow)
 
 
 def render_spec(flow, latent_grid, *, num_steps=None, cfg_scale=None) -> RenderSpec:
-    """The RenderSpec of a SceneTok run's ``flow`` config (sample_steps, sample_shift, sampler, cfg_scale,
-    cfg_interval), ``num_steps`` / ``cfg_scale`` overriding it when given."""
-    fc = _as_dict(flow)
-    interval = fc.get("cfg_interval")
-    return RenderSpec(latent_grid=tuple(int(v) for v in latent_grid),
-                      num_steps=int(num_steps or fc.get("sample_steps", 25)),
-                      shift=float(fc.get("sample_shift", 1.0)), method=fc.get("sampler", "euler"),
-                      cfg_scale=float(fc.get("cfg_scale", 1.0) if cfg_scale is None else cfg_scale),
-                      cfg_interval=None if interval is None else tuple(float(v) for v in interval))
+    """The RenderSpec of a SceneTok run's flow matching (a ``FlowMatching`` or the run's ``flow`` config),
+    ``num_steps`` / ``cfg_scale`` overriding its sampler when given."""
+    fm = flow if isinstance(flow, FlowMatching) else scenetok_lib.flow_objective(flow)
+    overrides = {k: v for k, v in (("sample_steps", num_steps or None), ("cfg_scale", cfg_scale)) if v is not None}
+    return RenderSpec(tuple(int(v) for v in latent_grid), dataclasses.replace(fm, **overrides) if overrides else fm)
 
 
 class SceneTokModel(nnx.Module):

@@ -120,7 +120,7 @@ def test_scenetok_adapter_matches_the_model_and_the_task(scenetok):
     config, model = scenetok
     tok = stage1.tokenizer(config, model, flow_overrides={"sample_steps": 3, "cfg_scale": None})
     assert isinstance(tok, tokenizers.Tokenizer) and tok.family == "scenetok" and tok.scale == 1.0
-    assert tok.render.num_steps == 3 and tok.render.latent_grid == (4, 4) and tok.views_per_call == 2
+    assert tok.render.flow.sample_steps == 3 and tok.render.latent_grid == (4, 4) and tok.views_per_call == 2
     assert tok.resolution == (SIZE, SIZE) and tok.latent_grid == (4, 4) and tok.latent_channels == 48
     im, c2w, k = _views(np.random.default_rng(1), 2, 2, SIZE)
     ref_tokens, _ = model.tokens(im, c2w, k)
