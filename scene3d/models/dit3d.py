@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scene3d import nn
+from scene3d.core.config import check_keys
 from scene3d.core.sharding import param_init
 from scene3d.geometry import rays as rays_lib
 from scene3d.models.rae3d import RayEmbed
@@ -43,9 +44,7 @@ class DiT3D(nnx.Module):
         if cond_mode not in COND_MODES:
             raise ValueError(f"DiT3D: cond_mode must be one of {COND_MODES}, got {cond_mode!r}")
         sizes = dict(VARIANTS[variant])
-        unknown = set(overrides) - set(sizes)
-        if unknown:
-            raise ValueError(f"DiT3D: unknown size overrides {sorted(unknown)}; expected some of {sorted(sizes)}")
+        check_keys(overrides, sizes, "DiT3D size overrides")
         sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
         d = sizes["dim"]
         # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert.torch_port.model_spec).

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scene3d.core.config import check_keys
 from scene3d.core.sharding import param_init
 from scene3d.specs.video_dcae import VARIANTS
 
@@ -420,9 +421,7 @@ class VideoDCAE(nnx.Module):
         if variant not in VARIANTS:
             raise ValueError(f"VideoDCAE variant {variant!r}; known: {sorted(VARIANTS)}")
         hp = dict(VARIANTS[variant])
-        unknown = set(overrides) - set(hp)
-        if unknown:
-            raise ValueError(f"VideoDCAE: unknown options {sorted(unknown)}; known {sorted(hp)}")
+        check_keys(overrides, hp, "VideoDCAE options")
         hp.update(overrides)
         n = len(hp["width_list"])
         for k in ("encoder_depth", "decoder_depth", "block_type", "temporal"):
