@@ -73,3 +73,38 @@ def write_gif(path, frames, fps: float = 10.0, *, loop: int = 0) -> None:
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)),
                    loop=loop)
     write_bytes(path, buf.getvalue())
+
+
+def write_mp4(path, frames, fps: float = 10.0, *, crf: int = 18) -> None:
+    """Write frames (n, H, W, 3) as an H.264 MP4 (yuv420p, PyAV's bundled FFmpeg) at `fps`, atomically. Odd frame
+    sizes are padded by one pixel (edge copy): yuv420p needs even dimensions."""
+    import av
+
+    frames = _as_frames(frames, "write_mp4")
+    if not fps > 0:
+        raise ValueError(f"write_mp4 fps: expected > 0, got {fps}")
+    h, w = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)) if float(fps).is_integer() else float(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(int(crf))}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    write_bytes(os.fspath(path), buf.getvalue())
+
+
+def read_video(path) -> np.ndarray:
+    """Frames (n, H, W, 3) uint8 of a video file (MP4 / GIF / ...) decoded with PyAV."""
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    except (av.error.FFmpegError, ValueError) as e:
+        raise ValueError(f"{path}: cannot decode as a video ({e})") from None

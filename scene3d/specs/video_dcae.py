@@ -28,13 +28,28 @@ VARIANTS: dict[str, dict[str, Any]] = {
         attn_eps=1e-15,
         norm_eps=1e-5,
     ),
+    # The released architecture at the widths of fixture a (CPU tests and runlocal training).
+    "tiny": dict(
+        in_channels=3,
+        latent_channels=8,
+        width_list=(8, 16, 32, 32, 64, 64),
+        encoder_depth=(1, 1, 1, 2, 1, 1),
+        decoder_depth=(1, 1, 1, 2, 1, 1),
+        block_type=("ResBlock", "ResBlock", "ResBlock", "EViTS5_GLU", "EViTS5_GLU", "EViTS5_GLU"),
+        temporal=(False, False, False, True, True, False),
+        head_dim=16,
+        expand_ratio=4,
+        scale_kernel=5,
+        attn_eps=1e-15,
+        norm_eps=1e-5,
+    ),
 }
 
 # Outside the model (SceneTok's video_dc.yaml): latents = encode(2 img - 1) * 0.493.
 SCENETOK_SCALING_FACTOR = 0.493
 SPATIAL_COMPRESSION = 32
 TEMPORAL_COMPRESSION = 4
-# Release tiling (VideoDCKwargsCfg): spatial 256 px, temporal 32 frames, overlap 0.25 (not implemented yet).
+# Release tiling (VideoDCKwargsCfg): spatial 256 px, temporal 32 frames, overlap 0.25.
 RELEASE_TILING = dict(spatial_tile_size=256, temporal_tile_size=32, tile_overlap_factor=0.25)
 
 

@@ -82,3 +82,19 @@ def test_image_grid_places_every_image_row_by_row():
         assert np.all(cell == int(np.clip((v + 1) * 127.5 + 0.5, 0, 255)))
     grey = plots.image_grid(np.zeros((4, 3, 3, 1)))  # one channel -> RGB, 2 x 2 by default
     assert grey.shape == (3 * 2 + 2, 3 * 2 + 1, 3) and np.all(grey[:3, :3] == 128)
+
+
+def test_write_mp4_roundtrip_and_odd_sizes(tmp_path):
+    """H.264 MP4 through PyAV: frame count, (even-padded) size and a smooth picture within a few grey levels."""
+    y, x = np.mgrid[0:31, 0:45]
+    frames = np.stack([x * 5, y * 7, (x + y) * 2], -1).astype(np.uint8)[None].repeat(5, 0)
+    frames[2:] = 255 - frames[2:]
+    path = tmp_path / "v.mp4"
+    video.write_mp4(path, frames, fps=8)
+    back = video.read_video(path)
+    assert back.shape == (5, 32, 46, 3)
+    err = np.abs(back[:, :31, :45].astype(int) - frames.astype(int))
+    assert err.mean() < 4.0, err.mean()
+    with pytest.raises(ValueError, match="cannot decode"):
+        (tmp_path / "bad.mp4").write_bytes(b"not a video")
+        video.read_video(tmp_path / "bad.mp4")
