@@ -2,7 +2,7 @@
 figures.
 
     python -m scene3d.evaluate --workdir=RUN [--split=eval] [--step=N] [--batch_size=B] [--seed=0] [--no_ema] \
-        [--out=FILE]
+        [--out=FILE] [--index=FILE]
 
 Loads the run's ``config.json`` and the model variables of checkpoint ``--step`` (default: the latest; the EMA
 when the run kept one, unless ``--no_ema``), reads the split in order (no shuffle, no repeat) through the same
@@ -33,10 +33,30 @@ What is computed, per task:
   lists in ``task.batch_metrics`` (SceneTok's ``psnr_mean_image`` baseline, the mean of the batch's targets) are
   left out: for one example they would be meaningless. The split figure of each value is its mean over the
   examples.
+
+``--index=FILE`` (SceneTok runs): the SceneTok release's evaluation protocol. FILE is one of its evaluation index
+files (``assets/evaluation_index/*.json``, read by ``scene3d.data.eval_index``: {scene key: {"context": [frame
+ids], "target": [frame ids]}}). Every scene of the index that the split holds (looked up by its ``scene_id``: a
+RealEstate10K clip folder's name is its key) is evaluated once with exactly its context and target frames, shaped
+by ``data.views`` (resolution, poses relative to the first context frame, scale from the context cameras): the
+context frames are encoded (posterior mean), every target frame is rendered from those tokens alone
+(``data.views.num_target`` cameras per decoder call, one key per call from ``fold_in(key(seed), the scene's
+position in the index)``) and scored against its ground-truth frame by ``scene3d.metrics.release``: PSNR (clipped
+to [0, 1]), SSIM as scikit-image computes it (Gaussian 11 x 11, sample covariance) and LPIPS when
+``config.metrics.lpips`` names weights (the release's is net='vgg'; the output says when it is not computed, or
+not VGG). Figures: per frame, per scene and overall (``psnr``: the mean over all scored frames, the release's
+number; ``psnr_scene_mean``: the mean of the scene means). Scenes of the index missing from the split are
+counted and the first few listed, not an error (unless none is found). Writes
+``<workdir>/eval_<split>_<step>_<index file stem>.json``: the figures, ``per_example`` (scene means in index
+order), ``scenes`` ({key: context, target, per-frame values, means}), ``missing``, ``index_skipped`` (null
+entries) and ``lpips`` (which LPIPS, or why none). ``--batch_size`` and ``--data_seed`` do not apply. The
+release scores its decoded target latents as ground truth when its latents are precomputed; here the ground
+truth is the dataset's frames.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -53,7 +73,8 @@ from scene3d.core import io
 from scene3d.core import metrics as metrics_lib
 from scene3d.core import runs
 from scene3d.core import sharding as sh
-from scene3d.data import pipeline
+from scene3d.data import eval_index, multiview, pipeline
+from scene3d.metrics import release
 from scene3d.tasks import stage1
 
 SPLITS = {"train": "train", "eval": "eval", "test": "eval"}  # --split -> the data split it reads
@@ -146,9 +167,10 @@ def per_example_fn(task):
     return fn, "evaluate per example (vmap)"
 
 
-def _progress(done: int, total: int, examples: int, rates: dict, out) -> None:
-    line = (f"\revaluating: batch {done}/{total} | {examples} examples | "
-            f"{rates['examples_per_sec']:.3g} ex/s | ETA {metrics_lib.format_duration(rates['eta_sec'])}")
+def _progress(done: int, total: int, examples: int, rates: dict, out, unit: str = "batch",
+              counted: str = "examples", rate: str = "ex/s") -> None:
+    line = (f"\revaluating: {unit} {done}/{total} | {examples} {counted} | "
+            f"{rates['examples_per_sec']:.3g} {rate} | ETA {metrics_lib.format_duration(rates['eta_sec'])}")
     if out.isatty():
         out.write(line + ("\n" if done == total else ""))
     else:
@@ -205,6 +227,70 @@ def evaluate_split(task, model, config, *, split: str = "eval", batch_size: int 
 
 
 # ------------------------------------------------------------------------------------------------------------
+# The SceneTok release's protocol: an evaluation index file
+
+
+def _apply(transforms, example):
+    for t in transforms:
+        example = t.map(example) if hasattr(t, "map") else t(example)
+    return example
+
+
+def evaluate_index(task, model, config, index: eval_index.EvalIndex, *, split: str = "eval", seed: int = 0,
+                   mesh=None, rules=None, source=None, progress=sys.stderr, max_listed: int = 10) -> dict:
+    """The release's protocol (module docstring, ``--index``) on the scenes of ``index`` that data split ``split``
+    (``source``: default ``data.get_source(config.data, split)``) holds. Returns {metrics, per_example, scenes,
+    index, index_scenes, index_skipped, missing, lpips, num_examples, mode, wall_sec}."""
+    if not (hasattr(task, "context_tokens") and hasattr(task, "render_views")):
+        raise ValueError(f"--index: evaluation index files apply to SceneTok runs (task 'scenetok'), not task "
+                         f"{config.task!r}")
+    if jax.process_count() > 1:
+        raise ValueError("--index evaluates on one process; run it without the multi-process launcher")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split: expected 'train' or 'eval', got {split!r}")
+    from scene3d.tasks.scenetok import relative_to_first
+    start = time.perf_counter()
+    source = data_lib.get_source(config.data, split) if source is None else source
+    found, missing = eval_index.find_scenes(source, index.keys())
+    if not found:
+        raise ValueError(f"{index.path}: none of its {len(index)} scenes (first: {list(index)[:3]}) is in the "
+                         f"{split!r} split of config.data ({config.data.get('name')!r}, {len(source)} scenes)")
+    views = dataclasses.replace(multiview.ViewConfig.from_config(config.data.get("views")), image_dtype="float32")
+    transforms = list(task.data_transforms(split))
+    position = {k: i for i, k in enumerate(index)}
+    base = jax.random.key(int(seed))
+    chrono = chrono_lib.Chrono(len(found), 1)
+    scenes, frames_done = {}, 0
+    with sh.use_mesh(mesh, rules):
+        for j, (key, at) in enumerate(found.items()):
+            entry = index[key]
+            ex = _apply(transforms, eval_index.index_example(source[at], entry, views, key))
+            host = {k: np.asarray(v)[None] for k, v in ex.items() if k.startswith(("context_", "target_"))}
+            tokens = task.context_tokens(model, host)
+            cams = relative_to_first(host["context_c2w"], host["target_c2w"])
+            rendered = task.render_views(model, tokens, cams, host["target_intrinsics"],
+                                         jax.random.fold_in(base, position[key]))
+            pred = np.clip((np.asarray(rendered[0], np.float32) + 1.0) / 2.0, 0.0, 1.0)
+            gt = np.clip((host["target_images"][0].astype(np.float32) + 1.0) / 2.0, 0.0, 1.0)
+            fig = release.scene_metrics(pred, gt, task.lpips)
+            scenes[key] = {"source_index": int(at), "context": list(entry.context), "target": list(entry.target),
+                           **fig}
+            frames_done += fig["num_frames"]
+            if progress is not None:
+                _progress(j + 1, len(found), frames_done, chrono.tick(j + 1), progress, unit="scene",
+                          counted="target frames", rate="scenes/s")
+    per_example = {"index": [position[k] for k in scenes]}
+    for name in release.NAMES:
+        if all(name in s["mean"] for s in scenes.values()):
+            per_example[name] = [s["mean"][name] for s in scenes.values()]
+    return {"metrics": release.summarize(scenes), "per_example": per_example, "scenes": scenes,
+            "index": os.path.abspath(index.path) if index.path else "", "index_scenes": len(index) + len(index.skipped),
+            "index_skipped": list(index.skipped), "missing": {"count": len(missing), "first": missing[:max_listed]},
+            "lpips": release.describe_lpips(task.lpips), "num_examples": len(scenes), "mode": "index",
+            "wall_sec": time.perf_counter() - start}
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Output
 
 
@@ -250,16 +336,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data_seed", type=int, default=0,
                    help="random data transforms (view choice, crops); 0 = the trainer's evaluation")
     p.add_argument("--no_ema", action="store_true", help="use the raw parameters even if the run kept an EMA")
-    p.add_argument("--out", default=None, help="json file (default: WORKDIR/eval_<split>_<step>.json)")
+    p.add_argument("--out", default=None, help="json file (default: WORKDIR/eval_<split>_<step>.json; with "
+                                                 "--index WORKDIR/eval_<split>_<step>_<index file stem>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--index", default=None,
+                   help="SceneTok runs: an evaluation index file of the release (its scenes' context / target "
+                        "frames); PSNR / SSIM / LPIPS per frame, scene and overall")
     args = p.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     return args
 
 
+def _main_index(args) -> dict:
+    try:
+        index = eval_index.read_index(args.index)
+        family = runs.read_config(args.workdir).task
+        if family != "scenetok":
+            raise ValueError(f"--index: evaluation index files apply to SceneTok runs (task 'scenetok'); "
+                             f"{args.workdir} is a {family!r} run")
+        task, model, info = load_run(args.workdir, step=args.step, prefer_ema=not args.no_ema)
+        result = evaluate_index(task, model, info["config"], index, split=SPLITS[args.split], seed=args.seed,
+                                mesh=info["mesh"], rules=info["rules"], progress=None if args.quiet else sys.stderr)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"scene3d.evaluate: {e}") from e
+    record = {"workdir": os.path.abspath(args.workdir), "task": info["config"].task, "step": info["step"],
+              "variables": info["key"], "split": args.split, "data_split": SPLITS[args.split], "seed": args.seed,
+              "devices": jax.device_count(), **result}
+    stem = os.path.splitext(os.path.basename(args.index))[0]
+    out = args.out or os.path.join(args.workdir, f"eval_{args.split}_{info['step']}_{stem}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    io.write_json(out, _finite(record), indent=1)
+    miss = result["missing"]
+    m = result["metrics"]
+    print(f"{info['config'].task} run {record['workdir']} | step {info['step']} ({info['key']}) | split {args.split} "
+          f"| index {args.index}: {result['num_examples']} of {len(index)} scenes, {int(m['num_frames'])} target "
+          f"frames | {result['wall_sec']:.1f} s")
+    if miss["count"]:
+        print(f"{miss['count']} scenes of the index are not in the split (first: {', '.join(miss['first'])})")
+    if index.skipped:
+        print(f"{len(index.skipped)} null entries of the index skipped")
+    print(result["lpips"])
+    print(table(result))
+    print(f"wrote {out}", file=sys.stderr)
+    record["out"] = out
+    return record
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.index is not None:
+        return _main_index(args)
     try:
         task, model, info = load_run(args.workdir, step=args.step, prefer_ema=not args.no_ema)
         result = evaluate_split(task, model, info["config"], split=SPLITS[args.split], batch_size=args.batch_size,

@@ -35,7 +35,8 @@ frozen SceneTok renders them as above (default trajectory: an orbit around the f
 Writes into ``--out``: ``frames/frame_XXXXX.png``, ``render.gif`` / ``render.mp4`` (``--format``), ``context.png``
 (the context / conditioning images as the model saw them), ``tokens.npz`` (tokens, cameras in the release frame,
 reference pose, frame indices), ``compare.png`` and PSNR / SSIM in ``result.json`` when the targets are real
-frames, and ``result.json`` (settings, timings, loaded checkpoints and the keys they ignored).
+frames (PSNR on clipped frames, SSIM as scikit-image with sample covariance, LPIPS-VGG with ``--lpips_backbone`` /
+``--lpips_lin``: the release's protocol, ``scene3d.metrics.release``), and ``result.json`` (settings, timings, loaded checkpoints and the keys they ignored).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ from scene3d.convert import release as loaders
 from scene3d.core import io
 from scene3d.data import captures, multiview
 from scene3d.geometry import conventions, trajectories
-from scene3d.metrics import image as image_metrics
+from scene3d.metrics import lpips as lpips_lib
+from scene3d.metrics import release as release_metrics
 from scene3d.models import scenetok_release as rel
 from scene3d.render import plots, video
 
@@ -183,11 +185,18 @@ def finish(args, model, tokens, cams: dict, real, target_idx, desc, out, timings
               "files": files, **record_extra}
     if real is not None:
         real = real[:len(frames)]
-        psnr = np.asarray(image_metrics.psnr(frames, real), np.float64)
-        ssim = np.asarray(image_metrics.ssim(frames, real), np.float64)
-        result["metrics"] = {"psnr": float(psnr.mean()), "ssim": float(ssim.mean()),
-                             "per_frame": [{"frame": int(i), "psnr": float(p), "ssim": float(s)}
-                                           for i, p, s in zip(target_idx, psnr, ssim)]}
+        lp = None
+        if args.lpips_backbone:
+            lp = lpips_lib.LPIPS.from_files(loaders.check_file(args.lpips_backbone, "lpips_backbone", "the "
+                                                               "torchvision vgg16 state_dict"),
+                                            loaders.check_file(args.lpips_lin, "lpips_lin", "the lpips v0.1 vgg.pth"),
+                                            net="vgg")
+        per = release_metrics.frame_metrics(frames, real, lp)
+        psnr = per["psnr"]
+        result["metrics"] = {k: float(np.mean(v)) for k, v in per.items()}
+        result["metrics"]["lpips_note"] = release_metrics.describe_lpips(lp, "--lpips_backbone / --lpips_lin")
+        result["metrics"]["per_frame"] = [dict(frame=int(i), **{k: float(v[j]) for k, v in per.items()})
+                                          for j, i in enumerate(target_idx[:len(frames)])]
         pairs = [plots.view_rows([[_u8(real[i:i + 1])], [_u8(frames[i:i + 1])]])
                  for i in range(len(frames))]
         labels = [f"{int(i)} {p:.1f} dB" for i, p in zip(target_idx, psnr)]
@@ -378,6 +387,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--num_context", type=int, default=12, help="context frames spread over the capture")
     r.add_argument("--ref", type=int, default=None, help="reference context view (default: the middle one)")
     r.add_argument("--targets", default=None, help="target frames of the capture: all (default), I,J,.. or I:J")
+    r.add_argument("--lpips_backbone", default=None, help="torchvision vgg16 state_dict: adds LPIPS-VGG")
+    r.add_argument("--lpips_lin", default=None, help="the lpips package's v0.1 vgg.pth (with --lpips_backbone)")
     r.add_argument("--mean_tokens", action="store_true", help="posterior mean tokens instead of a sample")
     g = sub.add_parser("generate", help="SceneGen: image(s) + anchor cameras -> scene tokens -> frames")
     _common(g)
@@ -393,6 +404,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--scene_cfg", type=float, default=1.0, help="SceneGen classifier-free guidance")
     g.add_argument("--scene_shift", type=float, default=None, help="time shift (default: the checkpoint's)")
     args = p.parse_args(argv)
+    if args.command == "generate":
+        args.lpips_backbone = args.lpips_lin = None
+    elif (args.lpips_backbone is None) != (args.lpips_lin is None):
+        p.error("--lpips_backbone and --lpips_lin go together")
     fmts = tuple(f.strip() for f in args.format.split(",") if f.strip())
     bad = sorted(set(fmts) - set(FORMATS))
     if bad or not fmts:
