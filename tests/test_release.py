@@ -218,3 +218,43 @@ def test_missing_files_name_the_flag(tiny_release, capture, tmp_path, capsys):
                       f"--out={tmp_path / 'o'}"])
     assert "--input" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_wan_target_windows_take_whole_17_frame_chunks(tmp_path):
+    """Wan: 34 cameras -> 10 latents; windows of 5 latents with none clean are two independent chunks, so the
+    windowed render equals the decoder's own sampler on cameras 0-16 and 17-33 with the same noise. The Wan VAE
+    loads from a raw .pth state_dict (the release's file); its grouped decode is WanVAE.scenetok_decode (tested on
+    the official pipeline fixture in tests/models/test_wan_vae.py)."""
+    import torch
+    from scene3d.convert import release as loaders
+    from scene3d.convert import wan_vae as cv_wan
+    from scene3d.models.image_vae import ImageVAE
+    from scene3d.models.scenetok import SceneTok
+    from scene3d.models.wan_vae import WanVAE
+
+    r = nnx.Rngs(1)
+    st = SceneTok(variant="tiny", compressor=dict(in_channels=32), rngs=r,
+                  decoder=dict(in_channels=48, temporal_downsample=4, wan_pose_padding=True, input_size=2,
+                               ray_kind="official", timestep_input="official"))
+    wan = WanVAE("tiny", rngs=r)
+    path = tmp_path / "Wan2.2_VAE.pth"
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in cv_wan.export_official(wan).items()}, path)
+    loaded, report = loaders.load_wan(path, {"variant": "tiny"})
+    assert not report.ignored
+    vae = ImageVAE("tiny", z_channels=32, embed_dim=32, rngs=r, **rel.vavae_stats())
+    model = rel.ReleaseSceneTok(st, vae, loaded, "wan")
+    assert model.num_latents(34) == 10 and model.num_latents(33) == 5 and model.num_frames(10) == 34
+    key = jax.random.key(0)
+    tokens = jax.random.normal(key, (1, 8, 4))
+    c2w = jnp.tile(jnp.eye(4), (1, 34, 1, 1)).at[:, :, 0, 3].set(jnp.linspace(0, 1, 34)[None])
+    k4 = jnp.tile(jnp.asarray([1.0, 1.0, 0.5, 0.5]), (1, 34, 1))
+    noise = jax.random.normal(jax.random.key(1), (1, 10, 2, 2, 48))
+    got = nnx.jit(lambda m, t, c, k, n: m.render_latents(t, c, k, None, latent_size=(2, 2), num_steps=3, window=5,
+                                                         clean=0, noise=n))(model, tokens, c2w, k4, noise)
+    ref = [nnx.jit(lambda d, t, c, k, n: d.render(t, c, k, None, latent_size=(2, 2), num_steps=3, noise=n))(
+        st.decoder, tokens, c2w[:, 17 * i:17 * (i + 1)], k4[:, 17 * i:17 * (i + 1)], noise[:, 5 * i:5 * (i + 1)])
+        for i in range(2)]
+    np.testing.assert_allclose(np.asarray(got), np.concatenate([np.asarray(x) for x in ref], 1), rtol=1e-4,
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="multiples of 5"):
+        model.render_latents(tokens, c2w, k4, key, latent_size=(2, 2), window=8, clean=4)

@@ -167,15 +167,12 @@ class ReleaseSceneTok(nnx.Module):
         """Target latents (B, t, h, w, C) -> frames (B, T, H, W, 3) in [0, 1] (Video DC-AE: t == 1 gives 1 frame,
         else 4 t; Wan: every group of 5 latents decoded on its own -> 17 frames)."""
         z = jnp.asarray(latents, jnp.float32)
-        if self.target_kind == "videodc":
-            x = self.target.decode(z / VIDEODC_SCALING)
-        else:
-            b, t = z.shape[:2]
-            if t % WAN_GROUP:
-                raise ValueError(f"ReleaseSceneTok.frames (wan): latents must come in groups of {WAN_GROUP}, got {t}")
-            g = t // WAN_GROUP
-            x = self.target.decode(z.reshape((b * g, WAN_GROUP) + z.shape[2:]))
-            x = x.reshape((b, g * x.shape[1]) + x.shape[2:])
+        if self.target_kind == "wan":
+            if z.shape[1] % WAN_GROUP:
+                raise ValueError(f"ReleaseSceneTok.frames (wan): latents must come in groups of {WAN_GROUP}, "
+                                 f"got {z.shape[1]}")
+            return self.target.scenetok_decode(z, group_size=WAN_GROUP).astype(jnp.float32)
+        x = self.target.decode(z / VIDEODC_SCALING)
         return jnp.clip(x.astype(jnp.float32) / 2.0 + 0.5, 0.0, 1.0)
 
     # ------------------------------------------------------------------ SceneTok
