@@ -258,3 +258,23 @@ def test_wan_target_windows_take_whole_17_frame_chunks(tmp_path):
                                atol=1e-5)
     with pytest.raises(ValueError, match="multiples of 5"):
         model.render_latents(tokens, c2w, k4, key, latent_size=(2, 2), window=8, clean=4)
+
+
+def test_released_scenetok_variants_are_recognised_from_their_shapes():
+    """The three released SceneTok checkpoints differ in token count and target latents; the loader picks the
+    variant from the tensor shapes alone (abstract models: nothing allocated)."""
+    from types import SimpleNamespace
+
+    from scene3d.convert import release as loaders
+    from scene3d.convert import scenetok as cv_scenetok
+    from scene3d.models.scenetok import SceneTok
+
+    for variant in loaders.RELEASE_SCENETOK:
+        shapes = cv_scenetok.official_shapes(nnx.eval_shape(lambda: SceneTok(variant=variant, rngs=nnx.Rngs(0))))
+        weights = {k: SimpleNamespace(shape=s) for k, s in shapes.items()}
+        weights["autoencoder.target.encoder.weight"] = SimpleNamespace(shape=(3,))  # bundled extras are ignored
+        assert loaders.recognise_scenetok(weights) == variant
+    key = next(k for k in shapes if k.startswith("denoiser."))
+    weights[key] = SimpleNamespace(shape=(1, 2, 3, 4))
+    with pytest.raises(ValueError, match="--scenetok_config"):
+        loaders.recognise_scenetok(weights, "x.ckpt")
