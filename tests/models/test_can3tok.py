@@ -12,6 +12,7 @@ from flax import nnx
 
 from scene3d import nn
 from scene3d.convert import can3tok as cv
+from scene3d.convert import parity
 from scene3d.convert.can3tok import config_from_official
 from scene3d.core.sharding import DEFAULT_RULES
 from scene3d.models.can3tok import VARIANTS, Can3Tok, voxel_anchor, voxel_grid_queries
@@ -55,26 +56,16 @@ def fixture_dir(shared_dir, name):
 @pytest.fixture(scope="module", params=["a", "b"])
 def official(request, shared_dir):
     d = fixture_dir(shared_dir, request.param)
-    weights = cv.load_official(d / "weights.safetensors")
-    inputs = cv.load_official(d / "inputs.safetensors")
-    outputs = cv.load_official(d / "outputs.safetensors")
-    model, report = cv.model_from_official(d / "config.json", weights)
+    fx = parity.load_fixture(d)
+    run = parity.run_fixture(fx, "can3tok")  # the parity command's runner: the official forward, jitted
     # The same weights in a model with the correct attention layout (to show the release quirk matters).
-    correct, _ = cv.model_from_official(d / "config.json", weights, head_layout="correct")
-    gd, gdc = nnx.graphdef(model), nnx.graphdef(correct)
-
-    @jax.jit
-    def run(state, state_c, x, eps_tokens, eps_latent):
-        m, mc = nnx.merge(gd, state), nnx.merge(gdc, state_c)
-        recon, aux = m(x, eps_tokens=eps_tokens, eps_latent=eps_latent)
-        det, det_aux = m(x, sample_posterior=False)
-        _, c_aux = mc.encode(x, sample_posterior=False)
-        return recon, aux, det, det_aux, c_aux["z"], m.embed_inputs(x[:, :64])
-
-    recon, aux, det, det_aux, correct_z, proj64 = run(
-        nnx.state(model), nnx.state(correct), *(jnp.asarray(inputs[k]) for k in ("surface", "eps_posterior", "eps_z")))
-    return dict(name=request.param, dir=d, weights=weights, inputs=inputs, outputs=outputs, model=model,
-                report=report, recon=recon, aux=aux, det=det, det_aux=det_aux, correct_z=correct_z, proj64=proj64)
+    correct, _ = cv.model_from_official(d / "config.json", fx.weights, head_layout="correct")
+    correct_z = nnx.jit(lambda m, x: m.encode(x, sample_posterior=False)[1]["z"])(
+        correct, jnp.asarray(fx.inputs["surface"]))
+    ex = run.extras
+    return dict(name=request.param, dir=d, weights=fx.weights, inputs=fx.inputs, outputs=fx.outputs, model=run.model,
+                report=run.report, recon=ex["recon"], aux=ex["aux"], det=ex["det"], det_aux=ex["det_aux"],
+                correct_z=correct_z, proj64=run.values["intermediate.encoder.input_proj.first64"], run=run)
 
 
 def close(ours, ref):
@@ -109,6 +100,9 @@ def test_fixture_outputs_match_official(official):
     close(aux["decoder_tokens"], out["intermediate.transformer"])
     close(official["proj64"], out["intermediate.encoder.input_proj.first64"])
     assert official["recon"].shape == (2,) + official["model"].output_shape
+    # ... and every stored output (the other intermediates too) within the parity command's tolerance
+    rows = parity.compare(official["run"], official["dir"])
+    assert len(rows) == len(out) and all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
 def test_release_head_layout_is_what_the_official_code_computes(official):

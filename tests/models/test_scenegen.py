@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from scene3d.convert import parity
 from scene3d.convert import scenegen as cv
 from scene3d.core.sharding import make_mesh, state_shardings
 from scene3d.diffusion.timesteps import shift_time
@@ -26,25 +27,16 @@ def fixture_dir(shared_dir, name):
     return d
 
 
-@nnx.jit
-def forward(model, x, t, cond, ac, ai, cc, ci, mask):
-    return model(x, t, cond, ac, ai, cc, ci, cond_mask=mask)
-
-
 @pytest.fixture(scope="module", params=["scenegen_a", "scenegen_b"])
 def official(request, shared_dir):
     d = fixture_dir(shared_dir, request.param)
-    weights = cv.load_official(d / "weights.safetensors")
-    inputs = cv.load_official(d / "inputs.safetensors")
-    outputs = cv.load_official(d / "outputs.safetensors")
-    model, report = cv.model_from_official(d / "config.json", weights)
-    i = {k[len(P):]: v for k, v in inputs.items()}
+    fx = parity.load_fixture(d)
+    i = {k[len(P):]: v for k, v in fx.inputs.items()}
     np.testing.assert_allclose(i["timestep"], np.maximum(i["t_rf"] * 1000 - 1, 0), rtol=1e-6)  # per-sample t
     assert np.all(i["t_rf"] == i["t_rf"][:, :1])
-    v, aux = forward(model, jnp.asarray(i["state"]), jnp.asarray(i["t_rf"][:, 0]),
-                     jnp.asarray(i["cond_view"].transpose(0, 1, 3, 4, 2)), i["anchor_extrinsics"],
-                     i["anchor_intrinsics"], i["cond_extrinsics"], i["cond_intrinsics"], i["cond_mask"])
-    return dict(dir=d, weights=weights, inputs=i, outputs=outputs, model=model, report=report, v=v, aux=aux)
+    run = parity.run_fixture(fx, "scenegen")  # the parity command's runner: one velocity call, jitted
+    return dict(dir=d, weights=fx.weights, inputs=i, outputs=fx.outputs, model=run.model, report=run.report,
+                v=run.extras["v"], aux=run.extras["aux"], run=run)
 
 
 def _grid(x):  # (B, V, D, h, w) -> (B, V, h*w, D)
@@ -68,6 +60,9 @@ def test_fixture_parity(official):
     i = official["inputs"]
     np.testing.assert_allclose(o[P + "flow_target"], i["noise"] - i["x0"], rtol=1e-6, atol=1e-6)
     assert official["report"].ignored == {}
+    # every stored output (every block too) within the parity command's tolerance
+    rows = parity.compare(official["run"], official["dir"])
+    assert len(rows) == len(o) and all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
 def test_sincos_table_vs_stored_buffer(official):

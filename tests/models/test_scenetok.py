@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 from scene3d import nn
+from scene3d.convert import parity
 from scene3d.convert import scenetok as cv
 from scene3d.core.sharding import DEFAULT_RULES
 from scene3d.geometry.cameras import as_intrinsics4
@@ -57,23 +58,14 @@ def fixture_dir(shared_dir, name):
 @pytest.fixture(scope="module", params=["a", "b"])
 def official(request, shared_dir):
     d = fixture_dir(shared_dir, request.param)
-    weights, inputs, outputs = (cv.load_official(d / f"{n}.safetensors") for n in ("weights", "inputs", "outputs"))
-    model, report = cv.model_from_official(d / "config.json", weights)
-
-    @jax.jit
-    def run(m, view, c2w, intr, eps, x_t, t, tc2w, tintr, tokens):
-        tok, caux = m.compressor(view, c2w, intr, eps=eps)
-        v, daux = m.decoder(x_t, t, tc2w, tintr, tokens)
-        gh, gw = x_t.shape[2:4]
-        pemb32 = m.decoder.camera_embed(tc2w, tintr, x_t.shape[1], (gh, gw))  # before the bf16 rounding
-        return tok, caux, v, daux, pemb32
-
-    i = inputs
-    res = run(model, nhwc(i["compressor.view"]), i["compressor.extrinsics"], i["compressor.intrinsics"],
-              i["compressor.token_eps"], nhwc(i["denoiser.view"]), i["denoiser.t_rf"], i["denoiser.extrinsics"],
-              i["denoiser.intrinsics"], outputs["compressor.scene_tokens"])
-    return dict(zip(("tokens", "caux", "v", "daux", "pemb32"), res), name=request.param, dir=d, weights=weights,
-                inputs=inputs, outputs=outputs, model=model, report=report)
+    fx = parity.load_fixture(d)
+    # the parity command's runner (jitted): compressor on the context latents, one denoiser call on the stored
+    # noisy targets conditioned on the stored compressor.scene_tokens, and per-block intermediates
+    run = parity.run_fixture(fx, "scenetok")
+    ex = run.extras
+    return dict(tokens=ex["tokens"], caux=ex["compressor_aux"], v=ex["v"], daux=ex["decoder_aux"],
+                pemb32=run.values["intermediate.denoiser.pose_embed"], name=request.param, dir=d, weights=fx.weights,
+                inputs=fx.inputs, outputs=fx.outputs, model=run.model, report=run.report, run=run)
 
 
 def test_variants_match_official_configs(shared_dir):
@@ -104,7 +96,7 @@ def test_denoiser_matches_official(official):
     close(aux["state"], out["denoiser.cond_state"])
     b, m, dim, gh, gw = out["intermediate.denoiser.pose_embed"].shape
     per_token = lambda x: np.moveaxis(x, 2, -1).reshape(b, -1, dim)  # noqa: E731
-    close(official["pemb32"], per_token(out["intermediate.denoiser.pose_embed"]))
+    close(official["pemb32"], out["intermediate.denoiser.pose_embed"])  # before the bf16 rounding
     close_bf16(aux["pose_embed"], per_token(out["intermediate.denoiser.pose_embed_bf16"]))
     close_bf16(aux["cond"], out["intermediate.denoiser.model.t_embedder"].reshape(b, -1, dim))
     v = np.asarray(official["v"])
@@ -113,6 +105,12 @@ def test_denoiser_matches_official(official):
     close(nhwc(i["denoiser.view"]) - t * v, np.moveaxis(out["denoiser.pred_x0"], 2, -1), atol=DENOISER_ATOL)
     np.testing.assert_allclose(np.asarray(official["model"].decoder.timestep_input(i["denoiser.t_rf"])),
                                i["denoiser.timestep"], rtol=0, atol=1e-4)
+
+
+def test_every_output_within_the_parity_tolerance(official):
+    """All stored outputs, the per-block intermediates included (the parity command's check)."""
+    rows = parity.compare(official["run"], official["dir"])
+    assert len(rows) == len(official["outputs"]) and all(r.ok for r in rows), [r for r in rows if not r.ok]
 
 
 def test_export_round_trip_is_exact(official):

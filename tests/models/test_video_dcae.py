@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from scene3d.convert import parity
 from scene3d.convert import video_dcae as cv
 from scene3d.models.video_dcae import VideoDCAE, pixel_shuffle, pixel_unshuffle
-from scene3d.specs.video_dcae import SCENETOK_SCALING_FACTOR, VARIANTS, config_from_dict
+from scene3d.specs.video_dcae import VARIANTS, config_from_dict
 
 REL = 1e-4  # of each tensor's max |value| (measured on CPU: <= 1.4e-6)
 
@@ -37,14 +38,14 @@ def _check(name, got, ref, channels_last=True):
 
 @pytest.fixture(scope="module")
 def fixture_a(shared_dir):
-    from safetensors.numpy import load_file
     d = _fixture(shared_dir, "a")
-    model, report = cv.model_from_official(d / "config.json", d / "weights.safetensors")
-    return d, model, report, load_file(d / "inputs.safetensors"), load_file(d / "outputs.safetensors")
+    fx = parity.load_fixture(d)
+    run = parity.run_fixture(fx, "videodc")  # the parity command's runner: encode / decode jitted, with capture
+    return d, run.model, run.report, fx.inputs, fx.outputs, run.values
 
 
 def test_fixture_a_import_consumes_every_key(fixture_a):
-    d, model, report, _, _ = fixture_a
+    d, model, report, _, _, _ = fixture_a
     from safetensors.numpy import load_file
     sd = load_file(d / "weights.safetensors")
     assert sorted(report.consumed) == sorted(sd)
@@ -57,29 +58,23 @@ def test_fixture_a_import_consumes_every_key(fixture_a):
 
 
 def test_fixture_a_encode_decode_and_intermediates(fixture_a):
-    _, model, _, inputs, outputs = fixture_a
-    cap = {}
-    cap["latent"] = model.encode(_cl(inputs["x"]), cap)
-    cap["decoded"] = model.decode(_cl(inputs["z"]), cap)
+    _, _, _, _, outputs, ours = fixture_a
     checked = 0
     for key, ref in outputs.items():
         if key.startswith("pipeline."):
             continue
-        name = key.removeprefix("intermediate.")
-        assert name in cap, f"no intermediate {name}"
-        _check(key, cap[name], ref)
+        assert key in ours, f"no intermediate {key}"
+        _check(key, ours[key], ref, channels_last=False)  # ours: encode(x) / decode(z) captures, release layout
         checked += 1
     assert checked == 33
 
 
 def test_fixture_a_scenetok_pipeline(fixture_a):
-    _, model, _, inputs, outputs = fixture_a
-    images = jnp.asarray(np.moveaxis(inputs["pipeline.images"], 2, -1))  # (B, V, H, W, 3) in [0, 1]
-    latents = model.encode(images * 2 - 1) * SCENETOK_SCALING_FACTOR
-    # release layout (B, V, C, H, W) on both sides
-    _check("pipeline.latents", jnp.moveaxis(latents, -1, 2), outputs["pipeline.latents"], channels_last=False)
-    pix = jnp.clip(model.decode(latents * (1 / SCENETOK_SCALING_FACTOR)) / 2 + 0.5, 0, 1)
-    _check("pipeline.images", jnp.moveaxis(pix, -1, 2), outputs["pipeline.images"], channels_last=False)
+    """SceneTok's scaling outside the model: latents = encode(2 img - 1) * 0.493, images = decode(latents / 0.493)
+    / 2 + 0.5 clamped to [0, 1] (the parity runner's pipeline case), in the release layout (B, V, C, H, W)."""
+    _, _, _, _, outputs, ours = fixture_a
+    for key in ("pipeline.latents", "pipeline.images"):
+        _check(key, ours[key], outputs[key], channels_last=False)
 
 
 def test_released_config_matches_manifest(shared_dir):
@@ -110,40 +105,31 @@ def test_pixel_shuffle_inverts_unshuffle_and_channel_order(temporal):
 
 @pytest.fixture(scope="module")
 def fixture_b(shared_dir):
-    from safetensors.numpy import load_file
+    # the parity runner builds the model with the tiling config.json records for each case (the tiled cases: spatial
+    # tiles of 128 px, temporal tiles of 16 frames, overlap 0.25) and runs every case, jitted
     d = _fixture(shared_dir, "b")
-    # the tiled cases were made with spatial tiles of 128 px, temporal tiles of 16 frames, overlap 0.25
-    model, _ = cv.model_from_official(d / "config.json", d / "weights.safetensors", spatial_tile_size=128,
-                                      temporal_tile_size=16)
-    return model, load_file(d / "inputs.safetensors"), load_file(d / "outputs.safetensors")
+    fx = parity.load_fixture(d)
+    return parity.run_fixture(fx, "videodc").values, fx.inputs, fx.outputs
 
 
 @pytest.mark.slow
 def test_fixture_b_batch_nonsquare_edge(fixture_b):
     """B=2, 12 frames of 64x96 (3 latent frames) with intermediates; 4 frames -> 1 latent -> 1 frame."""
-    model, inputs, outputs = fixture_b
-    cap = {}
-    cap["latent"] = model.encode(_cl(inputs["x"]), cap)
-    cap["decoded"] = model.decode(_cl(inputs["z"]), cap)
-    cap["edge.latent"] = model.encode(_cl(inputs["edge.x"]))
-    cap["edge.decoded"] = model.decode(_cl(inputs["edge.z"]))
+    ours, _, outputs = fixture_b
     for key, ref in outputs.items():
         if key.startswith("tiled_"):
             continue
-        name = key.removeprefix("intermediate.")
-        assert name in cap, f"no intermediate {name}"
-        _check(key, cap[name], ref)
+        assert key in ours, f"no intermediate {key}"
+        _check(key, ours[key], ref, channels_last=False)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tiled_t", "tiled_s"])
 def test_fixture_b_tiled(fixture_b, case):
     """The release's temporal / spatial tiling with in-place blending, and the untiled path on the same clip."""
-    model, inputs, outputs = fixture_b
-    x = _cl(inputs[f"{case}.x"])
-    _check(f"{case}.latent", model.encode(x), outputs[f"{case}.latent"])
-    _check(f"{case}.latent_untiled", model.encode(x, tiled=False), outputs[f"{case}.latent_untiled"])
-    _check(f"{case}.decoded", model.decode(_cl(inputs[f"{case}.z"])), outputs[f"{case}.decoded"])
+    ours, _, outputs = fixture_b
+    for key in (f"{case}.latent", f"{case}.latent_untiled", f"{case}.decoded"):
+        _check(key, ours[key], outputs[key], channels_last=False)
 
 
 def test_tiled_decode_frame_counts_release_quirk():
@@ -168,7 +154,7 @@ def test_fixture_a_sharded(fixture_a):
     on 'tensor'), batch of 4 on data x fsdp: same numbers as the fixture. (Regression: a grouped 1x1x1
     conv_general_dilated with channel-sharded input was silently wrong under XLA's SPMD partitioner.)"""
     from scene3d.core import sharding as sh
-    d, _, _, inputs, outputs = fixture_a
+    d, _, _, inputs, outputs, _ = fixture_a
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake) devices")
     mesh = sh.make_mesh((2, 2, 2))
