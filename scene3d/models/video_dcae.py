@@ -522,29 +522,29 @@ class VideoDCAE(nnx.Module):
     def encode(self, x: jax.Array, capture: dict | None = None, *, tiled: bool = True) -> jax.Array:
         """(B, T, H, W, 3) in [-1, 1] -> raw latents (B, T/4, H/32, W/32, C_lat). With ``tiled`` (default) the
         release's dispatch: temporal tiles when T > temporal_tile_size, else spatial tiles when H or W >
-        spatial_tile_size, else the plain path (the only one that fills ``capture``)."""
+        spatial_tile_size, else the plain path (the only one that fills ``capture``). float32 whatever ``dtype``."""
         f, ft = self.spatial_compression, self.temporal_compression
         if (x.ndim != 5 or x.shape[-1] != self.config["in_channels"] or x.shape[2] % f or x.shape[3] % f
                 or (x.shape[1] > 2 and x.shape[1] % ft)):
             raise ValueError(f"VideoDCAE.encode: x must be (B, T, H, W, {self.config['in_channels']}) with H, W "
                              f"multiples of {f} and T in {{1, 2}} or a multiple of {ft}, got {x.shape}")
         if tiled and self.use_temporal_tiling and x.shape[1] > self.temporal_tile_size:
-            return self._temporal_tiled_encode(x)
+            return self._temporal_tiled_encode(x).astype(jnp.float32)
         s = self.spatial_tile_size
         if tiled and self.use_spatial_tiling and (x.shape[2] > s or x.shape[3] > s):
-            return self._spatial_tiled_encode(x)
-        return self._encode(x, capture)
+            return self._spatial_tiled_encode(x).astype(jnp.float32)
+        return self._encode(x, capture).astype(jnp.float32)
 
     def decode(self, z: jax.Array, capture: dict | None = None, *, tiled: bool = True) -> jax.Array:
         """Raw latents (B, t, h, w, C_lat) -> frames (B, 4t (1 if t == 1), 32h, 32w, 3), tiled as the release."""
         if z.ndim != 5 or z.shape[-1] != self.latent_channels:
             raise ValueError(f"VideoDCAE.decode: z must be (B, t, h, w, {self.latent_channels}), got {z.shape}")
         if tiled and self.use_temporal_tiling and z.shape[1] > self.temporal_tile_size // self.temporal_compression:
-            return self._temporal_tiled_decode(z)
+            return self._temporal_tiled_decode(z).astype(jnp.float32)
         sl = self.spatial_tile_size // self.spatial_compression
         if tiled and self.use_spatial_tiling and (z.shape[2] > sl or z.shape[3] > sl):
-            return self._spatial_tiled_decode(z)
-        return self._decode(z, capture)
+            return self._spatial_tiled_decode(z).astype(jnp.float32)
+        return self._decode(z, capture).astype(jnp.float32)
 
     def __call__(self, x):
         return self.decode(self.encode(x))
