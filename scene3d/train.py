@@ -46,9 +46,23 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup + cosine decay (or constant), global-norm clipping."""
+    """AdamW with linear warmup + cosine decay (or constant, or multistep), global-norm clipping.
+
+    ``schedule='multistep'`` is the SceneTok release's SequentialLR(LinearLR, MultiStepLR): the learning rate rises
+    linearly from ``warmup_start_factor * lr`` to ``lr`` over ``warmup_steps``, then is multiplied by ``gamma`` at
+    each of ``milestones`` (counted from the end of the warmup, as SequentialLR restarts its second scheduler)."""
     oc = config.optim
-    if oc.get("schedule", "cosine") == "cosine":
+    if oc.get("schedule", "cosine") == "multistep":
+        warm = max(int(oc.warmup_steps), 1)
+        start = float(oc.lr) * float(oc.get("warmup_start_factor", 0.0))
+        gamma = float(oc.get("gamma", 0.1))
+        stones = sorted(int(m) for m in (oc.get("milestones") or ()))
+        if any(m <= 0 for m in stones) or len(set(stones)) != len(stones):
+            raise ValueError(f"config.optim.milestones must be distinct positive steps, got {oc.get('milestones')}")
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(start, float(oc.lr), warm),
+             optax.piecewise_constant_schedule(float(oc.lr), {m: gamma for m in stones})], [warm])
+    elif oc.get("schedule", "cosine") == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=oc.lr, warmup_steps=max(int(oc.warmup_steps), 1),
             decay_steps=max(int(config.total_steps), int(oc.warmup_steps) + 1), end_value=oc.lr * oc.get("end_lr_factor", 0.0))
@@ -57,7 +71,7 @@ def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule
             [optax.linear_schedule(0.0, oc.lr, max(int(oc.warmup_steps), 1)), optax.constant_schedule(oc.lr)],
             [max(int(oc.warmup_steps), 1)])
     else:
-        raise ValueError(f"config.optim.schedule: unknown {oc.schedule!r} (cosine | constant)")
+        raise ValueError(f"config.optim.schedule: unknown {oc.schedule!r} (cosine | constant | multistep)")
     parts = []
     if oc.get("clip_norm"):
         parts.append(optax.clip_by_global_norm(oc.clip_norm))
@@ -127,10 +141,37 @@ def merge_model(graphdef, params, state) -> nnx.Module:
     return nnx.merge(graphdef, params, state["frozen"]) if "frozen" in state else nnx.merge(graphdef, params)
 
 
+SKIP_NORMS = ("global", "mean_tensor")
+
+
+def mean_tensor_norm(grads) -> jax.Array:
+    """The mean over parameter tensors of each tensor's L2 norm (the SceneTok release's skip statistic: the mean of
+    ``p.grad.norm()`` over its parameters). A stacked layer parameter (leading 'layers' axis, ``nn.Stack``) counts
+    as one tensor per layer, as the release's per-layer modules do."""
+    norms = []
+    for v in jax.tree.leaves(grads, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        names = ()
+        if isinstance(v, nnx.Variable):
+            md = v.get_metadata()
+            names = tuple(md.get("out_sharding") or md.get("sharding_names") or md.get("sharding") or ())
+            v = v[...]
+        sq = jnp.square(jnp.asarray(v, jnp.float32))
+        if names and names[0] == "layers" and sq.ndim > 1:
+            norms.append(jnp.sqrt(jnp.sum(sq.reshape(sq.shape[0], -1), axis=1)))
+        else:
+            norms.append(jnp.sqrt(jnp.sum(sq))[None])
+    return jnp.mean(jnp.concatenate(norms))
+
+
 def make_train_step(config, task, graphdef, tx, schedule):
-    """Pure jitted train step: (state, batch) -> (state, metrics). Skips non-finite / exploding updates."""
+    """Pure jitted train step: (state, batch) -> (state, metrics). Skips non-finite / exploding updates:
+    ``optim.skip_grad_norm`` > 0 skips steps whose gradient norm exceeds it, the global norm or, with
+    ``optim.skip_grad_norm_kind='mean_tensor'``, :func:`mean_tensor_norm` (both before clipping)."""
     ema_decay = float(config.get("ema_decay", 0.0))
     max_gnorm = float(config.optim.get("skip_grad_norm", 0.0) or 0.0)
+    skip_kind = config.optim.get("skip_grad_norm_kind", "global") or "global"
+    if skip_kind not in SKIP_NORMS:
+        raise ValueError(f"config.optim.skip_grad_norm_kind must be one of {SKIP_NORMS}, got {skip_kind!r}")
 
     def step_fn(state, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -143,8 +184,13 @@ def make_train_step(config, task, graphdef, tx, schedule):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         gnorm = optax.global_norm(grads)
         ok = jnp.isfinite(gnorm) & jnp.isfinite(loss)
+        extra = {}
         if max_gnorm > 0:
-            ok &= gnorm <= max_gnorm
+            if skip_kind == "mean_tensor":
+                extra["grad_norm_mean_tensor"] = mean_tensor_norm(grads)
+                ok &= extra["grad_norm_mean_tensor"] <= max_gnorm
+            else:
+                ok &= gnorm <= max_gnorm
         updates, new_opt = tx.update(grads, state["opt_state"], params)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -158,7 +204,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
         out["step"] = state["step"] + 1
         out["skipped"] = state["skipped"] + (1 - ok.astype(jnp.int32))
         metrics = {"loss": loss, "grad_norm": gnorm, "lr": schedule(state["step"]),
-                   "step_skipped": 1.0 - ok.astype(jnp.float32), **aux}
+                   "step_skipped": 1.0 - ok.astype(jnp.float32), **extra, **aux}
         return out, metrics
 
     return step_fn

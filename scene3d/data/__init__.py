@@ -15,6 +15,9 @@ multi-view scenes, crop / normalise / rotate for 3DGS scenes), to run before a t
                      (the same captures serve both splits: per-scene fitting)
   builtin_gaussians  as builtin; gaussians                                  (3DGS scenes of the built-in set)
   ply                paths (files, folder or glob), eval_paths (default: paths); gaussians
+  target_latents     path (a dataset of ``python -m scene3d.data.encode_targets``), source (the clips it encodes:
+                     a data section of one of the names above, read by encode_targets --config), resolution;
+                     views (``target_latents.ReleaseViewConfig``: the SceneTok release's view sampler)
 
 ``views`` holds `multiview.ViewConfig` fields, ``gaussians`` `gs_pipeline.GaussianConfig` fields. ``data_dir``
 defaults to $SCENE3D_DATA_DIR or ~/.cache/scene3d/tfds.
@@ -25,7 +28,8 @@ import os
 
 MULTIVIEW = ("builtin", "clips", "captures")
 GAUSSIAN = ("builtin_gaussians", "ply")
-KNOWN = ("shapes",) + MULTIVIEW + GAUSSIAN
+RELEASE = ("target_latents",)
+KNOWN = ("shapes",) + MULTIVIEW + GAUSSIAN + RELEASE
 
 
 def _get(cfg, key, default=None):
@@ -83,6 +87,9 @@ def get_source(data_config, split: str):
             raise ValueError("config.data.paths: 'captures' needs a list of capture folders")
         image_size = _get(data_config, "image_size")
         return CaptureSource(list(paths), None if image_size is None else tuple(image_size))
+    if name == "target_latents":
+        from scene3d.data.target_latents import TargetLatentsSource
+        return TargetLatentsSource(_get(data_config, "path"), split)
     if name == "ply":
         from scene3d.data.gs_pipeline import PlySource
         paths = _get(data_config, "paths") if split == "train" else _get(data_config, "eval_paths",
@@ -99,6 +106,11 @@ def get_transforms(data_config, split: str) -> list:
     if name in MULTIVIEW:
         from scene3d.data.multiview import MultiViewTransform, ViewConfig
         return [MultiViewTransform(ViewConfig.from_config(_get(data_config, "views")))]
+    if name == "target_latents":
+        from scene3d.data import target_latents as tl
+        kind = tl.read_settings(_get(data_config, "path"))["kind"]
+        return [tl.ReleaseViewTransform(tl.ReleaseViewConfig.from_config(_get(data_config, "views")), kind,
+                                        training=split == "train")]
     if name in GAUSSIAN:
         from scene3d.data.gs_pipeline import GaussianConfig, GaussianTransform
         return [GaussianTransform(GaussianConfig.from_config(_get(data_config, "gaussians")),

@@ -9,7 +9,7 @@ _TASKS = {
     "autoencode": ("scene3d.tasks.autoencode", "AutoencodeTask"),
     "rae3d": ("scene3d.tasks.rae3d", "RAE3DTask"),
     "dit3d": ("scene3d.tasks.dit3d", "DiT3DTask"),
-    "scenetok": ("scene3d.tasks.scenetok", "SceneTokTask"),
+    "scenetok": ("scene3d.tasks.scenetok", "make_task"),  # SceneTokTask, or ReleaseSceneTokTask (layout)
     "scenegen": ("scene3d.tasks.scenegen", "SceneGenTask"),
 }
 
@@ -20,4 +20,4 @@ def get_task(config):
         raise ValueError(f"config.task: unknown task {name!r} (known: {sorted(_TASKS)})")
     import importlib
     module, cls = _TASKS[name]
-    return getattr(importlib.import_module(module), cls)(config)
+    return getattr(importlib.import_module(module), cls)(config)  # a task class or a factory

@@ -463,3 +463,350 @@ class SceneTokTask:
             Image.fromarray(view_rows([[uint8(host["context_images"][i])]])).save(
                 os.path.join(out_dir, f"context_{i}.png"))
 
+
+
+# ================================================================================================ release layout
+#
+# ``config.layout = 'release'``: SceneTok trained as the release trains it, on precomputed video-autoencoder target
+# latents (``data.name = 'target_latents'``, written by ``python -m scene3d.data.encode_targets``; the examples come
+# from ``scene3d.data.target_latents.ReleaseViewTransform``: farthest-point context views over the whole clip, 8
+# contiguous target latents in 1-2 chunks, 50% mirrored clips, poses relative to a random context camera).
+#
+# Model: ``scene3d.models.scenetok_release.ReleaseSceneTok`` = SceneTok (decoder: 4 cameras per latent) + the frozen
+# context image compressor (``image_compressor``; the VA-VAE f16c32 normalised with the release's statistics) +
+# the frozen target autoencoder (``target``: kind, variant, overrides, weights, config, seed; the dataset's, checked
+# against its target_latents.json), used to decode rendered latents for the figures and image metrics.
+#
+# loss = velocity loss of the decoder on the target latents (x ``release.latent_scale``) with one time per chunk of
+# M / ``flow.num_chunks`` latents (the release's random_chunked_uniform), all chunks of an example sharing one
+# time with probability ``release.shared_time_prob`` (its enforce_uniform_noise: 0.2), the scene tokens a
+# posterior sample of the compressor and its context latents a VA-VAE posterior sample (``release.
+# context_sample``), + kl_weight x KL. Optimiser recipe (configs/scenetok.py release variants): multistep LR,
+# clipping at 0.05, steps whose mean per-tensor gradient norm exceeds 1 skipped (scene3d.train).
+
+RELEASE_TARGET_KEYS = frozenset({"kind", "variant", "overrides", "weights", "config", "seed"})
+RELEASE_KEYS = frozenset({"shared_time_prob", "latent_scale", "context_sample"})
+LAYOUTS = ("views", "release")
+
+
+def make_task(config):
+    """The scenetok task for ``config.layout``: 'views' (default: SceneTokTask, posed views through one image
+    compressor) or 'release' (ReleaseSceneTokTask: precomputed video target latents)."""
+    layout = config.get("layout", "views") or "views"
+    if layout not in LAYOUTS:
+        raise ValueError(f"config.layout must be one of {LAYOUTS}, got {layout!r}")
+    return ReleaseSceneTokTask(config) if layout == "release" else SceneTokTask(config)
+
+
+def _target_spec(cfg) -> dict:
+    t = _as_dict(cfg)
+    check_keys(t, RELEASE_TARGET_KEYS, "config.target")
+    t = {**dict(kind="videodc", variant="dc-ae-f32t4c128", overrides={}, weights=None, config=None, seed=None), **t}
+    t["overrides"] = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in _as_dict(t["overrides"]).items()}
+    if t["kind"] != "videodc":
+        raise ValueError(f"config.target.kind: the release layout trains on 'videodc' target latents here (the "
+                         f"release's Wan view sampler is not ported), got {t['kind']!r}")
+    return t
+
+
+def build_target_autoencoder(spec: dict, rngs_seed: int | None = None):
+    """The Video DC-AE of a ``config.target`` spec (random from ``seed`` until weights are imported)."""
+    from scene3d.models.video_dcae import VideoDCAE
+    seed = spec.get("seed") if rngs_seed is None else rngs_seed
+    if spec.get("config"):  # another architecture's official config.json
+        from scene3d.convert import video_dcae as convert_video_dcae
+        return VideoDCAE(rngs=nnx.Rngs(int(seed or 0)), **convert_video_dcae.load_config(spec["config"]))
+    return VideoDCAE(spec.get("variant") or "dc-ae-f32t4c128", rngs=nnx.Rngs(int(seed or 0)),
+                     **dict(spec.get("overrides") or {}))
+
+
+def target_autoencoder_sizes(spec: dict) -> tuple[int, int, int]:
+    """(spatial compression, temporal compression, latent channels) of a ``config.target`` Video DC-AE, from its
+    architecture table (what VideoDCAE derives; no model built)."""
+    from scene3d.specs import video_dcae as spec_lib
+    if spec.get("config"):
+        from scene3d.convert import video_dcae as convert_video_dcae
+        hp = convert_video_dcae.load_config(spec["config"])
+    else:
+        variant = spec.get("variant") or "dc-ae-f32t4c128"
+        if variant not in spec_lib.VARIANTS:
+            raise ValueError(f"config.target.variant: unknown Video DC-AE variant {variant!r} "
+                             f"(known: {sorted(spec_lib.VARIANTS)})")
+        hp = dict(spec_lib.VARIANTS[variant], **dict(spec.get("overrides") or {}))
+    n = len(hp["width_list"])
+    return 2 ** (n - 1), 2 ** sum(bool(t) for t in tuple(hp["temporal"])[:-1]), int(hp["latent_channels"])
+
+
+def _put_loaded(target, loaded):
+    values = jax.tree.map(lambda t, v: jax.device_put(jnp.asarray(v, t.dtype), t.sharding),
+                          nnx.to_pure_dict(target), nnx.to_pure_dict(loaded))
+    nnx.replace_by_pure_dict(target, values)
+    return target
+
+
+class ReleaseSceneTokTask:
+    """SceneTok in the release's training layout (the comment above). Config: layout='release', data (name
+    'target_latents', path, resolution, views), image_compressor, target, model, flow, release, loss, metrics."""
+
+    batch_metrics = ("latent_mse_mean_latent",)
+
+    def __init__(self, config):
+        from scene3d.data import target_latents as tl
+        from scene3d.models import scenetok_release
+        self.config = config
+        mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
+                           f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
+        self.variant = mc.get("variant", "tiny")
+        if self.variant not in scenetok.VARIANTS:
+            raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "
+                             f"(known: {sorted(scenetok.VARIANTS)})")
+        dc = config.data
+        if dc.get("name") != "target_latents":
+            raise ValueError(f"config.data.name: the release layout reads precomputed target latents "
+                             f"('target_latents', written by scene3d.data.encode_targets), got {dc.get('name')!r}")
+        res = dc.get("resolution")
+        if res is None or len(tuple(res)) != 2:
+            raise ValueError("config.data.resolution: the release layout needs the (h, w) of the encoded frames")
+        self.resolution = (int(res[0]), int(res[1]))
+        self.views = tl.ReleaseViewConfig.from_config(dc.get("views"))
+        self.num_context, self.num_target = self.views.num_context, self.views.num_target
+        self.ic = _as_dict(config.get("image_compressor")) or {"kind": "vavae", "variant": "f16c32"}
+        if self.ic.get("train"):
+            raise ValueError("config.image_compressor.train: the release layout keeps the context compressor frozen")
+        self.vae_weights = self.ic.get("weights") or None
+        self.target = _target_spec(config.get("target"))
+        rc = _as_dict(config.get("release"))
+        check_keys(rc, RELEASE_KEYS, "config.release")
+        self.shared_time_prob = float(rc.get("shared_time_prob", 0.2))
+        self.latent_scale = float(rc.get("latent_scale", 1.0))
+        self.context_sample = bool(rc.get("context_sample", True))
+        if not 0.0 <= self.shared_time_prob <= 1.0:
+            raise ValueError(f"config.release.shared_time_prob must be in [0, 1], got {self.shared_time_prob}")
+        # Sizes: context latents from the image compressor, target latents from the target autoencoder (from their
+        # architecture tables: building even abstract models here costs seconds).
+        f, image_channels = self._image_sizes()
+        if self.resolution[0] % f or self.resolution[1] % f or self.resolution[0] != self.resolution[1]:
+            raise ValueError(f"config.data.resolution {self.resolution} must be square and divisible by the image "
+                             f"compressor's downsampling factor {f}")
+        self.context_grid = (self.resolution[0] // f,) * 2
+        fa, ft, self.latent_channels = target_autoencoder_sizes(self.target)
+        if self.resolution[0] % fa:
+            raise ValueError(f"config.data.resolution {self.resolution} must be divisible by the target "
+                             f"autoencoder's {fa}x compression")
+        self.latent_grid = (self.resolution[0] // fa,) * 2
+        if ft != 4:
+            raise ValueError(f"config.target: the release layout needs 4 frames per latent, the autoencoder "
+                             f"compresses time {ft}x")
+        self.compressor_cfg = SceneTokTask._overrides(self, "compressor", dict(
+            in_channels=image_channels, input_size=self.context_grid[0]))
+        self.decoder_cfg = SceneTokTask._overrides(self, "decoder", dict(
+            in_channels=self.latent_channels, input_size=self.latent_grid[0], temporal_downsample=4))
+        self.flow = scenetok.flow_objective(config.get("flow"))
+        if self.num_target % self.flow.num_chunks:
+            raise ValueError(f"config.flow.num_chunks={self.flow.num_chunks} must divide data.views.num_target="
+                             f"{self.num_target} (one noise level per chunk of target latents)")
+        lc = config.get("loss") or {}
+        kl = lc.get("kl_weight")
+        self.kl_weight = None if kl is None else float(kl)
+        self.lpips = lpips_lib.from_config(_as_dict(config.get("metrics")).get("lpips"))
+        self._check_dataset(tl, scenetok_release)
+
+    def _check_dataset(self, tl, scenetok_release) -> None:
+        """The dataset at data.path (when written) must hold latents of this config's autoencoder and size."""
+        import json
+        path = self.config.data.get("path")
+        if not path or not tl.settings_path(path).is_file():
+            return
+        s = tl.read_settings(path)
+        ae = s.get("autoencoder") or {}
+        want = dict(kind=self.target["kind"], resolution=list(self.resolution),
+                    latent_shape=[*self.latent_grid, self.latent_channels])
+        got = dict(kind=s.get("kind"), resolution=s.get("resolution"), latent_shape=s.get("latent_shape"))
+        random_cfg, random_data = not self.target.get("weights"), not ae.get("weights")
+        if random_cfg and random_data:
+            want.update(variant=self.target["variant"], seed=int(self.target.get("seed") or 0),
+                        overrides=json.loads(json.dumps(self.target["overrides"])))
+            got.update(variant=ae.get("variant"), seed=ae.get("seed"), overrides=ae.get("overrides"))
+        bad = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        if random_cfg != random_data:
+            bad["weights"] = (ae.get("weights"), self.target.get("weights"))
+        if bad:
+            raise ValueError(f"config.data.path={path}: the dataset was encoded with other settings than "
+                             f"config.target / data.resolution ({{field: (dataset, config)}}: {bad})")
+
+    def _image_sizes(self) -> tuple[int, int]:
+        """(downsampling factor, latent channels) of the context image compressor."""
+        kind = self.ic.get("kind", "pixels")
+        if kind == "pixels":
+            p = int(self.ic.get("patch", 16))
+            return p, p * p * int(self.ic.get("in_channels", 3))
+        if kind != "vavae":
+            raise ValueError(f"config.image_compressor.kind must be 'vavae' or 'pixels', got {kind!r}")
+        variant = self.ic.get("variant", "tiny")
+        if variant not in image_vae.VARIANTS:
+            raise ValueError(f"config.image_compressor.variant: unknown {variant!r} (known: "
+                             f"{sorted(image_vae.VARIANTS)})")
+        v = dict(image_vae.VARIANTS[variant], **{k: self.ic[k] for k in ("ch_mult", "embed_dim") if
+                                                  self.ic.get(k) is not None})
+        return 2 ** (len(tuple(v["ch_mult"])) - 1), int(v["embed_dim"])
+
+    # -- model -------------------------------------------------------------------------------------------------
+    def _build_image(self, rngs):
+        from scene3d.models import scenetok_release
+        cfg = {k: v for k, v in self.ic.items() if k not in ("train", "weights")}
+        for k in ("ch_mult", "attn_levels"):
+            if k in cfg:
+                cfg[k] = tuple(cfg[k])
+        if cfg.get("kind", "pixels") == "vavae" and cfg.get("variant") == "f16c32":
+            for k, v in scenetok_release.vavae_stats().items():  # the release's VA-VAE latent normalisation
+                cfg.setdefault(k, v)
+        return image_vae.get_image_compressor(cfg, rngs=rngs)
+
+    def build_model(self, rngs: nnx.Rngs):
+        from scene3d.models.scenetok_release import ReleaseSceneTok
+        mc = self.config.model
+        image = self._build_image(rngs)
+        if isinstance(image, image_vae.ImageVAE):
+            image = freeze(image)
+        model = scenetok.SceneTok(variant=self.variant, compressor=self.compressor_cfg, decoder=self.decoder_cfg,
+                                  attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
+                                  remat=mc.get("remat", "none"),
+                                  dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
+                                  param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"),
+                                  rngs=rngs)
+        return ReleaseSceneTok(model, image, freeze(build_target_autoencoder(self.target)), self.target["kind"])
+
+    def restore_pretrained(self, params):
+        """Official weights into the frozen parts: the VA-VAE (``image_compressor.weights``) and the target
+        autoencoder (``target.weights``: the official safetensors layout; ``target.config`` for another
+        architecture's config.json)."""
+        if self.ic.get("kind", "pixels") == "vavae":
+            if not self.vae_weights:
+                logging.warning("config.image_compressor: a frozen VA-VAE without weights is RANDOM (smoke tests only)")
+            else:
+                from scene3d.convert import image_vae as convert_image_vae
+                vae = nnx.eval_shape(lambda: self._build_image(nnx.Rngs(0)))
+                loaded, report = convert_image_vae.official_to_state(
+                    vae, convert_image_vae.load_official(self.vae_weights), name=str(self.vae_weights))
+                params["vavae"] = _put_loaded(params["vavae"], loaded)
+                logging.info("context compressor: VA-VAE weights from %s (%s)", self.vae_weights, report)
+        weights = self.target.get("weights")
+        if not weights:
+            logging.warning("config.target: the target autoencoder is RANDOM (seed %s): decoded frames and image "
+                            "metrics are meaningless unless the dataset was encoded with the same random one",
+                            self.target.get("seed"))
+            return params
+        from scene3d.convert import engine, video_dcae as convert_video_dcae
+        ae = nnx.eval_shape(lambda: build_target_autoencoder(self.target, 0))
+        sd, name = engine.read(weights)
+        loaded, report = convert_video_dcae.official_to_state(ae, sd, name=name)
+        params["target"] = _put_loaded(params["target"], loaded)
+        logging.info("target autoencoder: Video DC-AE weights from %s (%s)", weights, report)
+        return params
+
+    def data_transforms(self, split: str):
+        return []  # the data's ReleaseViewTransform gives flat numeric examples
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def chunk_times(self, rng, batch: int, views: int) -> jax.Array:
+        """(B, M) training times: one per chunk of M / num_chunks latents; with probability shared_time_prob all
+        chunks of an example share the first chunk's time."""
+        r_t, r_s = jax.random.split(rng)
+        t = self.flow.sample_times(r_t, batch, views)
+        if self.shared_time_prob > 0 and self.flow.num_chunks > 1:
+            shared = jax.random.bernoulli(r_s, self.shared_time_prob, (batch, 1))
+            t = jnp.where(shared, t[:, :1], t)
+        return t
+
+    def _context_tokens(self, model, batch, rng=None):
+        """(tokens, aux): a posterior sample with ``rng`` (training), the mean without."""
+        r_ctx = r_tok = None
+        if rng is not None:
+            r_ctx, r_tok = jax.random.split(rng)
+        lat = model.context_latents(batch["context_images"], r_ctx if self.context_sample else None)
+        lat = jax.lax.stop_gradient(lat)
+        return model.scenetok.encode(lat, batch["context_c2w"], batch["context_intrinsics"], rng=r_tok,
+                                     sample=rng is not None)
+
+    def loss(self, model, batch, rng, step=None):
+        r_enc, r_t, r_eps, r_drop = jax.random.split(rng, 4)
+        tokens, caux = self._context_tokens(model, batch, r_enc)
+        x0 = jnp.asarray(batch["target_latents"], jnp.float32) * self.latent_scale
+        b, m = x0.shape[:2]
+        t = self.chunk_times(r_t, b, m)
+        eps = self.flow.noise(r_eps, x0)
+        x_t = self.flow.x_t(x0, eps, t)
+        drop = self.flow.drop(r_drop, b) if self.flow.cond_drop > 0 else None
+        v, _ = model.scenetok.decoder(x_t, t, batch["target_c2w"], batch["target_intrinsics"], tokens, drop=drop)
+        fm, _ = self.flow.loss(v, x0, eps, t)
+        kl = jnp.mean(caux["kl"])
+        w = model.scenetok.compressor.config["kl_weight"] if self.kl_weight is None else self.kl_weight
+        return fm + w * kl, {"flow_loss": fm, "kl": kl, "token_std": jnp.std(caux["mean"]),
+                             "token_logvar": jnp.mean(caux["logvar"]), "latent_std": jnp.std(x0),
+                             "t_mean": jnp.mean(t),
+                             "chunks_share_time": jnp.mean((t[:, 0] == t[:, -1]).astype(jnp.float32))}
+
+    # -- evaluation --------------------------------------------------------------------------------------------
+    def render_latents(self, model, tokens, c2w, intrinsics, rng) -> jax.Array:
+        """Target latents (B, M, h, w, C) (scaled units) of cameras (B, 4M, ...) sampled from the tokens alone (all
+        M latents in one call: the release's full-sequence window for M <= 8)."""
+        return model.scenetok.decoder.render(tokens, c2w, intrinsics, rng, latent_size=self.latent_grid,
+                                             flow=self.flow)
+
+    def frames(self, model, latents_scaled) -> jax.Array:
+        """Scaled target latents -> frames (B, 4M, H, W, 3) in [0, 1] through the frozen target autoencoder."""
+        return model.frames(latents_scaled / self.latent_scale)
+
+    def evaluate(self, model, batch, rng):
+        """Latent metrics: ``latent_mse`` of target latents rendered from the context tokens alone (vs the batch
+        mean latent, ``latent_mse_mean_latent``), the velocity loss at fixed times, the KL; with the target frames
+        in the batch (evaluation split): PSNR / SSIM (LPIPS) of the decoded renders and ``autoencoder_psnr``, the
+        target autoencoder's own ceiling (decoded ground-truth latents)."""
+        r_render, r_eps = jax.random.split(rng)
+        tokens, aux = self._context_tokens(model, batch)
+        x0 = jnp.asarray(batch["target_latents"], jnp.float32) * self.latent_scale
+        cams = (batch["target_c2w"], batch["target_intrinsics"])
+        lat = self.render_latents(model, tokens, *cams, r_render)
+        mean_latent = jnp.broadcast_to(jnp.mean(x0, axis=(0, 1), keepdims=True), x0.shape)
+        out = {"latent_mse": jnp.mean(jnp.square(lat - x0)),
+               "latent_mse_mean_latent": jnp.mean(jnp.square(mean_latent - x0)), "kl": jnp.mean(aux["kl"])}
+        out.update(self.flow.fixed_time_losses(lambda x, t: model.scenetok.decoder(x, t, *cams, tokens)[0], x0,
+                                               self.flow.noise(r_eps, x0), name="val_flow_loss", per_view=True))
+        if "target_images" in batch:
+            gt = jnp.asarray(batch["target_images"], jnp.float32)
+            pred, ceiling = self.frames(model, lat), self.frames(model, x0)
+            out.update(psnr=jnp.mean(image_metrics.psnr(pred, gt)), ssim=jnp.mean(image_metrics.ssim(pred, gt)),
+                       autoencoder_psnr=jnp.mean(image_metrics.psnr(ceiling, gt)))
+            if self.lpips is not None:
+                flat = lambda x: x.reshape((-1,) + x.shape[-3:]) * 2.0 - 1.0  # noqa: E731
+                out["lpips"] = jnp.mean(self.lpips(flat(pred), flat(gt)))
+        return out
+
+    def images(self, model, batch, rng):
+        """``views``: one row per scene: [context views | target frames (evaluation split) | the ground-truth target
+        latents decoded (the autoencoder's ceiling) | latents rendered from the context tokens alone, decoded], one
+        frame per target latent (its first). With a random target autoencoder (release_runlocal) only the last two
+        groups compare: both are its decodings."""
+        k = min(int((self.config.get("render") or {}).get("num_scenes", 2)), int(batch["context_images"].shape[0]))
+        if k <= 0:
+            return {}
+        host = {key: jnp.asarray(np.asarray(jax.device_get(batch[key]))[:k]) for key in
+                ("context_images", "context_c2w", "context_intrinsics", "target_latents", "target_c2w",
+                 "target_intrinsics")}
+        rendered, ceiling = (np.asarray(x) for x in jax.device_get(_release_figure_frames(self, model, host, rng)))
+        u8 = lambda x: uint8(np.asarray(x, np.float32) * 2.0 - 1.0)  # noqa: E731  ([0, 1] -> uint8)
+        target = np.asarray(jax.device_get(batch["target_images"]))[:k] if "target_images" in batch else None
+        rows = [[u8(host["context_images"][i])] + ([u8(target[i, ::4])] if target is not None else []) +
+                [u8(ceiling[i, ::4]), u8(rendered[i, ::4])] for i in range(k)]
+        return {"views": view_rows(rows)}
+
+
+def _release_figure(task: ReleaseSceneTokTask, model, batch, rng):
+    """(frames of latents rendered from the context tokens, frames of the ground-truth latents), both decoded."""
+    tokens, _ = task._context_tokens(model, batch)
+    lat = task.render_latents(model, tokens, batch["target_c2w"], batch["target_intrinsics"], rng)
+    x0 = jnp.asarray(batch["target_latents"], jnp.float32) * task.latent_scale
+    return task.frames(model, lat), task.frames(model, x0)
+
+
+_release_figure_frames = nnx.jit(_release_figure, static_argnums=0)
