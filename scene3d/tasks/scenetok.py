@@ -175,6 +175,17 @@ context_tokens_jit = nnx.jit(_context_tokens)
 # ================================================================================================ task
 
 
+def _model_variant(config) -> str:
+    """The SceneTok variant of ``config.model`` (its keys checked)."""
+    mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
+                       f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
+    variant = mc.get("variant", "tiny")
+    if variant not in scenetok.VARIANTS:
+        raise ValueError(f"config.model.variant: unknown SceneTok variant {variant!r} "
+                         f"(known: {sorted(scenetok.VARIANTS)})")
+    return variant
+
+
 class SceneTokTask:
     """SceneTok stage-1 training (module docstring). Config fields: image_compressor, model, flow, loss, render."""
 
@@ -184,12 +195,7 @@ class SceneTokTask:
 
     def __init__(self, config):
         self.config = config
-        mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
-                           f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
-        self.variant = mc.get("variant", "tiny")
-        if self.variant not in scenetok.VARIANTS:
-            raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "
-                             f"(known: {sorted(scenetok.VARIANTS)})")
+        self.variant = _model_variant(config)
         self.ic = _as_dict(config.get("image_compressor")) or {"kind": "pixels", "patch": 8}
         self.train_vae = bool(self.ic.get("train", False))
         self.vae_weights = self.ic.get("weights") or None
@@ -554,12 +560,7 @@ class ReleaseSceneTokTask:
         from scene3d.data import target_latents as tl
         from scene3d.models import scenetok_release
         self.config = config
-        mc = model_section(config, "scenetok", "scenetok", _MODEL_KEYS,
-                           f"(sizes go in config.model.compressor / decoder: {sorted(scenetok.COMPRESSOR_KEYS)})")
-        self.variant = mc.get("variant", "tiny")
-        if self.variant not in scenetok.VARIANTS:
-            raise ValueError(f"config.model.variant: unknown SceneTok variant {self.variant!r} "
-                             f"(known: {sorted(scenetok.VARIANTS)})")
+        self.variant = _model_variant(config)
         dc = config.data
         if dc.get("name") != "target_latents":
             raise ValueError(f"config.data.name: the release layout reads precomputed target latents "
