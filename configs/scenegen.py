@@ -12,7 +12,10 @@ tokenizer=STAGE1_WORKDIR (its config.json gives the
 stage-1 architecture, image compressor and view size, its checkpoint the weights (EMA if kept); empty: a randomly
 initialised stage 1 from ``tokenizer.model`` / ``tokenizer.image_compressor``, for smoke tests only), shift=S
 (training and sampling time shift; the release trained 1, 4 and 12), bf16, runlocal (CPU-minutes, matching
-configs/scenetok.py:runlocal).
+configs/scenetok.py:runlocal), recipe=ours|release. ``recipe=release`` trains as the release's scenegen_shift*
+experiments: 1-3 conditioning views separate from the anchors (a random context view, whose frame all poses take,
+then two other frames of the clip, each kept with probability 0.5), uniform times then shifted by ``shift``, no
+condition dropout (the release trains without CFG and samples with 150 Euler steps, guidance 1).
 
 The data must give the stage-1 view size (``data.views.resolution``); the context views are the ones whose tokens
 are generated, every one of them is a potential condition (view 0 always, others with probability 1 - p_view) and
@@ -26,7 +29,10 @@ from scene3d.core.config import parse_arg
 
 
 def get_config(arg=None):
-    arg = parse_arg(arg, variant="re10k", data="re10k", tokenizer="", shift=4.0, runlocal=False, bf16=False)
+    arg = parse_arg(arg, variant="re10k", data="re10k", tokenizer="", shift=4.0, runlocal=False, bf16=False,
+                    recipe="ours")
+    if arg.recipe not in ("ours", "release"):
+        raise ValueError(f"configs/scenegen.py: recipe must be 'ours' or 'release', got {arg.recipe!r}")
     if arg.data not in ("re10k", "dl3dv"):
         raise ValueError(f"configs/scenegen.py: data must be 're10k' or 'dl3dv', got {arg.data!r}")
     c = base_config()
@@ -64,6 +70,10 @@ def get_config(arg=None):
     c.mesh = dict(data=1, fsdp=-1, tensor=1)
     c.eval_batch_size = 32
 
+    if arg.recipe == "release":
+        c.cond = dict(layout="release", max_views=3, p_view=0.5, p_uncond=0.0)
+        c.flow.update(time_sampler=f"uniform,shift={float(arg.shift)}", sample_steps=150, cfg_scale=1.0)
+
     if arg.runlocal:  # configs/scenetok.py:runlocal's data and stage 1 (one source: no copies to drift apart)
         stage1 = scenetok_config.get_config("runlocal")
         c.data = ml_collections.ConfigDict(stage1.data.to_dict())
@@ -72,9 +82,10 @@ def get_config(arg=None):
         # token_scale ~ 1 / std of the runlocal stage-1 tokens (train/suggested_token_scale 0.22 after its 1500 steps)
         c.model.update(variant="tiny", hidden=64, depth=2, heads=4, camera_patch=2, token_scale=0.25,
                        camera_dtype="float32", attn_impl="xla")
-        c.flow.update(sample_steps=10, cfg_scale=2.0)
+        c.flow.update(sample_steps=10, cfg_scale=1.0 if arg.recipe == "release" else 2.0)
         if arg.shift == 4.0:
-            c.flow.update(time_sampler="logit_normal,shift=2.0", sample_shift=2.0)
+            kind = "uniform" if arg.recipe == "release" else "logit_normal"
+            c.flow.update(time_sampler=f"{kind},shift=2.0", sample_shift=2.0)
         c.render.orbit.update(num_frames=12, fps=6.0)
         c.global_batch_size = 8
         c.total_steps = 400

@@ -16,7 +16,7 @@ colour name or index, text -> a caption, image -> an image path; one for all sam
   sample_{i}_orbit.gif  with ``--gif``: all orbit views as an animation
 
 SceneGen (task ``scenegen``): scene tokens generated from 1..``data.views.num_context`` conditioning views
-(``--image``, repeated; centre-cropped and resized to the run's resolution; the first one is the reference frame)
+(``cond.layout='release'``: 1..``cond.max_views``) (``--image``, repeated; centre-cropped and resized to the run's resolution; the first one is the reference frame)
 with the context cameras as anchors (``--anchors=FILE``, else the first at the identity and the others on an arc
 of ``--arc`` degrees around the point ``--focus`` in front of it, horizontal field of view ``--fov``), rendered by
 the frozen SceneTok along ``--trajectory=FILE`` (else the run's ``render.orbit``)::
@@ -257,24 +257,25 @@ def _save_tokens(out: str, tokens, **cameras) -> str:
 
 def sample_scenegen(task, model, info, args, out: str) -> dict:
     size = tuple(task.tokenizer.resolution)
-    n_ctx = task.num_context
+    n_ctx, n_cond = task.num_context, task.num_cond
     if not args.image:
-        raise SystemExit(f"--image is required: a scenegen run generates a scene from 1..{n_ctx} views")
-    if len(args.image) > n_ctx:
-        raise SystemExit(f"{len(args.image)} --image views; the run conditions on at most {n_ctx} (data.views."
-                         "num_context)")
+        raise SystemExit(f"--image is required: a scenegen run generates a scene from 1..{n_cond} views")
+    if len(args.image) > n_cond:
+        raise SystemExit(f"{len(args.image)} --image views; the run conditions on at most {n_cond} (its "
+                         f"'{task.cond_layout}' conditioning layout)")
     views = load_views(args.image, size)
     c2w, intr, ref = view_cameras(args, n_ctx, size)  # every context camera is an anchor, with a view or not
-    images = np.zeros((n_ctx,) + views.shape[1:], np.float32)
+    images = np.zeros((n_cond,) + views.shape[1:], np.float32)
     images[:len(views)] = views
-    mask = np.broadcast_to(np.arange(n_ctx) < len(views), (args.num, n_ctx))
+    slot = np.minimum(np.arange(n_cond), n_ctx - 1)  # conditioning view i sits at anchor camera i
+    mask = np.broadcast_to(np.arange(n_cond) < len(views), (args.num, n_cond))
     from scene3d.tasks import scenetok as stok
     traj_c2w, traj_intr = trajectory_cameras(args, ref, lambda: stok.orbit_cameras(task.config.get("render"),
                                                                                   intr[0]))
 
     def run(m, im, cw, k, cm, key):
         inputs = {"cond_latents": task.tokenizer.bind(m.tokenizer).image_latents(im), "context_c2w": cw,
-                  "context_intrinsics": k}
+                  "context_intrinsics": k, "cond_c2w": cw[:, slot], "cond_intrinsics": k[:, slot]}
         return task.generate(m, inputs, key, cm, num_steps=args.steps, cfg_scale=args.cfg_scale)
 
     r_gen, r_render = jax.random.split(jax.random.key(args.seed))

@@ -44,6 +44,7 @@ from scene3d.render import plots
 from scene3d.tasks import stage1
 from scene3d.tasks import scenetok as stok
 
+COND_LAYOUTS = ("context", "release")
 _MODEL_KEYS = frozenset({"name", "variant", "hidden", "depth", "heads", "mlp_ratio", "latent_patch", "camera_patch",
                          "freq_dim", "token_scale", "camera_dtype", "camera_dropout", "attn_impl", "scan", "remat",
                          "dtype", "param_dtype"})
@@ -101,12 +102,23 @@ class SceneGenTask:
                                              sample_shift=4.0)
         self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
         cc = config.get("cond") or {}
+        check_keys(cc, frozenset({"p_view", "p_uncond", "layout", "max_views"}), "config.cond")
         self.p_view, self.p_uncond = float(cc.get("p_view", 0.5)), float(cc.get("p_uncond", 0.1))
+        self.cond_layout = cc.get("layout", "context")
+        if self.cond_layout not in COND_LAYOUTS:
+            raise ValueError(f"config.cond.layout must be one of {COND_LAYOUTS}, got {self.cond_layout!r}")
+        if self.cond_layout == "release":
+            self.num_cond = int(cc.get("max_views", 3))
+            if not 1 <= self.num_cond <= self.num_target + 1:
+                raise ValueError(f"config.cond.max_views={self.num_cond}: the release layout draws views 2.. from the "
+                                 f"{self.num_target} target views (data.views.num_target), so 1..{self.num_target + 1}")
+        else:
+            self.num_cond = self.num_context
         sc = config.get("sample") or {}
         self.num_cond_views = int(sc.get("num_cond_views", 1))
-        if not 1 <= self.num_cond_views <= self.num_context:
-            raise ValueError(f"config.sample.num_cond_views={self.num_cond_views} must be in 1..data.views."
-                             f"num_context={self.num_context}")
+        if not 1 <= self.num_cond_views <= self.num_cond:
+            raise ValueError(f"config.sample.num_cond_views={self.num_cond_views} must be in 1..{self.num_cond} (the "
+                             f"conditioning views of the '{self.cond_layout}' layout)")
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_generator(self, rngs: nnx.Rngs) -> scenegen.SceneGen:
@@ -118,7 +130,7 @@ class SceneGenTask:
             camera_size=self.camera_size, camera_patch=int(mc.get("camera_patch", 2)),
             mlp_ratio=float(mc.get("mlp_ratio", 4.0)), token_scale=float(mc.get("token_scale", 1.0)),
             shift=self.flow.sample_shift, camera_dtype=mc.get("camera_dtype", "float32"),
-            camera_dropout=float(mc.get("camera_dropout", 0.1)), max_cond_views=self.num_context,
+            camera_dropout=float(mc.get("camera_dropout", 0.1)), max_cond_views=self.num_cond,
             attn_impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True), remat=mc.get("remat", "none"),
             dtype=_dtype(mc.get("dtype", "float32"), "config.model.dtype"),
             param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"), rngs=rngs, **kw)
@@ -135,31 +147,56 @@ class SceneGenTask:
         return [stok.flatten_views]
 
     # -- pieces ------------------------------------------------------------------------------------------------
-    def prepare(self, model: SceneGenModel, batch: dict, rng=None) -> dict:
-        """Stage-1 tokens (x0 = token_scale x tokens), the context latents and the poses (context 0's frame)."""
+    def prepare(self, model: SceneGenModel, batch: dict, rng=None, cond_rng=None) -> dict:
+        """Stage-1 tokens (x0 = token_scale x tokens), the conditioning views (latents + cameras), the anchors (the
+        context cameras) and the poses. Layout 'context': the context views condition, poses in context view 0's
+        frame. Layout 'release' (the release's SceneGen training): the poses in the frame of a random context view
+        (``cond_rng``; context view 0 without it), which is conditioning view 0, followed by ``cond.max_views - 1``
+        other frames of the clip (random target views; the first ones without ``cond_rng``)."""
         stok.check_views(batch, "scenegen batch")
-        ctx_c2w, tgt_c2w = scenetok.relative_to_reference(jnp.asarray(batch["context_c2w"], jnp.float32),
-                                                          jnp.asarray(batch["target_c2w"], jnp.float32))
+        ctx_c2w = jnp.asarray(batch["context_c2w"], jnp.float32)
+        tgt_c2w = jnp.asarray(batch["target_c2w"], jnp.float32)
+        ctx_k = jnp.asarray(batch["context_intrinsics"], jnp.float32)
+        tgt_k = jnp.asarray(batch["target_intrinsics"], jnp.float32)
         tok = self.tokenizer.bind(model.tokenizer)
         lat = tok.image_latents(batch["context_images"])
-        tokens = tok.encode({"latents": lat, "c2w": ctx_c2w, "intrinsics": batch["context_intrinsics"]}, rng)
-        return dict(tokens=tokens, x0=model.generator.scale_tokens(tokens), cond_latents=lat, context_c2w=ctx_c2w,
-                    context_intrinsics=jnp.asarray(batch["context_intrinsics"], jnp.float32), target_c2w=tgt_c2w,
-                    target_intrinsics=jnp.asarray(batch["target_intrinsics"], jnp.float32))
+        b = ctx_c2w.shape[0]
+        rows = jnp.arange(b)
+        if self.cond_layout == "release":
+            if cond_rng is None:
+                ref = jnp.zeros((b,), jnp.int32)
+                picks = jnp.broadcast_to(jnp.arange(self.num_cond - 1), (b, self.num_cond - 1))
+            else:
+                r_ref, r_pick = jax.random.split(cond_rng)
+                ref = jax.random.randint(r_ref, (b,), 0, self.num_context)
+                order = jax.vmap(lambda k: jax.random.permutation(k, self.num_target))(jax.random.split(r_pick, b))
+                picks = order[:, :self.num_cond - 1]
+            ref_inv = jnp.linalg.inv(ctx_c2w[rows, ref])[:, None]
+            ctx_c2w, tgt_c2w = ref_inv @ ctx_c2w, ref_inv @ tgt_c2w
+            extra_lat = tok.image_latents(jnp.asarray(batch["target_images"])[rows[:, None], picks])
+            cond = dict(cond_latents=jnp.concatenate([lat[rows, ref][:, None], extra_lat], 1),
+                        cond_c2w=jnp.concatenate([ctx_c2w[rows, ref][:, None], tgt_c2w[rows[:, None], picks]], 1),
+                        cond_intrinsics=jnp.concatenate([ctx_k[rows, ref][:, None], tgt_k[rows[:, None], picks]], 1))
+        else:
+            ctx_c2w, tgt_c2w = scenetok.relative_to_reference(ctx_c2w, tgt_c2w)
+            cond = dict(cond_latents=lat, cond_c2w=ctx_c2w, cond_intrinsics=ctx_k)
+        tokens = tok.encode({"latents": lat, "c2w": ctx_c2w, "intrinsics": ctx_k}, rng)
+        return dict(tokens=tokens, x0=model.generator.scale_tokens(tokens), context_c2w=ctx_c2w,
+                    context_intrinsics=ctx_k, target_c2w=tgt_c2w, target_intrinsics=tgt_k, **cond)
 
     def velocity(self, model: SceneGenModel, inputs: dict, x_t, t, cond_mask, rng=None):
         return model.generator(x_t, t, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"],
-                               inputs["context_c2w"], inputs["context_intrinsics"], cond_mask=cond_mask, rng=rng)[0]
+                               inputs["cond_c2w"], inputs["cond_intrinsics"], cond_mask=cond_mask, rng=rng)[0]
 
     def eval_mask(self, batch_size: int) -> jax.Array:
-        """(B, Vc) condition mask keeping the first ``sample.num_cond_views`` context views."""
-        return jnp.broadcast_to(jnp.arange(self.num_context) < self.num_cond_views, (batch_size, self.num_context))
+        """(B, conditioning views) mask keeping the first ``sample.num_cond_views``."""
+        return jnp.broadcast_to(jnp.arange(self.num_cond) < self.num_cond_views, (batch_size, self.num_cond))
 
     def generate(self, model: SceneGenModel, inputs: dict, rng, cond_mask, *, num_steps=None, cfg_scale=None):
         """Scene tokens (B, K, d) (compressor units) sampled from noise for the condition in ``inputs``."""
         return model.generator.sample(
-            rng, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"], inputs["context_c2w"],
-            inputs["context_intrinsics"], cond_mask=cond_mask, flow=self.flow, num_steps=num_steps,
+            rng, inputs["cond_latents"], inputs["context_c2w"], inputs["context_intrinsics"], inputs["cond_c2w"],
+            inputs["cond_intrinsics"], cond_mask=cond_mask, flow=self.flow, num_steps=num_steps,
             cfg_scale=cfg_scale)
 
     def render(self, model: SceneGenModel, tokens, c2w, intrinsics, rng):
@@ -171,11 +208,12 @@ class SceneGenTask:
     # -- training ----------------------------------------------------------------------------------------------
     def loss(self, model, batch, rng, step=None):
         r_tok, r_t, r_eps, r_mask, r_cam = jax.random.split(rng, 5)
-        inputs = self.prepare(model, batch, r_tok)
+        r_cond = jax.random.fold_in(rng, 5)  # the release layout's reference / extra conditioning views
+        inputs = self.prepare(model, batch, r_tok, r_cond)
         x0 = inputs["x0"]
         b = x0.shape[0]
         t, eps, x_t = self.flow.draw(x0, r_t, r_eps)
-        mask = scenegen.random_cond_mask(r_mask, b, self.num_context, p_view=self.p_view, p_uncond=self.p_uncond)
+        mask = scenegen.random_cond_mask(r_mask, b, self.num_cond, p_view=self.p_view, p_uncond=self.p_uncond)
         v = self.velocity(model, inputs, x_t, t, mask, r_cam)
         loss, _ = self.flow.loss(v, x0, eps, t)
         std = jnp.std(inputs["tokens"])
@@ -190,7 +228,7 @@ class SceneGenTask:
         inputs = self.prepare(model, batch)
         x0 = inputs["x0"]
         b = x0.shape[0]
-        full = jnp.ones((b, self.num_context), bool)
+        full = jnp.ones((b, self.num_cond), bool)
         out = self.flow.fixed_time_losses(lambda x, t: self.velocity(model, inputs, x, t, full), x0,
                                           self.flow.noise(r_eps, x0))
         if not bool((self.config.get("sample") or {}).get("in_eval", True)):

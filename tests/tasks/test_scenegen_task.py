@@ -147,8 +147,12 @@ def test_config_errors(tmp_path):
         c = tiny_config(tmp_path)
         c.tokenizer.model = None
         sgen.SceneGenTask(c)
-    with pytest.raises(ValueError, match=r"num_cond_views=3 must be in 1..data.views.num_context=2"):
+    with pytest.raises(ValueError, match=r"num_cond_views=3 must be in 1..2 \(the conditioning views of the 'context' layout"):
         sgen.SceneGenTask(tiny_config(tmp_path, **{"sample.num_cond_views": 3}))
+    with pytest.raises(ValueError, match=r"cond.max_views=4: the release layout draws views 2.. from the 2 target"):
+        sgen.SceneGenTask(tiny_config(tmp_path, **{"cond": dict(layout="release", max_views=4)}))
+    with pytest.raises(ValueError, match=r"cond.layout must be one of"):
+        sgen.SceneGenTask(tiny_config(tmp_path, **{"cond": dict(layout="anchors")}))
     with pytest.raises(ValueError, match=r"config.model: unknown keys \['widht'\]"):
         sgen.SceneGenTask(tiny_config(tmp_path, **{"model.widht": 3}))
     with pytest.raises(FileNotFoundError, match="config.json"):
@@ -157,3 +161,41 @@ def test_config_errors(tmp_path):
     task = sgen.SceneGenTask(tiny_config(tmp_path))
     gen = nnx.eval_shape(lambda: task.build_generator(nnx.Rngs(0)))
     assert (gen.num_tokens, gen.token_dim, gen.latent_channels, gen.camera_grid) == (8, 4, 48, (4, 4))
+
+
+def test_release_recipe_conditioning_views_are_separate_from_the_anchors(smoke):
+    """recipe=release: conditioning view 0 is a random context view whose frame every pose takes (its camera is the
+    identity), views 1-2 are other frames of the clip (target views, distinct, latents of their images); the
+    anchors stay the context cameras; times uniform then shifted; the loss trains."""
+    config, mesh, workdir, state, _ = smoke
+    c = config_lib.load_config(f"{REPO}/configs/scenegen.py:runlocal,recipe=release")
+    assert c.flow.time_sampler == "uniform,shift=2.0" and c.cond.layout == "release" and c.cond.p_uncond == 0.0
+    config = tiny_config(pathlib.Path(config.data.data_dir), **{"cond": c.cond.to_dict(),
+                                                                  "flow.time_sampler": c.flow.time_sampler})
+    config.tokenizer.workdir = str(workdir.parent / "stage1")
+    task = sgen.SceneGenTask(config)
+    assert (task.cond_layout, task.num_cond) == ("release", 3)
+    model = task.build_model(nnx.Rngs(0))
+    assert model.generator.max_cond_views == 3
+    batch = {k: jnp.asarray(v) for k, v in next(train.data_iterator(config, task, "train")).items()}
+    inputs = nnx.jit(lambda mo, b, r: task.prepare(mo, b, None, r))(model, batch, jax.random.key(5))
+    lat_t = np.asarray(nnx.jit(lambda mo, im: task.tokenizer.bind(mo.tokenizer).image_latents(im))(
+        model, batch["target_images"]))
+    ctx, tgt = np.asarray(batch["context_c2w"], np.float64), np.asarray(batch["target_c2w"], np.float64)
+    for i in range(ctx.shape[0]):
+        ref = [j for j in range(ctx.shape[1]) if np.allclose(inputs["context_c2w"][i, j], np.eye(4), atol=1e-5)]
+        assert len(ref) == 1
+        ref_inv = np.linalg.inv(ctx[i, ref[0]])
+        np.testing.assert_allclose(inputs["context_c2w"][i], ref_inv @ ctx[i], atol=1e-5)
+        np.testing.assert_allclose(inputs["cond_c2w"][i, 0], np.eye(4), atol=1e-5)
+        picked = []
+        for v in (1, 2):
+            match = [j for j in range(tgt.shape[1])
+                     if np.allclose(inputs["cond_c2w"][i, v], ref_inv @ tgt[i, j], atol=1e-5)]
+            assert match, (i, v)
+            picked.append(set(match))
+            np.testing.assert_allclose(inputs["cond_latents"][i, v], lat_t[i, match[0]], rtol=1e-5, atol=1e-5)
+        # two different target views (the data may repeat a frame: then either copy matches both)
+        assert any(a != b for a in picked[0] for b in picked[1])
+    loss, m = nnx.jit(lambda mo, b, r: task.loss(mo, b, r))(model, batch, jax.random.key(1))
+    assert np.isfinite(float(loss)) and 1.0 <= float(m["cond_views"]) <= 3.0
