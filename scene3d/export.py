@@ -68,8 +68,8 @@ from scene3d.tasks import stage1
 
 LAYOUTS = ("official", "torch_port")
 # The trained network inside the wrappers that tasks build (module docstring).
-WRAPPER_PARTS = {"SceneTokModel": "scenetok", "SceneGenModel": "generator", "LatentDiffusion": "dit",
-                 "DiT3DModel": "dit"}
+WRAPPER_PARTS = {"SceneTokModel": "scenetok", "ReleaseSceneTok": "scenetok", "SceneGenModel": "generator",
+                 "LatentDiffusion": "dit", "DiT3DModel": "dit"}
 EXTRA_FILE = "official_extra.safetensors"
 
 

@@ -308,6 +308,11 @@ def test_release_runlocal_trains_two_steps(encoded, tmp_path):
     png = np.asarray(Image.open(tmp_path / "images" / "eval_views_00000002.png"))
     # two scenes: [2 context | 2 target frames | 2 decoded target latents | 2 decoded renders] of 16 px
     assert png.shape == (2 * 16 + 2, 4 * (2 * 16 + 1) + 3 * 2, 3)
+    # the run exports the SceneTok part in the release's checkpoint layout (what scene3d.release reads)
+    from safetensors.numpy import load_file
+    from scene3d import export
+    export.main([f"--workdir={tmp_path}", f"--out={tmp_path / 'stok.safetensors'}", "--layout=official"])
+    assert {k.split(".")[0] for k in load_file(tmp_path / "stok.safetensors")} == {"compressor", "denoiser"}
     # a config whose target autoencoder differs from the dataset's is refused
     with pytest.raises(ValueError, match="encoded with other settings"):
         stok.make_task(tiny_release_config(out, target=dict(config.target.to_dict(), seed=1)))
