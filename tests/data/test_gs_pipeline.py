@@ -55,17 +55,10 @@ def test_fox_eval_example_is_normalised_crop(fox):
     np.testing.assert_array_equal(ex2["gaussians"], g)
 
 
-def test_rotation_augmentation_matches_scipy():
-    rec = {"gaussians": gs.pack(_random_scene(300, degree=1)), "scene_id": "r"}
-    cfg = G.GaussianConfig(num_gaussians=256, sh_degree=1, crop_seed="random")
-    ex = G.GaussianTransform(cfg, training=True).random_map(rec, np.random.default_rng(3))
-    ref = G.process_gaussians(gs.unpack(rec["gaussians"]), G.GaussianConfig(num_gaussians=256, sh_degree=1,
-                                                                            crop_seed="random", rotate=False),
-                              np.random.default_rng(3), training=True)
-    R = ex["rotation"].astype(np.float64)
-    assert np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.linalg.det(R) > 0 and not np.allclose(R, np.eye(3))
-    a, b = gs.unpack(ex["gaussians"].astype(np.float64)), gs.unpack(ref["gaussians"].astype(np.float64))
-    np.testing.assert_allclose(a.xyz, b.xyz @ R.T, atol=1e-5)  # same crop (same rng draws), rotated
+def _assert_rotated(a, b, R):
+    """Scene ``a`` is scene ``b`` rotated by R about the origin: positions, orientations (quaternions, checked
+    through scipy) and view-dependent colour (degree-1 SH) all carried along; scale and opacity unchanged."""
+    np.testing.assert_allclose(a.xyz, b.xyz @ R.T, atol=1e-5)
     np.testing.assert_allclose(a.scale, b.scale, atol=1e-6)
     np.testing.assert_allclose(a.opacity, b.opacity, atol=1e-6)
     # quaternions (w x y z) through scipy (x y z w): orientation R * R_i
@@ -73,9 +66,47 @@ def test_rotation_augmentation_matches_scipy():
     qb = Rotation.from_quat(np.roll(b.rot, -1, axis=-1)).as_matrix()
     np.testing.assert_allclose(qa, R @ qb, atol=1e-5)
     # degree-1 SH: view-dependent colour is carried along, c'(R d) = c(d)
-    d = np.random.default_rng(0).normal(size=(256, 3))
+    d = np.random.default_rng(0).normal(size=(a.xyz.shape[0], 3))
     np.testing.assert_allclose(gs.sh_color(a, d @ R.T), gs.sh_color(b, d), atol=1e-4)
+
+
+def _rotation_example(seed=3):
+    rec = {"gaussians": gs.pack(_random_scene(300, degree=1)), "scene_id": "r"}
+    cfg = G.GaussianConfig(num_gaussians=256, sh_degree=1, crop_seed="random")
+    ex = G.GaussianTransform(cfg, training=True).random_map(rec, np.random.default_rng(seed))
+    ref = G.process_gaussians(gs.unpack(rec["gaussians"]), G.GaussianConfig(num_gaussians=256, sh_degree=1,
+                                                                            crop_seed="random", rotate=False),
+                              np.random.default_rng(seed), training=True)
+    return ex, ref
+
+
+def test_rotation_augmentation_matches_scipy():
+    ex, ref = _rotation_example()
+    R = ex["rotation"].astype(np.float64)
+    assert np.allclose(R @ R.T, np.eye(3), atol=1e-6) and np.linalg.det(R) > 0 and not np.allclose(R, np.eye(3))
+    a, b = gs.unpack(ex["gaussians"].astype(np.float64)), gs.unpack(ref["gaussians"].astype(np.float64))
+    _assert_rotated(a, b, R)  # same crop (same rng draws), rotated
     assert ex["gaussians"].shape == (256, gs.num_channels(1))
+
+
+def test_the_release_rotation_bug_fails_the_check_and_ours_rotates_per_example():
+    """The public Can3Tok code augments with ``xyz @ (R R^T)`` (the identity: nothing rotates) and never touches
+    the quaternions or SH; the check above rejects both that and positions-only rotation. Our transform draws a new
+    rotation for every example."""
+    ex, ref = _rotation_example()
+    R = ex["rotation"].astype(np.float64)
+    b = gs.unpack(ref["gaussians"].astype(np.float64))
+    release = b._replace(xyz=b.xyz @ (R @ R.T))  # gs_can3tok.py: rand_rot = R R^T, positions only
+    with pytest.raises(AssertionError):
+        _assert_rotated(release, b, R)
+    positions_only = b._replace(xyz=b.xyz @ R.T)
+    with pytest.raises(AssertionError):
+        _assert_rotated(positions_only, b, R)
+    rec = {"gaussians": gs.pack(_random_scene(300, degree=1)), "scene_id": "r"}
+    tf = G.GaussianTransform(G.GaussianConfig(num_gaussians=256, sh_degree=1), training=True)
+    rng = np.random.default_rng(0)
+    rots = [tf.random_map(rec, rng)["rotation"] for _ in range(3)]
+    assert not np.allclose(rots[0], rots[1]) and not np.allclose(rots[1], rots[2])
 
 
 def test_filter_pad_and_sh_degree(tmp_path):
