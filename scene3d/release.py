@@ -59,7 +59,7 @@ from scene3d.geometry import conventions, trajectories
 from scene3d.metrics import lpips as lpips_lib
 from scene3d.metrics import release as release_metrics
 from scene3d.models import scenetok_release as rel
-from scene3d.render import plots, video
+from scene3d.render import plots, splat, video
 
 FORMATS = ("gif", "mp4", "frames")
 
@@ -112,14 +112,9 @@ def parse_frames(text: str | None, n: int, flag: str) -> np.ndarray | None:
 # Outputs
 
 
-def _u8(images) -> np.ndarray:
-    """Frames in [0, 1] (any leading shape) -> uint8."""
-    return np.rint(np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def write_outputs(out: str, frames: np.ndarray, formats, fps: float) -> dict:
     files = {}
-    u8 = _u8(frames)
+    u8 = splat.to_uint8(frames)
     if "frames" in formats:
         video.write_frames(os.path.join(out, "frames"), u8)
         files["frames"] = "frames/"
@@ -134,13 +129,22 @@ def write_outputs(out: str, frames: np.ndarray, formats, fps: float) -> dict:
 
 def strip(images: np.ndarray, max_images: int = 12) -> Image.Image:
     step = max(1, math.ceil(len(images) / max_images))
-    row = plots.view_rows([[_u8(images[::step])]])
+    row = plots.view_rows([[splat.to_uint8(images[::step])]])
     zoom = max(1, math.ceil(96 / images.shape[1]))
     return Image.fromarray(row.repeat(zoom, 0).repeat(zoom, 1))
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Rendering
+
+
+def load_pipeline(args):
+    """(ReleaseSceneTok, import reports) from the checkpoint flags of either command."""
+    return loaders.load_pipeline(
+        scenetok=args.scenetok, vavae=args.vavae, videodc=args.videodc, wan=args.wan,
+        scenetok_config=loaders.read_config(args.scenetok_config, "scenetok_config"),
+        vavae_config=loaders.read_config(args.vavae_config, "vavae_config"),
+        target_config=loaders.read_config(args.target_config, "target_config"))
 
 
 def render_settings(args) -> dict:
@@ -197,7 +201,7 @@ def finish(args, model, tokens, cams: dict, real, target_idx, desc, out, timings
         result["metrics"]["lpips_note"] = release_metrics.describe_lpips(lp, "--lpips_backbone / --lpips_lin")
         result["metrics"]["per_frame"] = [dict(frame=int(i), **{k: float(v[j]) for k, v in per.items()})
                                           for j, i in enumerate(target_idx[:len(frames)])]
-        pairs = [plots.view_rows([[_u8(real[i:i + 1])], [_u8(frames[i:i + 1])]])
+        pairs = [plots.view_rows([[splat.to_uint8(real[i:i + 1])], [splat.to_uint8(frames[i:i + 1])]])
                  for i in range(len(frames))]
         labels = [f"{int(i)} {p:.1f} dB" for i, p in zip(target_idx, psnr)]
         sel = spread(len(pairs), 16)
@@ -217,11 +221,7 @@ def reports_summary(reports: dict) -> dict:
 
 def run_render(args) -> dict:
     t0 = time.time()
-    model, reports = loaders.load_pipeline(
-        scenetok=args.scenetok, vavae=args.vavae, videodc=args.videodc, wan=args.wan,
-        scenetok_config=loaders.read_config(args.scenetok_config, "scenetok_config"),
-        vavae_config=loaders.read_config(args.vavae_config, "vavae_config"),
-        target_config=loaders.read_config(args.target_config, "target_config"))
+    model, reports = load_pipeline(args)
     timings = {"load_s": round(time.time() - t0, 2)}
     record = read_capture(args.input)
     n = multiview.num_frames(record)
@@ -283,11 +283,7 @@ def run_generate(args) -> dict:
         raise ValueError("generate: give the conditioning view(s) with --image=IMG[,IMG2] or --input=CAPTURE "
                          "--cond=I[,J,K]")
     t0 = time.time()
-    model, reports = loaders.load_pipeline(
-        scenetok=args.scenetok, vavae=args.vavae, videodc=args.videodc, wan=args.wan,
-        scenetok_config=loaders.read_config(args.scenetok_config, "scenetok_config"),
-        vavae_config=loaders.read_config(args.vavae_config, "vavae_config"),
-        target_config=loaders.read_config(args.target_config, "target_config"))
+    model, reports = load_pipeline(args)
     gen, r_gen = loaders.load_scenegen(args.scenegen, loaders.read_config(args.scenegen_config, "scenegen_config"))
     reports["scenegen"] = r_gen
     timings = {"load_s": round(time.time() - t0, 2)}

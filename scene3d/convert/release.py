@@ -135,15 +135,18 @@ def load_vavae(path, config: Mapping | None = None, **model_kwargs) -> tuple[Ima
     return cv_image_vae.model_from_official(config, weights, strict=False, **stats, **model_kwargs)
 
 
-def load_videodc(path, config: Mapping | None = None, **model_kwargs) -> tuple[VideoDCAE, engine.Report]:
-    weights = _state_dict(path, "videodc")
+def _autoencoder_kwargs(config: Mapping | None, load_config) -> dict:
+    """Constructor kwargs of a target autoencoder: ours as given, the release's description through its importer's
+    ``load_config``, none (the released variant) without a config."""
     ours = _ours(config)
     if ours is not None:
-        kwargs = dict(ours, **model_kwargs)
-    elif config is not None:
-        kwargs = dict(cv_video_dcae.load_config(config), **model_kwargs)
-    else:
-        kwargs = dict(model_kwargs)
+        return ours
+    return {} if config is None else dict(load_config(config))
+
+
+def load_videodc(path, config: Mapping | None = None, **model_kwargs) -> tuple[VideoDCAE, engine.Report]:
+    weights = _state_dict(path, "videodc")
+    kwargs = dict(_autoencoder_kwargs(config, cv_video_dcae.load_config), **model_kwargs)
     return cv_video_dcae.LAYOUT.build(lambda: VideoDCAE(rngs=nnx.Rngs(0), **kwargs), weights)
 
 
@@ -152,13 +155,7 @@ def load_wan(path, config: Mapping | None = None, **model_kwargs):
     from scene3d.models.wan_vae import WanVAE  # noqa: PLC0415
 
     weights = _state_dict(path, "wan")
-    ours = _ours(config)
-    if ours is not None:
-        kwargs = dict(ours, **model_kwargs)
-    elif config is not None:
-        kwargs = dict(cv_wan.load_config(config), **model_kwargs)
-    else:
-        kwargs = dict(model_kwargs)
+    kwargs = dict(_autoencoder_kwargs(config, cv_wan.load_config), **model_kwargs)
     return cv_wan.LAYOUT.build(lambda: WanVAE(rngs=nnx.Rngs(0), **kwargs), weights)
 
 

@@ -26,7 +26,6 @@ from the compressor's posterior as the release does (``encode(..., rng)``; ``rng
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -187,7 +186,7 @@ class ReleaseSceneTok(nnx.Module):
         tokens, _ = self.scenetok.encode(lat, c2w, intrinsics, rng=r_tok, sample=rng is not None)
         return tokens.astype(jnp.float32)
 
-    def camera_window(self, start, num_latents: int, window: int):
+    def camera_window(self, start, window: int):
         """(first camera, cameras) of a window of ``window`` latents starting at latent ``start`` (traced)."""
         if self.target_kind == "wan":
             return start // WAN_GROUP * WAN_GROUP_FRAMES, window // WAN_GROUP * WAN_GROUP_FRAMES
@@ -218,10 +217,10 @@ class ReleaseSceneTok(nnx.Module):
             noise = jax.random.normal(rng, shape, jnp.float32)
         elif tuple(noise.shape) != shape:
             raise ValueError(f"ReleaseSceneTok.render_latents: noise must be {shape}, got {noise.shape}")
-        _, count = self.camera_window(0, m, plan.window)
+        _, count = self.camera_window(0, plan.window)
 
         def velocity(xw, tw, start):
-            c0, _ = self.camera_window(start, m, plan.window)
+            c0, _ = self.camera_window(start, plan.window)
             cw = jax.lax.dynamic_slice_in_dim(c2w, c0, count, axis=1)
             kw = jax.lax.dynamic_slice_in_dim(k4, c0, count, axis=1)
             v = dec(xw, tw, cw, kw, tokens)[0]
@@ -245,9 +244,3 @@ class ReleaseSceneTok(nnx.Module):
         lat = self.render_latents(tokens, c2w, intrinsics, rng, latent_size=self.latent_size(image_size), **kwargs)
         return {"images": self.frames(lat), "latents": lat}
 
-
-def num_windows(num_latents: int, window: int, clean: int) -> int:
-    """Model-call windows of a trajectory (for progress reporting)."""
-    if num_latents <= window:
-        return 1
-    return 1 + math.ceil((num_latents - window) / (window - clean))
