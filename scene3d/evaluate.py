@@ -24,7 +24,11 @@ What is computed, per task:
   ``summarize_examples(values, batch_size)`` turns the split's values into the split figures (e.g. Can3Tok's
   ``l2_batch``, the release's batch figure over consecutive batches of ``--batch_size`` scenes, and
   ``failure_rate``; 3DRAE's pixel-weighted point error); the rng of a batch is ``fold_in(key(seed), i)`` for
-  the index i of its first example;
+  the index i of its first example. A task with ``evaluation_convention(batch_size)`` states what its figures
+  mean: Can3Tok prints e.g. "Can3Tok convention: posterior sample (...); per-scene L2 = ||pred - target||_F over
+  N=40000 Gaussians x C=14 raw channels of crops normalised to radius 10; failure: L2 > 1000; ..." above the table
+  and stores the definitions (``posterior`` mean | sample, ``eval_seed``, ``radius``, ``num_gaussians``,
+  ``channels``, ``failure_threshold``, ...) under ``convention`` in the json file;
 - any other task (``scenetok``: PSNR / SSIM / LPIPS of renders from the context's tokens, render variance over
   ``metrics.render_samples`` renders; ``scenegen`` / ``dit3d``: the stage-1 metrics of renders of generated tokens
   against the held-out targets; ``generate``: validation losses) has its ``evaluate(model, batch, rng)`` run on
@@ -221,9 +225,12 @@ def evaluate_split(task, model, config, *, split: str = "eval", batch_size: int 
     if ids is not None:
         per_example["scene_index"] = ids.astype(int).tolist()
     per_example.update({k: v.tolist() for k, v in per.items()})
-    return {"metrics": summary, "per_example": per_example, "num_examples": n, "batch_size": b,
-            "num_batches": num_batches, "padded": num_batches * b - n, "mode": mode,
-            "wall_sec": time.perf_counter() - start}
+    out = {"metrics": summary, "per_example": per_example, "num_examples": n, "batch_size": b,
+           "num_batches": num_batches, "padded": num_batches * b - n, "mode": mode,
+           "wall_sec": time.perf_counter() - start}
+    if hasattr(task, "evaluation_convention"):
+        out["convention"] = task.evaluation_convention(b)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -404,6 +411,8 @@ def main(argv=None) -> dict:
         print(f"{info['config'].task} run {record['workdir']} | step {info['step']} ({info['key']}) | split "
               f"{args.split}: {result['num_examples']} examples in {result['num_batches']} batches of "
               f"{result['batch_size']} ({result['padded']} padded rows masked) | {result['wall_sec']:.1f} s")
+        if "convention" in result:
+            print(result["convention"]["summary"])
         print(table(result))
         print(f"wrote {out}", file=sys.stderr)
     record["out"] = out

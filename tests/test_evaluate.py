@@ -93,6 +93,11 @@ def test_every_scene_once_and_can3tok_metrics_vs_numpy(can3tok_run, can3tok_eval
     saved = json.loads(out.read_text())
     assert saved["metrics"] == pytest.approx(m) and saved["per_example"]["l2"] == pytest.approx(per["l2"])
     assert saved["split"] == "eval" and saved["task"] == "autoencode"
+    # the convention the figures follow is stated in the record
+    conv = saved["convention"]
+    assert conv["posterior"] == "mean" and conv["radius"] == config.data.gaussians.radius
+    assert conv["num_gaussians"] == N and conv["channels"] == 14 and conv["failure_threshold"] == thr
+    assert "posterior mean" in conv["summary"] and f"N={N}" in conv["summary"] and "L2 > 50" in conv["summary"]
 
 
 def test_batch_size_does_not_change_per_scene_values(can3tok_run, can3tok_eval, tmp_path, capsys):
@@ -106,7 +111,27 @@ def test_batch_size_does_not_change_per_scene_values(can3tok_run, can3tok_eval, 
     assert not np.allclose(other["per_example"]["l2"], record["per_example"]["l2"])
     printed = capsys.readouterr()
     assert "l2_mean" in printed.out and "failure_rate" in printed.out and "5 examples" in printed.out
+    assert "Can3Tok convention: posterior mean" in printed.out and "radius 1 " in printed.out
     assert "ETA" in printed.err
+
+
+def test_sampled_evaluation_of_a_split_is_deterministic_per_scene(can3tok_run, can3tok_eval):
+    """metrics.eval_posterior='sample' (the release's evaluation) through the split path: the same per-scene values
+    at any batch size and on every call (noise per scene from metrics.eval_seed), other values than the mean's."""
+    from scene3d.tasks.autoencode import AutoencodeTask
+    workdir, _ = can3tok_run
+    record, _ = can3tok_eval
+    _, model, info = evaluate.load_run(str(workdir))
+    config = info["config"]
+    config.metrics.eval_posterior = "sample"
+    task = AutoencodeTask(config)
+    runs = [evaluate.evaluate_split(task, model, config, batch_size=bs, mesh=info["mesh"], rules=info["rules"],
+                                    progress=None) for bs in (2, 4, 2)]
+    l2 = [np.asarray(r["per_example"]["l2"]) for r in runs]
+    np.testing.assert_allclose(l2[1], l2[0], rtol=1e-5)
+    np.testing.assert_array_equal(l2[2], l2[0])
+    assert not np.allclose(l2[0], record["per_example"]["l2"], rtol=1e-4)  # the posterior mean's values
+    assert runs[0]["convention"]["posterior"] == "sample" and "posterior sample" in runs[0]["convention"]["summary"]
 
 
 def test_bad_split_and_step_fail_cleanly(can3tok_run):

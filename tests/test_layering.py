@@ -22,6 +22,7 @@ ALLOWED = {
     "data": {"core", "geometry", "render"},
     "tasks": {"core", "specs", "geometry", "nn", "diffusion", "models", "convert", "losses", "metrics", "render",
               "data"},
+    "tools": {"core", "geometry", "render", "data", "tasks"},  # analyses of trained runs (load_run + run data)
 }
 TOP_LEVEL = {"train", "sample", "evaluate", "export", "reconstruct", "release"}  # entry points may import anything
 # Command-line tools inside a subpackage that need a model: module path -> extra subpackages it may import.

@@ -15,6 +15,8 @@ multi-view scenes, crop / normalise / rotate for 3DGS scenes), to run before a t
                      (the same captures serve both splits: per-scene fitting)
   builtin_gaussians  as builtin; gaussians                                  (3DGS scenes of the built-in set)
   ply                paths (files, folder or glob), eval_paths (default: paths); gaussians
+  prepared_3dgs      path (the --out folder of ``python -m scene3d.data.prepare_3dgs``); gaussians (``prepared`` is
+                     set: the scenes are already cropped and normalised; num_gaussians and radius must match)
   target_latents     path (a dataset of ``python -m scene3d.data.encode_targets``), source (the clips it encodes:
                      a data section of one of the names above, read by encode_targets --config), resolution;
                      views (``target_latents.ReleaseViewConfig``: the SceneTok release's view sampler)
@@ -27,7 +29,7 @@ from __future__ import annotations
 import os
 
 MULTIVIEW = ("builtin", "clips", "captures")
-GAUSSIAN = ("builtin_gaussians", "ply")
+GAUSSIAN = ("builtin_gaussians", "ply", "prepared_3dgs")
 RELEASE = ("target_latents",)
 KNOWN = ("shapes",) + MULTIVIEW + GAUSSIAN + RELEASE
 
@@ -97,6 +99,9 @@ def get_source(data_config, split: str):
         if not paths:
             raise ValueError("config.data.paths: 'ply' needs PLY / .splat files, a folder or a glob")
         return PlySource(paths if isinstance(paths, str) else list(paths))
+    if name == "prepared_3dgs":
+        from scene3d.data.prepare_3dgs import PreparedSource
+        return PreparedSource(_get(data_config, "path"), split)
     raise ValueError(f"config.data.name: unknown dataset {name!r} (known: {', '.join(KNOWN)})")
 
 
@@ -111,6 +116,11 @@ def get_transforms(data_config, split: str) -> list:
         kind = tl.read_settings(_get(data_config, "path"))["kind"]
         return [tl.ReleaseViewTransform(tl.ReleaseViewConfig.from_config(_get(data_config, "views")), kind,
                                         training=split == "train")]
+    if name == "prepared_3dgs":
+        from scene3d.data.gs_pipeline import GaussianTransform
+        from scene3d.data.prepare_3dgs import training_config
+        return [GaussianTransform(training_config(_get(data_config, "path"), _get(data_config, "gaussians")),
+                                  training=split == "train")]
     if name in GAUSSIAN:
         from scene3d.data.gs_pipeline import GaussianConfig, GaussianTransform
         return [GaussianTransform(GaussianConfig.from_config(_get(data_config, "gaussians")),

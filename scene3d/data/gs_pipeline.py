@@ -23,6 +23,10 @@ are (their other fields are ignored); `PlySource` reads INRIA PLY / .splat files
 Example: `gaussians` float32 (N, C) (C + 4 with `rows='release18'`), `center` float32 (3,) and `scale` float32 ()
 of the normalisation (x_norm = R (x - center) * scale), `rotation` float32 (3, 3) R (identity without
 augmentation), `scene_id` str.
+
+Per-scene conditions (``SIDE_FIELDS``) pass through unchanged when a record has them: `caption` str (a text
+description of the scene) and `cond_image` uint8 (H, W, 3) (a conditioning view of the whole scene). `PlySource`
+reads them from files next to each PLY (`side_files`); a generator's task decides whether it needs them.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from scene3d.geometry import so3
 ORDERS = ("none", "voxel", "morton", "kdtree")
 ROWS = ("raw", "release18")
 RELEASE_PREFIX = 4  # release18 rows: voxel centre xyz, voxel id, then the packed channels
+SIDE_FIELDS = ("caption", "cond_image")  # optional per-scene conditions, passed through GaussianTransform
 MAX_VOXEL_GRID = 256  # voxel ids < 2^24 stay exact in float32 rows
 
 
@@ -59,6 +64,9 @@ class GaussianConfig:
     order: str = "none"  # 'none' (crop growth order) | 'voxel' | 'morton' | 'kdtree': see canonical_order
     voxel_grid: int = 16  # cells per axis over [-radius, radius]^3 for order 'voxel' / 'morton' and release18 rows
     rows: str = "raw"  # 'raw' (the packed channels) | 'release18' (voxel centre, voxel id, then the channels)
+    # Records already filtered, cropped to exactly num_gaussians and normalised (scene3d.data.prepare_3dgs): steps
+    # 1-3 are skipped, `center` / `scale` are the record's; rotation, SH degree, order and rows still apply.
+    prepared: bool = False
 
     def __post_init__(self):
         if self.num_gaussians < 1:
@@ -117,14 +125,22 @@ def filter_gaussians(g: gs.Gaussians, min_opacity: float = 0.0, name: str = "gau
 
 
 def process_gaussians(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Generator = None,
-                      training: bool = False, name: str = "gaussians") -> dict:
-    """Steps 1-5 of the module docstring on one numpy scene -> example dict (without scene_id)."""
-    g = filter_gaussians(g, cfg.min_opacity, name)
-    seed = None
-    if training and cfg.crop_seed == "random" and g.xyz.shape[0] > cfg.num_gaussians:
-        seed = np.asarray(g.xyz[int(rng.integers(g.xyz.shape[0]))], np.float64)
-    g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
-    g, tf = gs.normalise_scene(g, radius=cfg.radius)
+                      training: bool = False, name: str = "gaussians",
+                      transform: gs.SceneTransform = None) -> dict:
+    """Steps 1-5 of the module docstring on one numpy scene -> example dict (without scene_id). With
+    `cfg.prepared`, steps 1-3 are skipped and `transform` (default: the identity) is the scene's normalisation."""
+    if cfg.prepared:
+        if g.xyz.shape[0] != cfg.num_gaussians:
+            raise ValueError(f"{name}: prepared scene has {g.xyz.shape[0]} Gaussians, expected num_gaussians = "
+                             f"{cfg.num_gaussians}")
+        tf = transform if transform is not None else gs.SceneTransform(np.zeros(3), 1.0)
+    else:
+        g = filter_gaussians(g, cfg.min_opacity, name)
+        seed = None
+        if training and cfg.crop_seed == "random" and g.xyz.shape[0] > cfg.num_gaussians:
+            seed = np.asarray(g.xyz[int(rng.integers(g.xyz.shape[0]))], np.float64)
+        g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
+        g, tf = gs.normalise_scene(g, radius=cfg.radius)
     R = np.eye(3)
     if training and cfg.rotate:
         R = so3.random_rotation(rng, 1)[0]
@@ -273,8 +289,13 @@ class GaussianTransform(grain.transforms.RandomMap):
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         sid = _scene_id(element)
-        out = process_gaussians(record_gaussians(element), self.cfg, rng, self.training, name=f"scene {sid}")
+        tf = None
+        if self.cfg.prepared and "center" in element:  # the record's own normalisation (prepare_3dgs)
+            tf = gs.SceneTransform(np.asarray(element["center"], np.float64), float(element["scale"]))
+        out = process_gaussians(record_gaussians(element), self.cfg, rng, self.training, name=f"scene {sid}",
+                                transform=tf)
         out["scene_id"] = sid
+        out.update({k: element[k] for k in SIDE_FIELDS if k in element})
         return out
 
 
@@ -302,7 +323,36 @@ class PlySource:
     def __getitem__(self, i):
         f = self.files[i]
         g = splat_io.read_gaussians(f, repair=True) if f.suffix.lower() == ".ply" else splat_io.read_gaussians(f)
-        return {"gaussians": gs.pack(g._replace(normals=None)), "scene_id": f.stem}
+        return {"gaussians": gs.pack(g._replace(normals=None)), "scene_id": f.stem, **side_files(f)}
+
+
+CAPTION_FILES = ("{stem}.txt", "caption.txt")  # first found wins, in the PLY's own folder
+IMAGE_FILES = ("{stem}.png", "{stem}.jpg", "cond.png", "cond.jpg")
+
+
+def side_files(path) -> dict:
+    """The optional conditions of the scene in PLY ``path`` from files in its folder: ``caption`` (str, the
+    stripped text of the first of ``CAPTION_FILES``) and ``cond_image`` (uint8 (H, W, 3), the first of
+    ``IMAGE_FILES``); absent files give no field. An empty or unreadable file is a ValueError naming it."""
+    path = pathlib.Path(path)
+    out = {}
+    for field, names in (("caption", CAPTION_FILES), ("cond_image", IMAGE_FILES)):
+        found = next((q for q in (path.parent / n.format(stem=path.stem) for n in names) if q.is_file()), None)
+        if found is None:
+            continue
+        try:
+            if field == "caption":
+                value = found.read_text(encoding="utf-8").strip()
+                if not value:
+                    raise ValueError("empty caption")
+            else:
+                from PIL import Image
+                with Image.open(found) as im:
+                    value = np.asarray(im.convert("RGB"), np.uint8)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{found}: cannot read the scene's {field} ({e})") from None
+        out[field] = value
+    return out
 
 
 class GaussianSubset:

@@ -14,6 +14,9 @@ wants). Nothing downloads: builders read a local folder (`source_dir`).
   (transforms.json per clip). Splits: `train/` and `test/` subfolders when present ('test' -> 'eval'), else a
   hash split with `eval_fraction`. Frames are stored as their original file bytes, or as PNG after a
   resize + centre crop when `image_size` is set (intrinsics updated).
+- `Scene3dPrepared3dgs`: scenes prepared for Can3Tok by `python -m scene3d.data.prepare_3dgs` (cropped, normalised
+  Gaussians, normalised cameras, seed, caption), written from its per-scene files; read with
+  `prepared_3dgs_source`.
 
 Records follow the scene record of `scene3d.data.multiview` (plus `gaussians`, `trajectory`, `bounds`,
 `near_far`, `seed` for built-in scenes and `timestamps` for clips); `TfdsSceneSource` returns them with
@@ -262,3 +265,79 @@ def clips_source(data_dir, split: str, source_dir=None, layout: str = "re10k", n
                          image_size=None if image_size is None else tuple(image_size), eval_fraction=eval_fraction)
     b = Scene3dClips(data_dir=str(data_dir), config=config, source_dir=source_dir)
     return TfdsSceneSource(prepare(b), split)
+
+
+# ----------------------------------------------------------------------------------------------- prepared 3DGS
+
+
+@dataclasses.dataclass(eq=False)
+class Prepared3dgsConfig(tfds.core.BuilderConfig):
+    """A prepared 3DGS dataset: every example holds exactly `num_gaussians` rows of `num_channels` raw channels."""
+
+    num_gaussians: int = 1
+    num_channels: int = 14
+
+
+def prepared_3dgs_features(num_gaussians: int, num_channels: int) -> dict:
+    """Features of a `python -m scene3d.data.prepare_3dgs` example (that module's docstring describes them)."""
+    return {
+        "scene_id": tfds.features.Text(),
+        "gaussians": tfds.features.Tensor(shape=(num_gaussians, num_channels), dtype=np.float32, encoding=_ENC),
+        "center": tfds.features.Tensor(shape=(3,), dtype=np.float64),
+        "scale": tfds.features.Scalar(dtype=np.float64),
+        "seed": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+        "seed_source": tfds.features.Text(),
+        "c2w": tfds.features.Tensor(shape=(None, 4, 4), dtype=np.float32),
+        "intrinsics": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        "image_size": tfds.features.Tensor(shape=(2,), dtype=np.int32),
+        "camera_names": tfds.features.Tensor(shape=(None,), dtype=np.object_),
+        "caption": tfds.features.Text(),
+        "source_file": tfds.features.Text(),
+        "num_input": tfds.features.Scalar(dtype=np.int64),
+    }
+
+
+def prepared_3dgs_record(path) -> dict:
+    """One example from the .npz file `prepare_3dgs` writes per scene (0-d str arrays -> str, names -> bytes)."""
+    with np.load(path, allow_pickle=False) as z:
+        rec = {k: z[k] for k in z.files}
+    for k in ("scene_id", "seed_source", "caption", "source_file"):
+        rec[k] = str(rec[k])
+    rec["camera_names"] = multiview.object_array(str(n).encode() for n in rec["camera_names"])
+    return rec
+
+
+class Scene3dPrepared3dgs(tfds.core.GeneratorBasedBuilder):
+    """Scenes prepared for Can3Tok training (`python -m scene3d.data.prepare_3dgs`) as ArrayRecord files."""
+
+    code_path = _CODE_PATH
+    VERSION = tfds.core.Version("1.0.0")  # no registered configs: every dataset passes its own Prepared3dgsConfig
+
+    def __init__(self, *, examples=None, **kwargs):
+        """examples: {split: [per-scene .npz files]} in storage order (needed to prepare, not to read)."""
+        kwargs.setdefault("file_format", "array_record")
+        self._examples = examples
+        super().__init__(**kwargs)
+
+    def _info(self):
+        c = self.builder_config
+        return tfds.core.DatasetInfo(builder=self, description=c.description,
+                                     features=tfds.features.FeaturesDict(prepared_3dgs_features(c.num_gaussians,
+                                                                                                c.num_channels)),
+                                     disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        if not self._examples:
+            raise ValueError(f"Scene3dPrepared3dgs({self.builder_config.name}): examples (the per-scene files) "
+                             "are needed to prepare")
+        return {s: self._generate_examples(files) for s, files in self._examples.items() if files}
+
+    def _generate_examples(self, files):
+        for f in files:
+            rec = prepared_3dgs_record(f)
+            yield rec["scene_id"], rec
+
+
+def prepared_3dgs_source(dataset_dir, split: str) -> TfdsSceneSource:
+    """Open one split of a written `Scene3dPrepared3dgs` dataset folder (`<data_dir>/<name>/<config>/<version>`)."""
+    return TfdsSceneSource(tfds.builder_from_directory(str(dataset_dir)), split)

@@ -3,6 +3,13 @@
 Encoder: Fourier features of the Gaussian centres [+ Fourier features of their nearest voxel-centre anchor]
 ++ the other raw channels -> linear input projection -> one Perceiver cross-attention from learnable canonical
 queries (initialised from a regular voxel grid) -> ``encoder_depth`` self-attention blocks -> LayerNorm.
+
+Canonical query init (``query_init``): 'release' is the public code's (N(0, 0.02^2), then dims [:3 * cells] of
+EVERY row overwritten by ``query_grid_scale`` x the flattened ``query_grid`` lattice of linspace(-extent, extent)
+points: all queries start with the same positions); 'per_query' gives each latent query its own voxel: query j
+(row j + 1 behind the shape token) gets ``query_grid_scale`` x the centre of voxel j (raster order, x slowest) of
+the ``query_grid`` cells over [-extent, extent]^3 in its first 3 dims, the shape token keeps its random init (our
+reading of the paper's "canonical" voxel-initialised queries: one canonical position per query).
 Bottleneck (the release's two-stage diagonal Gaussian): ``pre_kl`` maps each of the ``num_latents`` query
 tokens to a token posterior (mean, logvar) of ``embed_dim`` channels; its sample, flattened, is projected to
 the latent distribution N(mean, exp(logvar)) of ``latent_dim`` values; z is its sample.
@@ -42,19 +49,54 @@ def voxel_anchor(xyz: jax.Array, grid: int, extent: float) -> jax.Array:
     return (idx + 0.5) * size - extent
 
 
-def voxel_grid_queries(num_queries: int, width: int, grid: int, extent: float, scale: float, key,
+QUERY_INITS = ("release", "per_query")
+
+
+def grid_dims(grid) -> tuple[int, int, int]:
+    """``query_grid`` as cells per axis: an int g is (g, g, g); a sequence is (gx, gy, gz)."""
+    dims = (int(grid),) * 3 if np.ndim(grid) == 0 else tuple(int(g) for g in grid)
+    if len(dims) != 3:
+        raise ValueError(f"Can3Tok: query_grid must be an int or 3 ints (gx, gy, gz), got {grid!r}")
+    return dims
+
+
+def voxel_grid_queries(num_queries: int, width: int, grid, extent: float, scale: float, key,
                        dtype=jnp.float32) -> jax.Array:
-    """The release's canonical query init: N(0, 0.02^2) with dims [:3 grid^3] of every row set to ``scale`` x
-    the flattened grid^3 voxel-grid positions (linspace(-extent, extent, grid) per axis, 'ij' order)."""
+    """The release's canonical query init: N(0, 0.02^2) with dims [:3 cells] of every row set to ``scale`` x
+    the flattened voxel-grid positions (linspace(-extent, extent, g) per axis, 'ij' order)."""
     q = 0.02 * jax.random.normal(key, (num_queries, width), dtype)
-    if grid <= 0:
+    dims = grid_dims(grid)
+    if min(dims) <= 0:
         return q
-    n = 3 * grid ** 3
+    n = 3 * math.prod(dims)
     if n > width:
         raise ValueError(f"Can3Tok: query_grid={grid} writes {n} values per query, more than width={width}")
-    ax = np.linspace(-extent, extent, grid)
-    pos = np.stack(np.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1) * scale
+    axes = [np.linspace(-extent, extent, g) for g in dims]
+    pos = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1) * scale
     return q.at[:, :n].set(jnp.asarray(pos, dtype))
+
+
+def voxel_centres(grid, extent: float) -> np.ndarray:
+    """(cells, 3) float64 centres of the ``grid`` cells over [-extent, extent]^3 in raster order (x slowest)."""
+    dims = np.asarray(grid_dims(grid))
+    ijk = np.stack(np.meshgrid(*[np.arange(g) for g in dims], indexing="ij"), -1).reshape(-1, 3)
+    return (ijk + 0.5) * (2.0 * extent / dims) - extent
+
+
+def per_query_voxel_queries(num_queries: int, width: int, grid, extent: float, scale: float, key, *,
+                            skip: int = 0, dtype=jnp.float32) -> jax.Array:
+    """One canonical voxel per query: N(0, 0.02^2), then row ``skip + j`` gets ``scale`` x the centre of voxel j
+    (``voxel_centres``) in its first 3 dims, for every j < num_queries - skip (rows before ``skip``, the shape
+    token, stay random)."""
+    q = 0.02 * jax.random.normal(key, (num_queries, width), dtype)
+    n = num_queries - skip
+    cells = math.prod(grid_dims(grid))
+    if cells < n:
+        raise ValueError(f"Can3Tok: query_init='per_query' needs a voxel per latent query: query_grid={grid} has "
+                         f"{cells} cells for {n} queries")
+    if width < 3:
+        raise ValueError(f"Can3Tok: query_init='per_query' writes 3 values per query, more than width={width}")
+    return q.at[skip:, :3].set(jnp.asarray(voxel_centres(grid, extent)[:n] * scale, dtype))
 
 
 class HeadLayer(nnx.Module):
@@ -95,6 +137,8 @@ class Can3Tok(nnx.Module):
             raise ValueError(f"Can3Tok: head_layout must be 'correct' or 'release', got {head_layout!r}")
         c = dict(VARIANTS[variant], **overrides)
         c = {k: (tuple(v) if isinstance(v, list) else v) for k, v in c.items()}
+        if c["query_init"] not in QUERY_INITS:
+            raise ValueError(f"Can3Tok: query_init must be one of {QUERY_INITS}, got {c['query_init']!r}")
         self._config_items = tuple(sorted(c.items()))  # hashable: graph definitions must hash
         self.variant, self.head_layout, self.dtype = variant, head_layout, dtype
         w, e, k = c["width"], c["embed_dim"], c["latent_dim"]
@@ -110,6 +154,9 @@ class Can3Tok(nnx.Module):
         in_dim = fdim * (1 + int(c["anchor_grid"] > 0)) + c["point_feats"]
 
         def qinit(key, shape, dt):
+            if c["query_init"] == "per_query":
+                return per_query_voxel_queries(shape[0], shape[1], c["query_grid"], c["query_grid_extent"],
+                                               c["query_grid_scale"], key, skip=int(c["shape_token"]), dtype=dt)
             return voxel_grid_queries(shape[0], shape[1], c["query_grid"], c["query_grid_extent"],
                                       c["query_grid_scale"], key, dt)
 

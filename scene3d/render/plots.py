@@ -382,3 +382,112 @@ def heatmap(values, vmax: Optional[float] = None) -> np.ndarray:
     t = np.clip(v / top, 0.0, 1.0) if top > 0 else np.zeros_like(v)
     lut = ramp(256)
     return lut[np.rint(t * 255).astype(np.int64)]
+
+
+# ------------------------------------------------------------------------------------------------ scatter
+
+# Categorical colours (matplotlib's tab10 without its grey) for "one colour per group".
+PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
+                    [140, 86, 75], [227, 119, 194], [188, 189, 34], [23, 190, 207]], np.uint8)
+
+
+def palette(n: int) -> np.ndarray:
+    """(n, 3) uint8 categorical colours (``PALETTE``, repeated when n exceeds it)."""
+    return PALETTE[np.arange(n) % len(PALETTE)]
+
+
+def cyclic_ramp(n: int) -> np.ndarray:
+    """(n, 3) uint8 colours once round the hue wheel (red, yellow, green, cyan, blue, magenta, back towards red)
+    at evenly spaced hues k / n: the colouring for a periodic quantity such as a rotation angle over a full turn,
+    where the last colour must sit next to the first."""
+    h = np.arange(n, dtype=np.float64) / max(n, 1) * 6.0
+    # HSV with S = V = 1: each channel is a trapezoid in the hue sector.
+    rgb = np.stack([np.clip(np.abs(h - 3.0) - 1.0, 0, 1), np.clip(2.0 - np.abs(h - 2.0), 0, 1),
+                    np.clip(2.0 - np.abs(h - 4.0), 0, 1)], -1)
+    return np.rint(rgb * 235 + 10).astype(np.uint8)  # a touch darker than pure hues, readable on a light panel
+
+
+def scatter_plot(xy, colors, *, radius=3.0, outline=None, legend: Sequence = (), ramp_legend=None, path=None,
+                 title: str = "", size: int = 560, legend_width: int = 200) -> Image.Image:
+    """A 2D scatter plot (e.g. a t-SNE / PCA embedding) as an RGB image: a square plot panel of side ``size`` with
+    equal axis scales fitted to the points, and a legend column of ``legend_width`` pixels on its right.
+
+    xy (N, 2) float (non-finite points are skipped); colors (N, 3) uint8 (or float in [0, 1]); radius () or (N,)
+    pixels; outline (N,) bool: ring those points in ink. Points are drawn in the given order (later ones on top).
+    ``path`` (N,) int: points with the same non-negative id are joined by a thin line in the given order (e.g. a
+    sequence of rotations). ``legend``: (label, colour, radius[, ringed]) entries (colour None: a heading line);
+    ``ramp_legend``: (colours (K, 3) uint8, label of the first colour, label of the last colour, caption ('\\n'
+    breaks its lines)) drawn as a colour bar under the entries.
+    """
+    xy = np.asarray(xy, np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise ValueError(f"scatter_plot: xy must be (N, 2), got {xy.shape}")
+    n = len(xy)
+    colors = np.asarray(colors)
+    if colors.dtype != np.uint8:
+        colors = np.rint(np.clip(colors, 0, 1) * 255).astype(np.uint8)
+    if colors.shape != (n, 3):
+        raise ValueError(f"scatter_plot: colors must be ({n}, 3), got {colors.shape}")
+    radius = np.broadcast_to(np.asarray(radius, np.float64), (n,))
+    outline = np.zeros(n, bool) if outline is None else np.broadcast_to(np.asarray(outline, bool), (n,))
+    good = np.isfinite(xy).all(-1)
+    top = 26 if title else 8
+    margin = 14
+    img = Image.new("RGB", (size + legend_width, size + top - 8), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    f_title, f_small = font(14), font(11)
+    draw.rectangle([margin, top, size - margin, size + top - 8 - margin], fill=PANEL)
+    if good.any():
+        lo, hi = xy[good].min(0), xy[good].max(0)
+    else:
+        lo, hi = np.zeros(2), np.ones(2)
+    span = float(max(hi[0] - lo[0], hi[1] - lo[1], 1e-12))
+    mid = (lo + hi) / 2
+    inner = size - 2 * margin - 2 * (int(radius.max(initial=3)) + 6)
+    scale = inner / span
+    cx0, cy0 = size / 2, top + (size - 8 - margin) / 2
+
+    def to_px(q):
+        return cx0 + (q[..., 0] - mid[0]) * scale, cy0 - (q[..., 1] - mid[1]) * scale
+
+    px, py = to_px(xy)
+    if path is not None:
+        path = np.broadcast_to(np.asarray(path, np.int64), (n,))
+        for pid in np.unique(path[path >= 0]):
+            sel = np.flatnonzero((path == pid) & good)
+            if len(sel) > 1:
+                draw.line([(px[i], py[i]) for i in sel], fill=(170, 170, 180), width=1)
+    for i in np.flatnonzero(good):
+        r = radius[i]
+        draw.ellipse([px[i] - r, py[i] - r, px[i] + r, py[i] + r], fill=tuple(int(c) for c in colors[i]),
+                     outline=INK if outline[i] else None, width=2 if outline[i] else 1)
+    if title:
+        draw.text((margin, 5), title, fill=INK, font=f_title)
+    # legend column
+    x0, y = size + 4, top + 4
+    line_h = 18
+    for label, colour, r, *ring in legend:
+        if colour is None:  # a heading
+            draw.text((x0 + 4, y), elide(str(label), 34), fill=INK, font=f_small)
+            y += line_h
+            continue
+        colour = tuple(int(c) for c in np.asarray(colour).reshape(3))
+        draw.ellipse([x0 + 8 - r, y + 7 - r, x0 + 8 + r, y + 7 + r], fill=colour,
+                     outline=INK if ring and ring[0] else None, width=2 if ring and ring[0] else 1)
+        draw.text((x0 + 20, y), elide(str(label), 32), fill=INK, font=f_small)
+        y += line_h
+    if ramp_legend is not None:
+        ramp_cols, first, last, caption = ramp_legend
+        ramp_cols = np.asarray(ramp_cols, np.uint8)
+        y += 6
+        for part in str(caption).split("\n"):
+            draw.text((x0 + 4, y), elide(part, 34), fill=INK, font=f_small)
+            y += 15
+        bar_w = legend_width - 24
+        for k in range(bar_w):
+            c = ramp_cols[min(len(ramp_cols) - 1, k * len(ramp_cols) // bar_w)]
+            draw.line([(x0 + 4 + k, y), (x0 + 4 + k, y + 12)], fill=tuple(int(v) for v in c))
+        draw.text((x0 + 4, y + 15), str(first), fill=INK, font=f_small)
+        tw, _ = text_size(draw, str(last), f_small)
+        draw.text((x0 + 4 + bar_w - tw, y + 15), str(last), fill=INK, font=f_small)
+    return img

@@ -10,9 +10,18 @@ loss = recon(pred, target) + beta(step) * KL, with recon one of ``scene3d.losses
 over all B x N x C raw values, every channel weighted 1), KL the batch mean of KL(q(z|x) || N(0, I)) summed over
 the latent, and beta(step) = beta * min(1, step / kl_anneal_steps). The posterior is sampled with its noise scaled
 by min(1, step / loss.posterior_warmup_steps) (0: full noise from step 0, the release), so a warm-up first trains
-a plain autoencoder on the posterior mean. Evaluation decodes the posterior mean and reports the Can3Tok metrics
-(per-scene L2, the paper's batch figure, failure rate), MSE per channel group and KL; images are
-[input | reconstruction] splat renders; ``write_outputs`` writes decoded scenes as INRIA PLY files.
+a plain autoencoder on the posterior mean.
+
+Evaluation reports the Can3Tok metrics (per-scene L2, the release's batch figure ``l2_batch``, failure rate),
+MSE per channel group and KL of the reconstruction of the posterior mean (``metrics.eval_posterior='mean'``) or
+of a posterior sample (``'sample'``, what the release's evaluation does: its forward always samples). Sampled
+noise is drawn per scene from ``fold_in(key(metrics.eval_seed), scene_index)`` (the row's position in the batch
+when the batch has no ``scene_index``), so a scene gets the same noise in any batch, at any batch size, in every
+evaluation; a batch that carries its own ``eps_tokens`` (B, num_latents, embed_dim) and ``eps_latent`` (B,
+latent_dim) (e.g. the noises an official fixture recorded) is decoded with those. ``evaluation_convention``
+states what the figures mean (radius, posterior, N, channels) for ``scene3d.evaluate``. Images are [input |
+reconstruction] splat renders and ``write_outputs`` writes decoded scenes as INRIA PLY files, both of the
+posterior mean.
 """
 from __future__ import annotations
 
@@ -39,6 +48,7 @@ from scene3d.render import splat
 _TASK_KEYS = frozenset({"name", "variant", "head_layout", "attn_impl", "scan", "remat", "dtype", "param_dtype"})
 # Per-scene metric (``evaluate_examples``) -> the name of its mean over a batch or split.
 _SPLIT_NAMES = {"l2": "l2_mean", "failure": "failure_rate"}
+EVAL_POSTERIORS = ("mean", "sample")  # config.metrics.eval_posterior
 
 
 
@@ -102,8 +112,13 @@ class AutoencodeTask:
         self.posterior_warmup_steps = int(lc.get("posterior_warmup_steps", 0) or 0)
         if self.posterior_warmup_steps < 0:
             raise ValueError(f"config.loss.posterior_warmup_steps: expected >= 0, got {self.posterior_warmup_steps}")
-        self.failure_threshold = float((config.get("metrics") or {}).get("failure_threshold",
-                                                                         gmetrics.DEFAULT_FAILURE_THRESHOLD))
+        metrics = config.get("metrics") or {}
+        self.failure_threshold = float(metrics.get("failure_threshold", gmetrics.DEFAULT_FAILURE_THRESHOLD))
+        self.eval_posterior = metrics.get("eval_posterior", "mean")
+        if self.eval_posterior not in EVAL_POSTERIORS:
+            raise ValueError(f"config.metrics.eval_posterior: expected one of {EVAL_POSTERIORS}, got "
+                             f"{self.eval_posterior!r}")
+        self.eval_seed = int(metrics.get("eval_seed", 0))
         self._decode_mode = nnx.jit(lambda m, x: m(x, sample_posterior=False)[0])
 
     # -- model -------------------------------------------------------------------------------------------------
@@ -164,15 +179,43 @@ class AutoencodeTask:
                    **self._recon_metrics(pred, target)}
         return total, metrics
 
+    def eval_noise(self, batch, model_config: dict):
+        """(eps_tokens (B, num_latents, embed_dim), eps_latent (B, latent_dim)) of a sampled evaluation: the
+        batch's own ``eps_tokens`` / ``eps_latent`` when it carries both, else standard normal draws from the
+        per-scene keys fold_in(key(eval_seed), scene_index) (module docstring)."""
+        b = batch["gaussians"].shape[0]
+        shapes = {"eps_tokens": (b, model_config["num_latents"], model_config["embed_dim"]),
+                  "eps_latent": (b, model_config["latent_dim"])}
+        if "eps_tokens" in batch and "eps_latent" in batch:
+            for k, shape in shapes.items():
+                if tuple(batch[k].shape) != shape:
+                    raise ValueError(f"autoencode batch[{k!r}]: expected {shape}, got {tuple(batch[k].shape)}")
+            return (jnp.asarray(batch["eps_tokens"], jnp.float32), jnp.asarray(batch["eps_latent"], jnp.float32))
+        ids = batch["scene_index"] if "scene_index" in batch else jnp.arange(b)
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(self.eval_seed), i))(jnp.asarray(ids, jnp.int32))
+        eps_tokens = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 0), shapes["eps_tokens"][1:]))(keys)
+        eps_latent = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), shapes["eps_latent"][1:]))(keys)
+        return eps_tokens, eps_latent
+
+    def eval_reconstruction(self, model, batch):
+        """(pred (B, N, C), aux, target (B, N, C)) of an evaluation: the decoded posterior mean, or a posterior
+        sample (``eval_noise``) with ``metrics.eval_posterior='sample'``."""
+        rows = self._rows(batch)
+        if self.eval_posterior == "sample":
+            eps_tokens, eps_latent = self.eval_noise(batch, model.config)
+            pred, aux = model(rows, sample_posterior=True, eps_tokens=eps_tokens, eps_latent=eps_latent)
+        else:
+            pred, aux = model(rows, sample_posterior=False)
+        return pred, aux, self.target(rows)
+
     def evaluate_examples(self, model, batch, rng):
-        """Per-scene metrics (B,) of the posterior-mean reconstruction (deterministic): ``l2`` (the paper's per-scene
-        L2: the Frobenius norm of the scene's (N, C) raw-channel error), ``failure`` (1.0 where l2 exceeds
+        """Per-scene metrics (B,) of the reconstruction of the posterior mean or of a posterior sample
+        (``metrics.eval_posterior``; deterministic either way): ``l2`` (the paper's per-scene L2: the Frobenius
+        norm of the scene's (N, C) raw-channel error), ``failure`` (1.0 where l2 exceeds
         ``metrics.failure_threshold``), ``mse`` and ``mse_<group>`` (per channel group), ``kl`` (summed over the
         latent, averaged over its other axes)."""
         del rng
-        rows = self._rows(batch)
-        pred, aux = model(rows, sample_posterior=False)
-        target = self.target(rows)
+        pred, aux, target = self.eval_reconstruction(model, batch)
         l2 = gmetrics.per_scene_l2(pred, target)
         sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
         kl = losses.diagonal_gaussian_kl(aux["mean"], aux["logvar"])
@@ -189,8 +232,32 @@ class AutoencodeTask:
         out["l2_batch"] = gmetrics.batch_l2_from_scenes(values["l2"], batch_size)
         return out
 
+    def evaluation_convention(self, batch_size: int | None = None) -> dict:
+        """What the evaluation figures mean, for reports (``scene3d.evaluate`` prints ``summary`` and stores the
+        rest): the metric definitions, the posterior used, the data normalisation (radius), N and the channels."""
+        g = gs_pipeline.GaussianConfig.from_config(self.config.data.get("gaussians"))
+        posterior = ("posterior sample (z = mean + std * eps, per-scene noise from metrics.eval_seed="
+                     f"{self.eval_seed})") if self.eval_posterior == "sample" else "posterior mean (z = mean)"
+        batches = f"consecutive batches of {batch_size} scenes" if batch_size else "each evaluation batch"
+        out = {
+            "l2": "per-scene L2 = ||pred - target||_F over the scene's N x C raw channels (the paper's per-scene "
+                  "error); l2_mean is its mean over the scenes",
+            "failure_rate": f"share of scenes with per-scene L2 > {self.failure_threshold:g}",
+            "l2_batch": f"the release's ||pred - target||_F over a batch / B, averaged over {batches}",
+            "posterior": self.eval_posterior, "eval_seed": self.eval_seed if self.eval_posterior == "sample" else None,
+            "radius": g.radius, "num_gaussians": self.num_gaussians, "channels": self.channels,
+            "channel_groups": {k: [sl.start, sl.stop] for k, sl in self.groups.items()}, "rows": g.rows,
+            "order": g.order, "failure_threshold": self.failure_threshold,
+        }
+        out["summary"] = (f"Can3Tok convention: {posterior}; per-scene L2 = ||pred - target||_F over N="
+                          f"{self.num_gaussians} Gaussians x C={self.channels} raw (pre-activation) channels "
+                          f"({', '.join(self.groups)}) of crops normalised to radius {g.radius:g} (farthest Gaussian "
+                          f"at radius / 1.1); failure: L2 > {self.failure_threshold:g}; l2_batch: the release's "
+                          f"||.||_F / B over {batches}")
+        return out
+
     def evaluate(self, model, batch, rng):
-        """Metrics of the posterior-mean reconstruction (deterministic) of one eval batch (the means of
+        """Metrics of the reconstruction (``metrics.eval_posterior``; deterministic) of one eval batch (the means of
         ``evaluate_examples`` and the batch figure ``l2_batch``)."""
         ex = self.evaluate_examples(model, batch, rng)
         out = {_SPLIT_NAMES.get(k, k): jnp.mean(v) for k, v in ex.items()}
