@@ -15,6 +15,12 @@ colour name or index, text -> a caption, image -> an image path; one for all sam
                         rasteriser; ``points``: the numpy splat preview)
   sample_{i}_orbit.gif  with ``--gif``: all orbit views as an animation
 
+Image to 3DGS (task ``image_to_gs``): the decoded prediction for each ``--cond`` image (``|``-separated; ``--num``
+is their count), written as above (``sample_{i}.ply``, ``sample_{i}.png``, ``samples.png``) with ``inputs.png``
+(the images as the run sees them: centre-cropped and resized to its ``cond.image_size``)::
+
+    python -m scene3d.sample --workdir=IMG2GS_RUN --cond=view.png --out=DIR
+
 SceneGen (task ``scenegen``): scene tokens generated from 1..``data.views.num_context`` conditioning views
 (``cond.layout='release'``: 1..``cond.max_views``) (``--image``, repeated; centre-cropped and resized to the run's resolution; the first one is the reference frame)
 with the context cameras as anchors (``--anchors=FILE``, else the first at the identity and the others on an arc
@@ -63,15 +69,15 @@ from scene3d.geometry import trajectories
 from scene3d.render import plots
 from scene3d.tasks import stage1
 
-FAMILIES = ("latent", "scenegen", "dit3d")
+FAMILIES = ("latent", "img2gs", "scenegen", "dit3d")
 
 
 def family(task) -> str | None:
     """Which sampler of this module a task's runs use: 'latent' (Can3Tok latent diffusion), 'scenegen', 'dit3d',
     or None (the task cannot sample)."""
-    from scene3d.tasks import dit3d, generate, scenegen
-    for cls, name in ((generate.LatentFlowTask, "latent"), (scenegen.SceneGenTask, "scenegen"),
-                      (dit3d.DiT3DTask, "dit3d")):
+    from scene3d.tasks import dit3d, generate, image_to_gs, scenegen
+    for cls, name in ((generate.LatentFlowTask, "latent"), (image_to_gs.ImageToGSTask, "img2gs"),
+                      (scenegen.SceneGenTask, "scenegen"), (dit3d.DiT3DTask, "dit3d")):
         if isinstance(task, cls):
             return name
     return None
@@ -84,7 +90,7 @@ def load_model(workdir: str, *, step: int | None = None, mesh=None, prefer_ema: 
     config, task, model, info = stage1.load_run(workdir, step=step, mesh=mesh, prefer_ema=prefer_ema)
     if family(task) is None:
         raise ValueError(f"{workdir}: task {config.task!r} cannot sample (scene3d.sample samples latent-diffusion "
-                         "runs on a tokenizer, scenegen and dit3d runs)")
+                         "runs on a tokenizer, image_to_gs, scenegen and dit3d runs)")
     return task, model, info
 
 
@@ -126,11 +132,12 @@ def generate(task, model, *, num: int, cond: list, seed: int = 0, cfg_scale: flo
 
 
 def write_samples(out: str, rows: np.ndarray, *, size: int = 128, views: int = 8, gif: bool = False,
-                  renderer: str = "splat", comments=()) -> dict:
-    """Write PLY + PNG (+ GIF) files of scenes ``rows`` (num, N, C) into ``out``; returns {name: [paths]}."""
+                  renderer: str = "splat", comments=(), radius: float = 1.0) -> dict:
+    """Write PLY + PNG (+ GIF) files of scenes ``rows`` (num, N, C) into ``out``; returns {name: [paths]}. The
+    orbit cameras frame the ball of ``radius`` (the run's ``data.gaussians.radius``: scenes normalised into it)."""
     from scene3d.render import video
     os.makedirs(out, exist_ok=True)
-    cams = trajectories.orbit_cameras(max(1, views), size)
+    cams = trajectories.orbit_cameras(max(1, views), size, distance=2.6 * float(radius))
     files = {"ply": [], "png": [], "gif": []}
     firsts = []
     for i, raw in enumerate(rows):
@@ -159,6 +166,11 @@ def _contact_sheet(out: str, firsts) -> str:
     return grid
 
 
+def _radius(task) -> float:
+    """The radius of the ball the run's scenes are normalised into (``data.gaussians.radius``, default 1)."""
+    return float(((task.config.get("data") or {}).get("gaussians") or {}).get("radius", 1.0))
+
+
 def sample_latent(task, model, info, args, out: str) -> dict:
     if getattr(task, "cond_kind", "none") != "none":
         if args.cond is None:
@@ -172,7 +184,23 @@ def sample_latent(task, model, info, args, out: str) -> dict:
                     num_steps=args.steps, method=args.sampler, mesh=info["mesh"], rules=info["rules"])
     files = write_samples(out, rows, size=args.size or 128, views=args.views, gif=args.gif, renderer=args.renderer,
                           comments=[f"workdir {os.path.abspath(args.workdir)}", f"step {info['step']}",
-                                    f"seed {args.seed}"])
+                                    f"seed {args.seed}"], radius=_radius(task))
+    return {"cond": cond, "files": files}
+
+
+def sample_img2gs(task, model, info, args, out: str) -> dict:
+    """Image to 3DGS: the decoded prediction of each ``--cond`` image (deterministic; ``--num`` = their count)."""
+    if args.cond is None:
+        raise SystemExit("--cond is required: an image path (several: '|'-separated)")
+    cond = args.cond.split("|")
+    args.num = len(cond)
+    rows = generate(task, model, num=len(cond), cond=cond, mesh=info["mesh"], rules=info["rules"])
+    files = write_samples(out, rows, size=args.size or 128, views=args.views, gif=args.gif, renderer=args.renderer,
+                          comments=[f"workdir {os.path.abspath(args.workdir)}", f"step {info['step']}"],
+                          radius=_radius(task))
+    files["inputs"] = [os.path.join(out, "inputs.png")]
+    plots.contact_sheet([plots.to_uint8(im) for im in task.cond_inputs(cond)["cond_image"]],
+                        labels=[os.path.basename(c) for c in cond]).save(files["inputs"][0])
     return {"cond": cond, "files": files}
 
 
@@ -343,7 +371,7 @@ def sample_dit3d(task, model, info, args, out: str) -> dict:
     return {"mode": mode, "images": list(args.image or ()), "files": files}
 
 
-SAMPLERS = {"latent": sample_latent, "scenegen": sample_scenegen, "dit3d": sample_dit3d}
+SAMPLERS = {"latent": sample_latent, "img2gs": sample_img2gs, "scenegen": sample_scenegen, "dit3d": sample_dit3d}
 
 
 # ============================================================================================ command line

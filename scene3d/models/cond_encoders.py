@@ -13,14 +13,17 @@ unconditional branch of classifier-free guidance at sampling. The tokens go to t
   (``batch['text_tokens']`` (B, L, D), ``batch['text_mask']`` (B, L)); the module projects them to ``dim``; its
   null condition is one learned token. Backbones (``TEXT_BACKBONES``, chosen by name):
     'hashed_bow'  ``HashedBagOfWords``: deterministic hashed bag-of-words features, no weights, no download;
-    'hf_local'    ``LocalHFText``: the slot for a real text model, a transformers encoder (e.g. T5 / CLIP text)
-                  loaded from a local folder (``local_files_only``), last hidden states as tokens.
+    'hf_local'    ``LocalHFText``: a real text model from a local folder (``local_files_only``; nothing downloads):
+                  a CLIP text tower (CLIPTextModel, or the text half of a whole CLIPModel) or a T5 encoder
+                  (T5EncoderModel, or the encoder of a whole T5), saved with transformers' ``save_pretrained`` next
+                  to its tokenizer; last hidden states as tokens.
 - ``ImageEncoder``: an image (B, H, W, 3) in [0, 1] (e.g. a rendered view) -> patch features (a stride-p conv as
   patchify + linear, GELU, linear), all patch tokens or their mean; its null condition is a learned token set.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from typing import Any, Callable, Sequence
 
@@ -85,23 +88,37 @@ class HashedBagOfWords:
 class LocalHFText:
     """A transformers text encoder from a local folder (tokenizer + model files; nothing downloads).
 
-    Tokens are the last hidden states (B, max_words, hidden_size) of the padded/truncated captions, the mask the
-    tokenizer's attention mask. Runs with PyTorch on the host, in the data pipeline (frozen).
+    The encoder class follows the folder's ``config.json`` ``model_type`` (``TEXT_TOWERS``): a CLIP text tower for
+    'clip_text_model' and 'clip' (a whole CLIPModel: its text half), the encoder stack alone for 't5' / 'mt5' /
+    'umt5' (a whole encoder-decoder checkpoint loads only its encoder weights); any other type through
+    ``AutoModel`` (its encoder when it is an encoder-decoder). Tokens are the last hidden states
+    (B, max_words, hidden size) of the captions padded / truncated to ``max_words`` tokens (CLIP: after its final
+    layer norm; T5: after the encoder's final norm), the mask the tokenizer's attention mask. Runs with PyTorch on
+    the host, in the data pipeline (frozen, float32).
     """
 
     def __init__(self, path: str, max_words: int = 32):
         import torch  # noqa: F401  (fail early with a clear ImportError)
-        from transformers import AutoModel, AutoTokenizer
+        import transformers
         self.path, self.max_words = str(path), int(max_words)
+        if not path:
+            raise ValueError("LocalHFText: config.cond.text.path is empty; name a local transformers folder")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-            model = AutoModel.from_pretrained(self.path, local_files_only=True)
-        except OSError as e:
+            config = transformers.AutoConfig.from_pretrained(self.path, local_files_only=True)
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            cls = TEXT_TOWERS.get(config.model_type)
+            model = (getattr(transformers, cls) if cls else transformers.AutoModel).from_pretrained(
+                self.path, local_files_only=True)
+        except (OSError, ValueError) as e:
             raise ValueError(f"LocalHFText: cannot load a tokenizer + model from {self.path!r}: {e}") from None
-        encdec = bool(getattr(model.config, "is_encoder_decoder", False))  # e.g. T5: keep its encoder
-        self.model = model.get_encoder() if encdec else model
-        self.model.eval()
-        self.dim = int(model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.d_model)
+        if getattr(model.config, "is_encoder_decoder", False):  # an AutoModel encoder-decoder: keep its encoder
+            model = model.get_encoder()
+        if self.tokenizer.pad_token is None:
+            raise ValueError(f"LocalHFText: the tokenizer in {self.path!r} has no pad token (captions are padded "
+                             f"to max_words={self.max_words})")
+        self.model = model.float().eval()
+        cfg = model.config
+        self.dim = int(getattr(cfg, "hidden_size", None) or cfg.d_model)
 
     def __call__(self, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -112,14 +129,25 @@ class LocalHFText:
         return out.last_hidden_state.float().numpy(), enc["attention_mask"].numpy().astype(bool)
 
 
+# config.json model_type -> the transformers class holding the text encoder alone.
+TEXT_TOWERS = {"clip_text_model": "CLIPTextModel", "clip": "CLIPTextModel", "t5": "T5EncoderModel",
+               "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
 TEXT_BACKBONES: dict[str, Callable[..., Any]] = {"hashed_bow": HashedBagOfWords, "hf_local": LocalHFText}
 
 
 def make_text_backbone(name: str, **kwargs):
-    """A text backbone by name (``TEXT_BACKBONES``) with its keyword arguments."""
+    """A text backbone by name (``TEXT_BACKBONES``) with its keyword arguments. A config's ``cond.text`` section
+    holds the fields of every backbone (e.g. ``dim`` for 'hashed_bow', ``path`` for 'hf_local'); those of other
+    backbones are dropped, keys no backbone takes are an error."""
     if name not in TEXT_BACKBONES:
         raise ValueError(f"text backbone {name!r}: known {sorted(TEXT_BACKBONES)}")
-    return TEXT_BACKBONES[name](**kwargs)
+    params = {n: set(inspect.signature(cls.__init__).parameters) - {"self"} for n, cls in TEXT_BACKBONES.items()}
+    unknown = set(kwargs) - set().union(*params.values())
+    if unknown:
+        raise ValueError(f"config.cond.text: unknown keys {sorted(unknown)} (backbone fields: "
+                         f"{ {n: sorted(p) for n, p in params.items()} })")
+    return TEXT_BACKBONES[name](**{k: v for k, v in kwargs.items() if k in params[name]})
 
 
 # ----------------------------------------------------------------------------------------------- encoders

@@ -11,6 +11,7 @@ _TASKS = {
     "dit3d": ("scene3d.tasks.dit3d", "DiT3DTask"),
     "scenetok": ("scene3d.tasks.scenetok", "make_task"),  # SceneTokTask, or ReleaseSceneTokTask (layout)
     "scenegen": ("scene3d.tasks.scenegen", "SceneGenTask"),
+    "image_to_gs": ("scene3d.tasks.image_to_gs", "ImageToGSTask"),  # image -> Can3Tok latent -> Gaussians
 }
 
 

@@ -11,10 +11,16 @@
   x0 = scale * z. Choose the scale so that x0 has about unit variance (the noise's); the loss logs the batch's
   ``latent_std`` of z and ``suggested_scale`` = 1 / latent_std at every step to read it off the first steps.
   Conditioning: a pluggable encoder of ``scene3d.models.cond_encoders`` (``config.cond.kind``: label | text |
-  image | none) whose tokens enter every DiT block by cross-attention. The built-in scenes carry no object list
-  or caption, so the condition is derived from the crop itself (``scene_colours``): its dominant colour as the
-  class label, a caption from its colour statistics ("a dark scene, mostly blue and some grey"), or a preview
-  render of the crop from a fixed camera as the conditioning image.
+  image | none) whose tokens enter every DiT block by cross-attention. Where the conditions come from is
+  ``config.cond.source`` (``SceneConditions``): 'file' takes the dataset's own per-scene fields (``caption``,
+  ``cond_image``, ``label``; for PLY folders the files next to each PLY, ``scene3d.data.gs_pipeline.side_files``);
+  'colours' derives them from the crop itself, for data without any (the built-in scenes): its dominant colour
+  as the class label, a caption from its colour statistics ("a dark scene, mostly blue and some grey")
+  (``scene_colours``), or a preview render of the crop from a fixed camera as the conditioning image; 'auto'
+  (default) is 'colours' for the built-in scenes and 'file' for every other dataset.
+  Rows: the tokenizer encodes the data rows as they are (``data.gaussians.rows='release18'``: 4 voxel columns in
+  front of the 14 raw channels, read by the tokenizer at ``model.input_offset=4``); its decoder, the sampled
+  scenes and every render are the raw channels (``raw_rows``).
 
 Both train the velocity loss of DESIGN.md with condition dropout (``flow.cond_drop``) and sample from t = 1 to 0
 (Euler / Heun) with classifier-free guidance of scale ``flow.cfg_scale`` inside ``flow.cfg_interval`` (scale 1 is
@@ -36,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from scene3d.core.dtypes import dtype as _dtype
+from scene3d.data import gs_pipeline
 from scene3d.diffusion.objective import FlowMatching
 from scene3d.geometry import gaussians as gs
 from scene3d.models import cond_encoders
@@ -43,6 +50,7 @@ from scene3d.models.latent_dit import VARIANTS as DIT_VARIANTS
 from scene3d.models.latent_dit import LatentDiT
 from scene3d.nn import patchify, unpatchify
 from scene3d.render.plots import image_grid
+from scene3d.specs.can3tok import VARIANTS as C3T_VARIANTS
 from scene3d.tasks import stage1
 
 
@@ -209,19 +217,186 @@ def scene_colours(raw: np.ndarray) -> tuple[int, str]:
     return label, caption
 
 
-def _preview_camera():
-    """A fixed camera (c2w, intrinsics) looking at the unit ball of a normalised crop (z up)."""
+def _preview_camera(radius: float = 1.0):
+    """A fixed camera (c2w, intrinsics) looking at the ball of ``radius`` of a normalised crop (z up)."""
     from scene3d.render.points import orbit_camera
-    return orbit_camera(np.zeros(3), 1.0, (0.0, 0.0, 1.0), azimuth=0.6, elevation=0.5, fov_y=0.9)
+    return orbit_camera(np.zeros(3), float(radius), (0.0, 0.0, 1.0), azimuth=0.6, elevation=0.5, fov_y=0.9)
 
 
-def render_preview(raw: np.ndarray, size: int) -> np.ndarray:
-    """(N, C) raw Gaussians of a normalised crop -> (size, size, 3) float32 in [0, 1]: splats coloured by SH DC
-    seen from ``_preview_camera`` on white (``scene3d.render.points.render_gaussians``)."""
+def render_preview(raw: np.ndarray, size: int, radius: float = 1.0) -> np.ndarray:
+    """(N, C) raw Gaussians of a crop normalised into the ball of ``radius`` (``data.gaussians.radius``) ->
+    (size, size, 3) float32 in [0, 1]: splats coloured by SH DC seen from ``_preview_camera`` on white
+    (``scene3d.render.points.render_gaussians``)."""
     from scene3d.render.points import render_gaussians
-    c2w, intr = _preview_camera()
+    c2w, intr = _preview_camera(radius)
     g = gs.unpack(np.asarray(raw, np.float64))
     return render_gaussians(g, c2w, intr, size, size, background=1.0).image.astype(np.float32)
+
+
+def row_offset(data_config) -> int:
+    """Columns in front of the raw channels in the data rows (``data.gaussians.rows``: 4 for 'release18')."""
+    rows = (data_config.get("gaussians") or {}).get("rows", "raw")
+    if rows not in gs_pipeline.ROWS:
+        raise ValueError(f"config.data.gaussians.rows: expected one of {gs_pipeline.ROWS}, got {rows!r}")
+    return gs_pipeline.RELEASE_PREFIX if rows == "release18" else 0
+
+
+def raw_rows(rows, offset: int):
+    """The raw Gaussian channels of data rows (..., N, offset + C) (what decoders output and renders take)."""
+    return rows[..., offset:]
+
+
+def load_image(v, size: int, what: str = "image condition") -> np.ndarray:
+    """An image path, an (H, W, 3) uint8 array or a float array in [0, 1] -> (size, size, 3) float32 in [0, 1]:
+    centre-cropped to a square, then resized (bilinear). An unreadable file or a wrong shape is a ValueError naming
+    ``what`` and the file."""
+    from PIL import Image
+    if isinstance(v, np.ndarray):
+        img = v.astype(np.float32) / (255.0 if v.dtype == np.uint8 or v.max() > 1.0 else 1.0)
+    else:
+        try:
+            with Image.open(str(v)) as im:
+                img = np.asarray(im.convert("RGB"), np.float32) / 255.0
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{what} {str(v)!r}: cannot read an image: {e}") from None
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"{what}: expected an (H, W, 3) image, got {img.shape}")
+    h, w = img.shape[:2]
+    if h != w:
+        m = min(h, w)
+        img = img[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+    if img.shape[:2] != (size, size):
+        pil = Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8))
+        img = np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) / 255.0
+    return img
+
+
+def _sid(example: dict) -> str:
+    s = example.get("scene_id", "?")
+    return s.decode() if isinstance(s, bytes) else str(s)
+
+
+COND_SOURCES = ("auto", "file", "colours")
+BUILTIN_DATA = ("builtin_gaussians",)  # datasets without captions / images of their own: conditions from colours
+
+
+class SceneConditions:
+    """Per-scene conditions of 3DGS examples for ``config.cond`` (kind, source, text, image_size), host side.
+
+    ``source`` (``cond.source``): 'file' reads the example's own fields: ``caption`` (str or bytes), ``cond_image``
+    ((H, W, 3) uint8 or float in [0, 1], resized to ``cond.image_size``), ``label`` (int in [0, len(COLOURS))); a
+    missing one is a ValueError naming the scene and where the field comes from. 'colours' derives them from the
+    crop (``scene_colours``, ``render_preview``). 'auto': 'colours' for ``BUILTIN_DATA``, else 'file'. Text
+    features of the frozen backbone (``cond.text``) are cached per caption (a scene's caption is fixed).
+    """
+
+    def __init__(self, cond_config, data_config, kind: str):
+        cc = cond_config
+        self.kind, self.config = kind, cc
+        self.image_size = int(cc.get("image_size", 32))
+        self.offset = row_offset(data_config)
+        self.radius = float((data_config.get("gaussians") or {}).get("radius", 1.0))
+        source = cc.get("source", "auto")
+        if source not in COND_SOURCES:
+            raise ValueError(f"config.cond.source: expected one of {COND_SOURCES}, got {source!r}")
+        self.data_name = data_config.get("name")
+        self.source = source if source != "auto" else ("colours" if self.data_name in BUILTIN_DATA else "file")
+        self._text = None
+        self._features: dict[str, tuple] = {}
+
+    @property
+    def text_backbone(self):
+        if self._text is None:
+            spec = dict((self.config.get("text") or {}))
+            self._text = cond_encoders.make_text_backbone(spec.pop("backbone", "hashed_bow"), **spec)
+        return self._text
+
+    def text_features(self, caption: str):
+        """(tokens (L, D), mask (L,)) of one caption (cached)."""
+        if caption not in self._features:
+            tokens, mask = self.text_backbone([caption])
+            self._features[caption] = (tokens[0], mask[0])
+        return self._features[caption]
+
+    def _field(self, example: dict, key: str):
+        if key not in example:
+            sid = _sid(example)
+            where = {"caption": "a caption.txt or <stem>.txt", "cond_image": "a cond.png or <stem>.png",
+                     "label": "a label field"}[key]
+            raise ValueError(f"scene {sid!r}: config.cond.source={self.source!r} (data.name={self.data_name!r}) "
+                             f"needs the dataset's {key!r} field, which it lacks (PLY folders: {where} next to "
+                             f"the PLY file; prepared datasets: the {key!r} feature); or set "
+                             f"config.cond.source=colours to derive the condition from the scene's colours")
+        return example[key]
+
+    def caption(self, example: dict, raw: np.ndarray) -> str:
+        if self.source == "colours":
+            return scene_colours(raw)[1]
+        c = self._field(example, "caption")
+        c = np.asarray(c).item() if isinstance(c, np.ndarray) else c
+        c = (c.decode("utf-8") if isinstance(c, bytes) else str(c)).strip()
+        if not c:  # e.g. a prepared dataset's scene without a caption.txt ('' stored)
+            raise ValueError(f"scene {_sid(example)!r}: config.cond.source={self.source!r} needs a caption; the "
+                             f"dataset's is empty (add a caption.txt to the scene, or set config.cond.source=colours)")
+        return c
+
+    def image(self, example: dict, raw: np.ndarray) -> np.ndarray:
+        """(image_size, image_size, 3) float32 in [0, 1]."""
+        if self.source == "colours":
+            return render_preview(raw, self.image_size, self.radius)
+        return load_image(np.asarray(self._field(example, "cond_image")), self.image_size,
+                          what=f"scene {_sid(example)!r} cond_image")
+
+    def __call__(self, example: dict) -> dict:
+        """The numeric conditioning fields of one example (``label``; ``text_tokens`` + ``text_mask`` for text;
+        ``cond_image`` for image) from its fields and its rows ``gaussians`` (N, offset + C)."""
+        raw = raw_rows(np.asarray(example["gaussians"], np.float32), self.offset)
+        out = {}
+        if self.source == "colours":
+            out["label"] = np.int32(scene_colours(raw)[0])
+        elif self.kind == "label":
+            label = int(np.asarray(self._field(example, "label")))
+            if not 0 <= label < len(COLOURS):
+                raise ValueError(f"scene {_sid(example)!r}: label {label} outside 0..{len(COLOURS) - 1}")
+            out["label"] = np.int32(label)
+        if self.kind == "text":
+            out["text_tokens"], out["text_mask"] = self.text_features(self.caption(example, raw))
+        elif self.kind == "image":
+            out["cond_image"] = self.image(example, raw)
+        return out
+
+
+def check_rows(config, stage1_config, output_shape) -> int:
+    """The row offset of ``config.data`` (``row_offset``), checked against the frozen tokenizer: the same row
+    layout as its stage-1 run's data, ``model.input_offset`` equal to the offset, ``num_gaussians`` equal to the
+    decoder's. Returns the offset."""
+    offset = row_offset(config.data)
+    rows = (config.data.get("gaussians") or {}).get("rows", "raw")
+    s1_rows = ((stage1_config.get("data") or {}).get("gaussians") or {}).get("rows", "raw")
+    if rows != s1_rows:
+        raise ValueError(f"config.data.gaussians.rows={rows!r}, but the stage-1 tokenizer was trained on "
+                         f"rows={s1_rows!r}: use the stage-1 run's data section (configs/can3tok_ldm.py: the "
+                         f"matching stage1=...)")
+    mc = stage1_config.get("model") or {}
+    want = mc.get("input_offset", C3T_VARIANTS.get(mc.get("variant", "tiny"), {}).get("input_offset"))
+    if want is not None and int(want) != offset:
+        raise ValueError(f"config.data.gaussians.rows={rows!r} has {offset} columns before the raw channels; the "
+                         f"tokenizer reads them at model.input_offset={want}")
+    n_data = (config.data.get("gaussians") or {}).get("num_gaussians")
+    if n_data is not None and int(n_data) != output_shape[0]:
+        raise ValueError(f"config.data.gaussians.num_gaussians={n_data} must equal the tokenizer's "
+                         f"num_gaussians={output_shape[0]} (stage-1 config.model)")
+    return offset
+
+
+def example_transform(conditions: SceneConditions, what: str):
+    """The per-example transform of the Can3Tok stage-2 tasks: the rows ``gaussians`` (N, offset + C) and the
+    numeric conditioning fields of ``conditions`` (strings dropped: the batch is numeric)."""
+    def transform(example: dict) -> dict:
+        if "gaussians" not in example:
+            raise ValueError(f"{what} example: expected a 'gaussians' field (N, C), got {sorted(example)}")
+        return {"gaussians": np.asarray(example["gaussians"], np.float32), **conditions(example)}
+    return transform
 
 
 class LatentDiffusion(nnx.Module):
@@ -253,10 +428,7 @@ class LatentFlowTask(_Flow):
         self.scale = self.tokenizer.scale
         self.latent_shape = self.tokenizer.token_shape
         self.output_shape = self.tokenizer.output_shape
-        n_data = (config.data.get("gaussians") or {}).get("num_gaussians")
-        if n_data is not None and int(n_data) != self.output_shape[0]:
-            raise ValueError(f"config.data.gaussians.num_gaussians={n_data} must equal the tokenizer's "
-                             f"num_gaussians={self.output_shape[0]} (stage-1 config.model)")
+        self.offset = check_rows(config, self.stage1, self.output_shape)
         flow_objective(config)  # validates config.flow
         cc = config.get("cond") or ml_collections.ConfigDict({"kind": "none"})
         self.cond_kind = cc.get("kind", "none")
@@ -264,16 +436,13 @@ class LatentFlowTask(_Flow):
             raise ValueError(f"config.cond.kind: unknown {self.cond_kind!r} (known: none, "
                              f"{', '.join(cond_encoders.ENCODERS)})")
         self.cond_config = cc
-        self._text = None
-        self.image_size = int(cc.get("image_size", 32))
+        self.conditions = SceneConditions(cc, config.data, self.cond_kind)
+        self.image_size = self.conditions.image_size
 
     # -- conditioning (host side) ------------------------------------------------------------------------------
     @property
     def text_backbone(self):
-        if self._text is None:
-            spec = dict((self.cond_config.get("text") or {}))
-            self._text = cond_encoders.make_text_backbone(spec.pop("backbone", "hashed_bow"), **spec)
-        return self._text
+        return self.conditions.text_backbone
 
     def cond_spec(self) -> dict:
         if self.cond_kind == "label":
@@ -306,46 +475,11 @@ class LatentFlowTask(_Flow):
         if self.cond_kind == "text":
             tokens, mask = self.text_backbone([str(v) for v in values])
             return {"text_tokens": tokens, "text_mask": mask}
-        images = [self._load_image(v) for v in values]
+        images = [load_image(v, self.image_size) for v in values]
         return {"cond_image": np.stack(images).astype(np.float32)}
 
-    def _load_image(self, v) -> np.ndarray:
-        from PIL import Image
-        if isinstance(v, np.ndarray):
-            img = v.astype(np.float32)
-            if img.max() > 1.0:
-                img = img / 255.0
-        else:
-            try:
-                img = np.asarray(Image.open(str(v)).convert("RGB"), np.float32) / 255.0
-            except (OSError, ValueError) as e:
-                raise ValueError(f"image condition {v!r}: cannot read an image: {e}") from None
-        if img.ndim != 3 or img.shape[-1] != 3:
-            raise ValueError(f"image condition: expected (H, W, 3), got {img.shape}")
-        if img.shape[:2] != (self.image_size,) * 2:
-            pil = Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8))
-            img = np.asarray(pil.resize((self.image_size,) * 2, Image.BILINEAR), np.float32) / 255.0
-        return img
-
-    def example_condition(self, raw: np.ndarray) -> dict:
-        """The conditioning fields of one example from its (N, C) raw Gaussians (module docstring)."""
-        label, caption = scene_colours(raw)
-        out = {"label": np.int32(label)}
-        if self.cond_kind == "text":
-            tokens, mask = self.text_backbone([caption])
-            out.update(text_tokens=tokens[0], text_mask=mask[0])
-        elif self.cond_kind == "image":
-            out["cond_image"] = render_preview(raw, self.image_size)
-        return out
-
     def data_transforms(self, split: str):
-        def transform(example: dict) -> dict:
-            if "gaussians" not in example:
-                raise ValueError(f"latent generation example: expected a 'gaussians' field (N, C), got "
-                                 f"{sorted(example)}")
-            raw = np.asarray(example["gaussians"], np.float32)
-            return {"gaussians": raw, **self.example_condition(raw)}
-        return [transform]
+        return [example_transform(self.conditions, "latent generation")]
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> LatentDiffusion:
@@ -388,8 +522,9 @@ class LatentFlowTask(_Flow):
     def encode(self, model: LatentDiffusion, batch: dict, rng=None):
         """-> (x0 (B, T, E) = scale * z, z (B, latent_dim)) from the frozen tokenizer (no gradient)."""
         rows = batch["gaussians"]
-        if rows.ndim != 3 or rows.shape[2] != self.output_shape[1]:
-            raise ValueError(f"batch['gaussians']: expected (B, N, {self.output_shape[1]}) raw channels for the "
+        if rows.ndim != 3 or rows.shape[2] != self.offset + self.output_shape[1]:
+            raise ValueError(f"batch['gaussians']: expected (B, N, {self.offset + self.output_shape[1]}) rows "
+                             f"({self.offset} prefix columns + {self.output_shape[1]} raw channels) for the "
                              f"tokenizer, got {tuple(rows.shape)}")
         tokens = self.tokenizer.bind(model.tokenizer).encode({"gaussians": rows}, rng)
         return self.scale * tokens, tokens.reshape(tokens.shape[0], -1)
@@ -450,8 +585,9 @@ class LatentFlowTask(_Flow):
         cond = {k: v[:n] for k, v in self._cond_inputs(batch).items()}
         rows = nnx.jit(lambda m, r, c: self.sample(m, r, num=n, cond_inputs=c))(model, rng, cond)
         size = int((self.config.get("render") or {}).get("size", 64))
-        data = np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:n]
+        data = raw_rows(np.asarray(jax.device_get(batch["gaussians"]), np.float32)[:n], self.offset)
         out = {}
         for name, scenes in (("samples", np.asarray(jax.device_get(rows), np.float32)), ("data", data)):
-            out[name] = image_grid(np.stack([render_preview(s, size) * 2.0 - 1.0 for s in scenes]))
+            out[name] = image_grid(np.stack([render_preview(s, size, self.conditions.radius) * 2.0 - 1.0
+                                             for s in scenes]))
         return out

@@ -268,7 +268,7 @@ def test_local_hf_text_backbone_slot(tmp_path):
 
 
 def test_image_condition_is_a_preview_render(tmp_path):
-    config = ldm_setup.tiny_config(tmp_path, cond="image")
+    config = ldm_setup.tiny_config(tmp_path, cond="image", **{"cond.source": "colours"})
     task = generate.GenerateTask(config)
     red, blue = (gs.pack(ldm_setup.scene(c, 0, n=100, share=1.0)).astype(np.float32)
                  for c in ((0.9, 0.1, 0.1), (0.1, 0.2, 0.9)))
