@@ -41,6 +41,7 @@ from scene3d.data import gs_pipeline, splat_io
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import trajectories
 from scene3d.metrics import gaussians as gmetrics
+from scene3d.metrics.baselines import LinearBaselines
 from scene3d.models import can3tok
 from scene3d.render import splat
 
@@ -64,8 +65,10 @@ def scene_index(scene_id) -> int:
 
 
 def _numeric_example(example: dict) -> dict:
-    """Grain map: replace the string ``scene_id`` by an int32 ``scene_index``."""
-    out = {k: v for k, v in example.items() if k != "scene_id"}
+    """Grain map: replace the string ``scene_id`` by an int32 ``scene_index`` and drop the other text fields (e.g. a
+    scene's ``caption``: the VAE does not read it, and strings cannot enter a compiled step)."""
+    out = {k: v for k, v in example.items()
+           if k != "scene_id" and np.asarray(v).dtype.kind not in "USO"}
     if "scene_id" in example:
         out["scene_index"] = np.int32(scene_index(example["scene_id"]))
     return out
@@ -119,6 +122,13 @@ class AutoencodeTask:
             raise ValueError(f"config.metrics.eval_posterior: expected one of {EVAL_POSTERIORS}, got "
                              f"{self.eval_posterior!r}")
         self.eval_seed = int(metrics.get("eval_seed", 0))
+        self.baseline_examples = int(metrics.get("baselines", 0) or 0)
+        self._baselines = None
+        init = config.get("init") or {}
+        self.head_bias_init = init.get("head_bias", "default")
+        if self.head_bias_init not in ("default", "mean_scene"):
+            raise ValueError(f"config.init.head_bias: expected 'default' or 'mean_scene', got {self.head_bias_init!r}")
+        self.head_kernel_scale = float(init.get("head_kernel_scale", 1.0))
         self._decode_mode = nnx.jit(lambda m, x: m(x, sample_posterior=False)[0])
 
     # -- model -------------------------------------------------------------------------------------------------
@@ -208,12 +218,58 @@ class AutoencodeTask:
             pred, aux = model(rows, sample_posterior=False)
         return pred, aux, self.target(rows)
 
+    # -- baselines ---------------------------------------------------------------------------------------------
+    def training_examples(self, count: int) -> np.ndarray:
+        """(count, N, C) targets of training examples made exactly as training makes them (the train split's
+        transforms, random crops / rotations drawn from ``seed``-derived generators), cycling over the scenes."""
+        from scene3d import data
+        src = data.get_source(self.config.data, "train")
+        transforms = data.get_transforms(self.config.data, "train")
+        if not len(src):
+            raise ValueError("config.metrics.baselines: the train split has no scenes")
+        seed = int(self.config.get("seed", 0))
+        out = []
+        for i in range(count):
+            ex = src[i % len(src)]
+            for t in transforms:
+                ex = (t.random_map(ex, np.random.default_rng([seed, 7919, i])) if hasattr(t, "random_map")
+                      else t.map(ex))
+            out.append(np.asarray(ex["gaussians"], np.float32)[:, self.offset:])
+        return np.stack(out)
+
+    def baselines(self) -> LinearBaselines | None:
+        """The trivial predictors (``scene3d.metrics.baselines``) fitted once on ``metrics.baselines`` training
+        examples, PCA with k = the model's latent floats; None when ``metrics.baselines`` is 0."""
+        if self.baseline_examples <= 0:
+            return None
+        if self._baselines is None:
+            k = int(dict(can3tok.VARIANTS[self.config.model.get("variant", "tiny")], **self.overrides)["latent_dim"])
+            self._baselines = LinearBaselines.fit(self.training_examples(self.baseline_examples), k)
+        return self._baselines
+
+    def restore_pretrained(self, variables):
+        """Fresh runs with ``init.head_bias='mean_scene'``: the Gaussian head's output bias starts at the mean
+        training scene (``baselines``' mean, or ``training_examples`` when they are off) and its kernel is scaled by
+        ``init.head_kernel_scale``, so training starts from the mean-scene predictor instead of spending its first
+        steps finding it."""
+        if self.head_bias_init != "mean_scene":
+            return variables
+        fit = self.baselines()
+        mean = fit.mean if fit is not None else self.training_examples(64).mean(0)
+        head = variables["head_out"]
+        bias = head["bias"]
+        bias.value = jax.device_put(jnp.asarray(mean.reshape(-1), bias.value.dtype), bias.value.sharding)
+        if self.head_kernel_scale != 1.0:
+            head["kernel"].value = head["kernel"].value * self.head_kernel_scale
+        return variables
+
     def evaluate_examples(self, model, batch, rng):
         """Per-scene metrics (B,) of the reconstruction of the posterior mean or of a posterior sample
         (``metrics.eval_posterior``; deterministic either way): ``l2`` (the paper's per-scene L2: the Frobenius
         norm of the scene's (N, C) raw-channel error), ``failure`` (1.0 where l2 exceeds
         ``metrics.failure_threshold``), ``mse`` and ``mse_<group>`` (per channel group), ``kl`` (summed over the
-        latent, averaged over its other axes)."""
+        latent, averaged over its other axes); with ``metrics.baselines`` also the per-scene L2 of the trivial
+        predictors, ``baseline_mean_scene_l2`` and ``baseline_pca_l2`` (PCA with the model's latent floats)."""
         del rng
         pred, aux, target = self.eval_reconstruction(model, batch)
         l2 = gmetrics.per_scene_l2(pred, target)
@@ -222,6 +278,10 @@ class AutoencodeTask:
         out = {"l2": l2, "failure": (l2 > self.failure_threshold).astype(jnp.float32),
                "mse": jnp.mean(sq, axis=(1, 2)), "kl": jnp.mean(kl.reshape(kl.shape[0], -1), axis=1)}
         out.update({f"mse_{k}": jnp.mean(sq[..., sl], axis=(1, 2)) for k, sl in self.groups.items()})
+        fit = self.baselines()
+        if fit is not None:
+            out["baseline_mean_scene_l2"] = gmetrics.per_scene_l2(fit.predict_mean(target), target)
+            out["baseline_pca_l2"] = gmetrics.per_scene_l2(fit.predict_pca(target), target)
         return out
 
     def summarize_examples(self, values: dict, batch_size: int) -> dict:

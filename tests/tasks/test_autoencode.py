@@ -38,7 +38,7 @@ def tiny_config(data_dir, **extra):
         "global_batch_size": 4, "eval_batch_size": 2, "eval_batches": 1, "total_steps": 2, "eval_every": 2,
         "log_every": 1, "ckpt_every": 2, "async_checkpoint": False,
         "render.size": 16, "render.num_cameras": 2, "render.num_scenes": 1, "num_output_scenes": 2,
-        "loss.kl_anneal_steps": 4, **extra,
+        "loss.kl_anneal_steps": 4, "metrics.baselines": 6, **extra,
     }
     for k, v in over.items():
         node = c
@@ -108,6 +108,26 @@ def test_eval_metrics_and_ply_outputs_vs_numpy(smoke):
     np.testing.assert_allclose(ev["eval/l2_batch"], np.sqrt((d ** 2).sum()) / 2, rtol=2e-4)
     np.testing.assert_allclose(ev["eval/mse"], (d ** 2).mean(), rtol=2e-4)
     np.testing.assert_allclose(ev["eval/failure_rate"], (l2 > config.metrics.failure_threshold).mean())
+
+    # The trivial predictors beside the model: mean scene and PCA (k = latent floats) of 6 training examples made as
+    # training makes them (random crops, seeds [seed, 7919, i]), fitted here with numpy's SVD.
+    train_src = train.data_lib.get_source(config.data, "train")
+    gcfg = gs_pipeline.GaussianConfig.from_config(config.data.gaussians)
+    fit = np.stack([gs_pipeline.process_gaussians(gs_pipeline.record_gaussians(train_src[i % len(train_src)]), gcfg,
+                                                  np.random.default_rng([config.seed, 7919, i]), True)["gaussians"]
+                    for i in range(6)]).astype(np.float64).reshape(6, -1)
+    mu = fit.mean(0)
+    v = np.linalg.svd(fit - mu, full_matrices=False)[2][:5]  # k = min(latent 32, 6 - 1)
+    flat = rows.reshape(2, -1)
+    pca = (flat - mu) @ v.T @ v + mu
+    np.testing.assert_allclose(ev["eval/baseline_mean_scene_l2"], np.linalg.norm(flat - mu, axis=1).mean(), rtol=1e-4)
+    np.testing.assert_allclose(ev["eval/baseline_pca_l2"], np.linalg.norm(flat - pca, axis=1).mean(), rtol=1e-3)
+    # and the fresh run's Gaussian head started from the mean scene (init.head_bias='mean_scene')
+    fresh = nnx.split(task.build_model(nnx.Rngs(0)))[1]
+    kernel0 = np.asarray(fresh["head_out"]["kernel"].value)
+    init = task.restore_pretrained(fresh)
+    np.testing.assert_allclose(np.asarray(init["head_out"]["bias"].value), mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(init["head_out"]["kernel"].value), 0.1 * kernel0, rtol=1e-6)
 
     out = workdir / "outputs" / "00000002"
     for i in range(2):

@@ -58,7 +58,9 @@ def clip_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+# 'tiny' has the release18 rows and voxel order of 'paper' (without its anchors): its layout is trained there, and its
+# abstract build above; training it too would only add CI time.
+@pytest.mark.parametrize("variant", ("release", "paper"))
 def test_every_stage1_variant_trains_two_steps(variant, tmp_path, request):
     from scene3d import train
     from scene3d.core import sharding as sh
