@@ -127,7 +127,7 @@ def filter_gaussians(g: gs.Gaussians, min_opacity: float = 0.0, name: str = "gau
 def process_gaussians(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Generator = None,
                       training: bool = False, name: str = "gaussians",
                       transform: gs.SceneTransform = None) -> dict:
-    """Steps 1-5 of the module docstring on one numpy scene -> example dict (without scene_id). With
+    """Steps 1-7 of the module docstring on one numpy scene -> example dict (without scene_id). With
     `cfg.prepared`, steps 1-3 are skipped and `transform` (default: the identity) is the scene's normalisation."""
     if cfg.prepared:
         if g.xyz.shape[0] != cfg.num_gaussians:
@@ -135,23 +135,36 @@ def process_gaussians(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Gener
                              f"{cfg.num_gaussians}")
         tf = transform if transform is not None else gs.SceneTransform(np.zeros(3), 1.0)
     else:
-        g = filter_gaussians(g, cfg.min_opacity, name)
-        seed = None
-        if training and cfg.crop_seed == "random" and g.xyz.shape[0] > cfg.num_gaussians:
-            seed = np.asarray(g.xyz[int(rng.integers(g.xyz.shape[0]))], np.float64)
-        g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
-        g, tf = gs.normalise_scene(g, radius=cfg.radius)
-    R = np.eye(3)
-    if training and cfg.rotate:
-        R = so3.random_rotation(rng, 1)[0]
-        g = gs.rotate_gaussians(g, R)
+        g, tf = crop_and_normalise(g, cfg, rng, training, name)
+    R = so3.random_rotation(rng, 1)[0] if training and cfg.rotate else np.eye(3)
+    return {"gaussians": example_rows(g, cfg, R), "center": tf.center.astype(np.float32),
+            "scale": np.float32(tf.scale), "rotation": R.astype(np.float32)}
+
+
+def crop_and_normalise(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Generator = None,
+                       training: bool = False, name: str = "gaussians") -> tuple[gs.Gaussians, gs.SceneTransform]:
+    """Steps 1-3: filter, the kNN crop of exactly `cfg.num_gaussians` (seeded at a random Gaussian in training with
+    `crop_seed='random'`, else at the one nearest the mean), normalised -> (crop, its SceneTransform)."""
+    g = filter_gaussians(g, cfg.min_opacity, name)
+    seed = None
+    if training and cfg.crop_seed == "random" and g.xyz.shape[0] > cfg.num_gaussians:
+        seed = np.asarray(g.xyz[int(rng.integers(g.xyz.shape[0]))], np.float64)
+    g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
+    return gs.normalise_scene(g, radius=cfg.radius)
+
+
+def example_rows(g: gs.Gaussians, cfg: GaussianConfig, rotation=None) -> np.ndarray:
+    """Steps 4-7 on a normalised crop with a given `rotation` (3, 3) (None or the identity: no rotation): rotate
+    positions, quaternions and SH bands, pack to `cfg.sh_degree`, canonical row order, row layout -> (N, C) float32
+    rows (C + 4 with `rows='release18'`)."""
+    if rotation is not None and not np.array_equal(np.asarray(rotation), np.eye(3)):
+        g = gs.rotate_gaussians(g, np.asarray(rotation, np.float64))
     g = set_sh_degree(g._replace(normals=None), cfg.sh_degree)
     rows = gs.pack(g).astype(np.float32)
     rows = rows[canonical_order(rows, cfg.order, grid=cfg.voxel_grid, radius=cfg.radius)]
     if cfg.rows == "release18":
         rows = release_rows(rows, cfg.voxel_grid, cfg.radius)
-    return {"gaussians": rows, "center": tf.center.astype(np.float32),
-            "scale": np.float32(tf.scale), "rotation": R.astype(np.float32)}
+    return rows
 
 
 # ------------------------------------------------------------------------------------------- canonical order

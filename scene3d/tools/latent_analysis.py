@@ -63,7 +63,7 @@ from flax import nnx
 from scene3d import data as data_lib
 from scene3d.core import io, runs
 from scene3d.core import sharding as sh
-from scene3d.data import gs_filter, gs_pipeline, splat_io
+from scene3d.data import gs_pipeline, splat_io
 from scene3d.geometry import gaussians as gs
 from scene3d.geometry import so3
 from scene3d.render import plots
@@ -96,26 +96,14 @@ def rotation_angles_deg(rotations) -> np.ndarray:
 
 
 def prepare_scene(g: gs.Gaussians, cfg: gs_pipeline.GaussianConfig, name: str = "gaussians") -> gs.Gaussians:
-    """Steps 1-3 of ``gs_pipeline.process_gaussians`` on the evaluation path: filter, the crop of
-    ``cfg.num_gaussians`` Gaussians seeded at the one nearest the mean (padded by repetition), normalised."""
-    g = gs_pipeline.filter_gaussians(g, cfg.min_opacity, name)
-    g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=None, k=cfg.knn, pad=True)
-    return gs.normalise_scene(g, radius=cfg.radius)[0]
+    """The evaluation crop of a scene (``gs_pipeline.crop_and_normalise``: filtered, ``cfg.num_gaussians``
+    Gaussians grown from the one nearest the mean, padded by repetition, normalised)."""
+    return gs_pipeline.crop_and_normalise(g, cfg, name=name)[0]
 
 
 def rotated_rows(crop: gs.Gaussians, cfg: gs_pipeline.GaussianConfig, rotation) -> np.ndarray:
-    """Steps 4-7 of ``gs_pipeline.process_gaussians`` with a given ``rotation`` (3, 3) in place of the random one
-    of training (the identity skips the rotation, as the evaluation path does): rotate (positions, quaternions, SH
-    bands), pack to the run's SH degree, canonical row order, row layout. (N, C) float32 rows, the same values
-    training would see under that rotation."""
-    R = np.asarray(rotation, np.float64)
-    g = crop if np.array_equal(R, np.eye(3)) else gs.rotate_gaussians(crop, R)
-    g = gs_pipeline.set_sh_degree(g._replace(normals=None), cfg.sh_degree)
-    rows = gs.pack(g).astype(np.float32)
-    rows = rows[gs_pipeline.canonical_order(rows, cfg.order, grid=cfg.voxel_grid, radius=cfg.radius)]
-    if cfg.rows == "release18":
-        rows = gs_pipeline.release_rows(rows, cfg.voxel_grid, cfg.radius)
-    return rows
+    """The rows training would see for ``crop`` under ``rotation`` (3, 3) (``gs_pipeline.example_rows``)."""
+    return gs_pipeline.example_rows(crop, cfg, rotation)
 
 
 # ------------------------------------------------------------------------------------------------------------
