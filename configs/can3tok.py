@@ -44,12 +44,15 @@ the groundedSAM.py preprocessing it reads), 1.08 B parameters:
     does (0.01 x [-8, 8]); the recon loss, KL annealing, optimiser, unit radius, voxel row order and rotation
     augmentation are our recipe's; evaluation uses the posterior mean.
 
-runlocal differs (CPU minutes, 32 train / 8 held-out built-in scenes): N = 512, rows in balanced k-d tree order
-(``order='kdtree'``: row i keeps a fixed place in a median-split tree, so its position does not drift with voxel
-counts; measured better than voxel / Morton orders, see ``scene3d.data.gs_pipeline.canonical_order``) as plain
-14-channel rows, no rotation augmentation (the eval crops are unrotated; 32 scenes are too few to learn SO(3)),
-Adam 2e-3 with warm-up + cosine decay, and the posterior noise ramped in over the first 1000 steps
-(``loss.posterior_warmup_steps``; sampling from step 0 collapses the posterior at this scale).
+runlocal differs (CPU minutes; README "What the Can3Tok main job reaches"): 160 built-in rooms without image
+textures (128 train / 32 held out), random kNN crops of N = 512, rows in balanced k-d tree order (``order='kdtree'``:
+row i keeps a fixed place in a median-split tree, so its position does not drift with voxel counts; measured better
+than voxel / Morton orders, see ``scene3d.data.gs_pipeline.canonical_order``) as plain 14-channel rows, no rotation
+augmentation (the eval crops are unrotated), a 16-float latent and a one-layer Gaussian head 256 wide whose output
+bias starts at the mean training scene (``init.head_bias='mean_scene'``), Adam 2e-3 with warm-up + cosine decay, the
+posterior noise ramped in over the first 1000 steps (``loss.posterior_warmup_steps``; sampling from step 0 collapses
+the posterior at this scale), and the mean-scene / PCA-16 baselines reported at every evaluation
+(``metrics.baselines``).
 """
 from ml_collections import config_dict
 
