@@ -29,6 +29,7 @@ import os
 import re
 import zlib
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -240,11 +241,17 @@ class AutoencodeTask:
     def baselines(self) -> LinearBaselines | None:
         """The trivial predictors (``scene3d.metrics.baselines``) fitted once on ``metrics.baselines`` training
         examples, PCA with k = the model's latent floats; None when ``metrics.baselines`` is 0."""
-        if self.baseline_examples <= 0:
+        if self.baseline_examples <= 0 or self._baselines is False:
             return None
         if self._baselines is None:
             k = int(dict(can3tok.VARIANTS[self.config.model.get("variant", "tiny")], **self.overrides)["latent_dim"])
-            self._baselines = LinearBaselines.fit(self.training_examples(self.baseline_examples), k)
+            try:
+                examples = self.training_examples(self.baseline_examples)
+            except (ValueError, OSError) as e:  # e.g. evaluating a run where its training data is not available
+                logging.warning("config.metrics.baselines: no baselines, the training examples cannot be read: %s", e)
+                self._baselines = False
+                return None
+            self._baselines = LinearBaselines.fit(examples, k)
         return self._baselines
 
     def restore_pretrained(self, variables):

@@ -149,6 +149,17 @@ def test_eval_metrics_and_ply_outputs_vs_numpy(smoke):
     assert dist.max() < 1e-4
 
 
+def test_baselines_are_skipped_when_the_training_data_is_missing(data_dir, tmp_path, caplog):
+    """Evaluating a run where its training data is not available: no baselines and a warning, not a crash."""
+    config = tiny_config(data_dir)
+    missing = str(tmp_path / "not_here")
+    config.data = dict(name="ply", paths=missing, eval_paths=missing, gaussians=config.data.gaussians.to_dict())
+    task = AutoencodeTask(config)
+    with caplog.at_level("WARNING"):
+        assert task.baselines() is None and task.baselines() is None
+    assert "no baselines" in caplog.text and "not_here" in caplog.text
+
+
 def test_loss_vs_numpy(data_dir):
     """Past the posterior warm-up the loss samples the posterior exactly as the model does from the same key; at
     step 0 it decodes the posterior mean."""
