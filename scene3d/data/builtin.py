@@ -588,8 +588,7 @@ def scene_filename(index: int) -> str:
 def load_scene(path) -> dict:
     """Read one scene .npz into the `build_scene` dict (recomputing `points` when it was not stored)."""
     path = pathlib.Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        out = {k: z[k] for k in z.files}
+    out = io.read_npz(path)  # bounded: ValueError naming the file for a truncated / corrupt archive
     missing = {"images", "depth", "mask", "c2w", "intrinsics", "trajectory", "gaussians"} - set(out)
     if missing:
         raise ValueError(f"{path}: not a built-in scene file, missing fields {sorted(missing)}")

@@ -13,6 +13,12 @@ Formats (camera parsing lives in `scene3d.geometry.conventions`; this module pai
 
 A `Capture` turns into a scene record (`scene3d.data.multiview` docstring) with `scene_record()`. Lens
 distortion is returned but not applied (use undistorted images for the pinhole model).
+
+Bad input raises ValueError naming the file (and frame): the pose files through `scene3d.geometry.conventions`
+(see its docstring), and here image paths read from a capture (transforms.json frames, COLMAP image names) and
+image files found in its folders must stay inside the capture's folder once symlinks are resolved
+(`conventions.confine_path`), and every frame must decode as an image (`multiview.check_image`) before its bytes
+go into a scene record, so a crafted capture cannot copy other local files into a dataset.
 """
 from __future__ import annotations
 
@@ -31,8 +37,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def _images_in(folder: pathlib.Path) -> list:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.startswith("."))
+    """The image files of a folder (sorted by name), each confined to it (a symlink out of it is refused)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
+    return [cv.confine_path(folder, p.name, f"{folder}: image {p.name}") if p.is_symlink() else p for p in files]
 
 
 @dataclasses.dataclass
@@ -63,8 +71,9 @@ class Capture:
         intr = np.asarray(self.cameras.intrinsics, np.float64)[list(idx)]
         min_size = None
         if size is not None:
-            min_size = multiview.crop_resize_geometry(multiview.image_size(self.frames[idx[0]]), size)[0]
-        ims = [multiview.decode_image(self.frames[i], min_size) for i in idx]
+            min_size = multiview.crop_resize_geometry(
+                multiview.image_size(self.frames[idx[0]], name=self._frame_name(idx[0])), size)[0]
+        ims = [multiview.decode_image(self.frames[i], min_size, name=self._frame_name(i)) for i in idx]
         shapes = sorted({im.shape for im in ims})
         if len(shapes) != 1:
             raise ValueError(f"capture {self.scene_id}: frames have different sizes {shapes}")
@@ -74,6 +83,9 @@ class Capture:
             return images, intr
         out = multiview.resize_and_crop(images, intr, size, resample=resample)
         return out["images"], out["intrinsics"]
+
+    def _frame_name(self, i: int) -> str:
+        return f"capture {self.scene_id}: frame {i} ({self.frames[i]})"
 
     def _check_aspect(self, hw):
         H, W = self.cameras.height, self.cameras.width
@@ -85,8 +97,17 @@ class Capture:
         """Scene record: images as encoded bytes (the original files when `image_size` is None and `encode`,
         else PNG of the resized frames) or uint8 arrays (`encode=False`)."""
         if image_size is None and encode:
-            self._check_aspect(multiview.image_size(self.frames[0]))
-            images = multiview.object_array(pathlib.Path(f).read_bytes() for f in self.frames)
+            data, size0 = [], None
+            for i, f in enumerate(self.frames):  # each frame must decode before its bytes are stored
+                data.append(pathlib.Path(f).read_bytes())
+                hw = multiview.check_image(data[-1], name=self._frame_name(i))
+                if size0 is None:
+                    self._check_aspect(hw)
+                    size0 = hw
+                elif hw != size0:
+                    raise ValueError(f"{self._frame_name(i)}: image is {hw[1]}x{hw[0]}, frame 0 is "
+                                     f"{size0[1]}x{size0[0]}: the frames of a capture must have one size")
+            images = multiview.object_array(data)
             intr = np.asarray(self.cameras.intrinsics, np.float64)
         else:
             arr, intr = self.load_images(size=image_size)
@@ -104,7 +125,7 @@ class Capture:
 
 
 def _resolve(root: pathlib.Path, file_path: str) -> pathlib.Path:
-    p = cv.resolve_image(root, file_path)
+    p = cv.resolve_image(root, file_path, f"{root}: image {file_path!r}")
     if p is None:
         raise ValueError(f"{root}: image {file_path} listed in the pose file not found")
     return p
@@ -151,10 +172,12 @@ def read_colmap_capture(root, model: str = "sparse/0", images: str = "images",
     if ims is None:
         raise ValueError(f"{root / model}: no images.bin or images.txt (camera poses are needed)")
     cams, names, dist = cv.colmap_to_cameras(cameras, ims)
-    frames = [root / images / n for n in names]
+    listing = next(p for p in (root / model / "images.bin", root / model / "images.txt") if p.is_file())
+    frames = [cv.confine_path(root / images, n, f"{listing}: image {n!r}") for n in names]
     missing = [str(f) for f in frames if not f.is_file()]
     if missing:
-        raise ValueError(f"{root}: {len(missing)} images listed by COLMAP not found, e.g. {missing[0]}")
+        raise ValueError(f"{listing}: {len(missing)} images listed by COLMAP not found in {root / images}, e.g. "
+                         f"{missing[0]}")
     return Capture(scene_id or root.name, frames, cams, distortion=dist,
                    points=None if pts is None else pts.xyz, points_rgb=None if pts is None else pts.rgb)
 
@@ -187,6 +210,9 @@ def read_re10k_clip(clip, pose_file=None, scene_id: Optional[str] = None) -> Cap
     stems = [f.stem for f in frames]
     ts = {int(t): i for i, t in enumerate(data.timestamps)}
     if all(s.isdigit() for s in stems) and all(int(s) in ts for s in stems):
+        if len({int(s) for s in stems}) != len(stems):
+            dup = sorted(s for s in stems if sum(int(t) == int(s) for t in stems) > 1)
+            raise ValueError(f"{folder}: frames {dup} name the same timestamp: cannot pair them with poses")
         order = sorted(range(len(frames)), key=lambda j: int(stems[j]))
         frames = [frames[j] for j in order]
         rows = np.array([ts[int(f.stem)] for f in frames])

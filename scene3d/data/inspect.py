@@ -238,6 +238,9 @@ def _summarise_gaussians(insp: Inspection, g, num_inf: int = 0, num_repaired: in
     insp.counts.update(gaussians=n, sh_degree=g.sh_degree, inf_opacity=num_inf, repaired=num_repaired)
     insp.add("gaussians", f"{n}{extra}")
     insp.add("SH degree", f"{g.sh_degree}" + (", normals stored" if g.normals is not None else ""))
+    if n == 0:
+        insp.notes.append("the file holds no Gaussians (a valid, empty scene): nothing to summarise or render")
+        return
     op = np.asarray(g.opacity, np.float64)
     alpha = activate_opacity(op)
     fin = np.isfinite(op)
@@ -276,8 +279,8 @@ def _add_thumbs(insp: Inspection, files: list, labels: Optional[list] = None) ->
         try:
             insp.images.append(((labels or [None] * len(files))[i] or f"{i}: {pathlib.Path(files[i]).name}",
                                 _thumb(pathlib.Path(files[i]))))
-        except OSError as e:
-            insp.notes.append(f"cannot read image {files[i]}: {e}")
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a corrupt image; a note, not a failure
+            insp.notes.append(f"cannot read image {files[i]}: {type(e).__name__}: {e}")
 
 
 def _set_up(insp: Inspection, override: Optional[np.ndarray], default=None, source: str = "") -> None:
@@ -410,7 +413,7 @@ def _inspect_transforms_capture(insp, path, up):
 
 
 def _inspect_llff(insp, path, up):
-    from PIL import Image
+    from scene3d.data import multiview
     from scene3d.geometry import conventions as cv
 
     folder = path if path.is_dir() else path.parent
@@ -429,8 +432,8 @@ def _inspect_llff(insp, path, up):
     for d in sorted(folder.glob("images*")):
         files = sorted(f for f in d.iterdir() if f.suffix in cv.IMAGE_EXTENSIONS) if d.is_dir() else []
         if files:
-            with Image.open(files[0]) as im:
-                folders.append((d, files, im.size))
+            h, w = multiview.image_size(files[0])
+            folders.append((d, files, (w, h)))
     if folders:
         insp.add("image folders", "; ".join(f"{d.name}: {len(f)} x {s[0]} x {s[1]}" for d, f, s in folders))
         usable = [x for x in folders if len(x[1]) == len(cams)]
@@ -480,6 +483,8 @@ def _read_gaussians_into(insp: Inspection, path: pathlib.Path) -> None:
     else:
         g = splat_io.read_splat(path)
         _summarise_gaussians(insp, g, 0, 0, " (.splat, 32 bytes each: SH degree 0, 8-bit colour/opacity/rotation)")
+    if g.xyz.shape[0] == 0:
+        return
     insp.gaussians = g
     insp.points = np.asarray(g.xyz, np.float64)
     from scene3d.render.points import gaussian_preview_inputs
@@ -508,15 +513,12 @@ def _inspect_3dgs_output(insp, path, up):
     _set_up(insp, up)
 
 
-def _decode(data) -> np.ndarray:
-    """Encoded image bytes (PNG / JPEG) or an array -> (H, W, 3) uint8."""
-    import io
-
-    from PIL import Image
-
+def _decode(data, name: Optional[str] = None) -> np.ndarray:
+    """Encoded image bytes (PNG / JPEG) or an array -> (H, W, 3) uint8 (ValueError naming `name` if it does not
+    decode)."""
     if isinstance(data, (bytes, bytearray, memoryview, np.bytes_)):
-        with Image.open(io.BytesIO(bytes(data))) as im:
-            return np.asarray(im.convert("RGB"))
+        from scene3d.data import multiview
+        return multiview.decode_image(bytes(data), name=name)
     from scene3d.render.plots import to_uint8
     return to_uint8(data)
 
@@ -542,7 +544,7 @@ def _scene_record_into(insp: Inspection, s: dict, where: str) -> None:
             not encoded and (np.ndim(images) != 4 or np.shape(images)[-1] != 3)):
         raise ValueError(f"{where}: expected images (V, H, W, 3) or V encoded frames, c2w (V, 4, 4), intrinsics "
                          f"(V, 4); got images {np.shape(images)}, c2w {c2w.shape}, intrinsics {intr.shape}")
-    first = _decode(images[0]) if V else np.zeros((0, 0, 3), np.uint8)
+    first = _decode(images[0], f"{where}: view 0") if V else np.zeros((0, 0, 3), np.uint8)
     H, W = first.shape[:2]
     insp.counts["views"] = V
     insp.cameras = Cameras(c2w, intr, H, W)
@@ -566,8 +568,9 @@ def _scene_record_into(insp: Inspection, s: dict, where: str) -> None:
     pick = list(dict.fromkeys(int(round(k)) for k in np.linspace(0, V - 1, min(MAX_THUMBS - 1, V)))) if V else []
     decoded = {0: first}
     if "depth" in s or "points" in s:
-        decoded.update({i: _decode(images[i]) for i in range(1, V)})
-    insp.images += [(labels[i], decoded[i] if i in decoded else _decode(images[i])) for i in pick]
+        decoded.update({i: _decode(images[i], f"{where}: view {i}") for i in range(1, V)})
+    insp.images += [(labels[i], decoded[i] if i in decoded else _decode(images[i], f"{where}: view {i}"))
+                    for i in pick]
     mask = np.asarray(s["mask"], bool) if "mask" in s else (np.asarray(s["depth"]) > 0 if "depth" in s else None)
     if "depth" in s:
         d = np.asarray(s["depth"])[mask]

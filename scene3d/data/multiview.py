@@ -37,6 +37,7 @@ Randomness comes only from the generator passed to `random_map`, which grain see
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from typing import Optional, Sequence
@@ -77,12 +78,58 @@ def _open(data):
     return Image.open(io.BytesIO(bytes(data)) if isinstance(data, (bytes, bytearray, np.bytes_)) else data)
 
 
-def decode_image(data, min_size: Optional[tuple] = None) -> np.ndarray:
+def _image_name(data, name: Optional[str]) -> str:
+    if name is not None:
+        return name
+    if isinstance(data, (bytes, bytearray, np.bytes_, memoryview)):
+        return f"encoded image ({len(data)} bytes)"
+    return str(data)
+
+
+@contextlib.contextmanager
+def _decoding(data, name: Optional[str]):
+    """Turn whatever the image decoder raises for bad data (PIL: UnidentifiedImageError, OSError 'truncated',
+    SyntaxError, DecompressionBombError, struct.error, ...) into one ValueError naming the image. A missing file
+    stays FileNotFoundError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        label = _image_name(data, name)
+        raise ValueError(str(e) if str(e).startswith(label) else f"{label}: cannot decode image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - decoders raise many types for corrupt data
+        from PIL import UnidentifiedImageError
+        why = "not a recognised image format" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise ValueError(f"{_image_name(data, name)}: cannot decode image ({why})") from None
+
+
+def decode_image(data, min_size: Optional[tuple] = None, name: Optional[str] = None) -> np.ndarray:
     """Encoded image bytes (PNG, JPEG, ...) or a file path -> uint8 (H, W, 3) RGB.
 
     With `min_size=(h, w)` a JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) when the result still
     covers (h, w) and the factor divides the image size exactly (so normalised intrinsics are unchanged).
+    Data that does not decode (not an image, truncated, corrupt, a decompression bomb) raises ValueError naming
+    `name` (default: the path, or the byte count of encoded data).
     """
+    with _decoding(data, name):
+        return _decode(data, min_size)
+
+
+def check_image(data, name: Optional[str] = None) -> tuple:
+    """(H, W) of encoded image bytes or a file path after decoding every pixel (a JPEG at 1/8 scale, which still
+    reads the whole entropy-coded stream): a ValueError naming `name` when the data is not a complete image.
+    What a reader calls before it stores a file's bytes as a frame."""
+    with _decoding(data, name):
+        with _open(data) as im:
+            W, H = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, W // 8), max(1, H // 8)))
+            im.load()
+            return H, W
+
+
+def _decode(data, min_size):
     im = _open(data)
     with im:
         W, H = im.size
@@ -99,10 +146,12 @@ def decode_image(data, min_size: Optional[tuple] = None) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def image_size(data) -> tuple:
-    """(H, W) of encoded image bytes or a file path, without decoding the pixels."""
-    with _open(data) as im:
-        return im.size[1], im.size[0]
+def image_size(data, name: Optional[str] = None) -> tuple:
+    """(H, W) of encoded image bytes or a file path, without decoding the pixels (ValueError naming `name` when
+    the data is not an image)."""
+    with _decoding(data, name):
+        with _open(data) as im:
+            return im.size[1], im.size[0]
 
 
 # ----------------------------------------------------------------------------------------- resize + crop
@@ -309,7 +358,7 @@ def _take_images(images, idx, sid, min_size):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"scene {sid}: images expected uint8 (V, H, W, 3), got {images.shape}")
         return images[idx]
-    out = [decode_image(images[int(i)], min_size) for i in idx]
+    out = [decode_image(images[int(i)], min_size, name=f"scene {sid}: frame {int(i)}") for i in idx]
     shapes = sorted({im.shape for im in out})
     if len(shapes) != 1:
         raise ValueError(f"scene {sid}: sampled frames have different sizes {shapes}")
@@ -332,7 +381,8 @@ def make_views(scene: dict, context: Sequence[int], target: Sequence[int], cfg: 
     src = scene["images"]
     min_size = None
     if cfg.resolution is not None and not has_depth and not (isinstance(src, np.ndarray) and src.dtype == np.uint8):
-        min_size = crop_resize_geometry(image_size(src[int(idx[0])]), cfg.resolution)[0]
+        min_size = crop_resize_geometry(image_size(src[int(idx[0])], name=f"scene {sid}: frame {int(idx[0])}"),
+                                        cfg.resolution)[0]
     images = _take_images(src, idx, sid, min_size)
     V, H, W, _ = images.shape
 

@@ -6,6 +6,9 @@ channel-major: K coefficients of R, then G, then B), opacity (logit), scale_0..2
 Unknown scalar properties (e.g. `filter_3D`) and elements other than `vertex` are skipped on reading and not
 written back. Malformed files raise ValueError naming the file and the problem.
 
+A .splat has no header: `read_splat` refuses a file that starts like another format (PLY, PNG, JPEG, zip, .npy,
+gzip, text), as well as NaN positions and negative or non-finite scales; an empty file is 0 Gaussians.
+
 Repair policy: NaN anywhere, or +-inf in anything but opacity, is an error. An infinite opacity logit is a
 legitimate saturated alpha (0 or 1) that some trainers write (fox.ply has 37 +inf); `read_ply` keeps it by
 default (so read -> write is bit-exact) and logs a warning with the count; `repair=True` clamps it to
@@ -357,19 +360,42 @@ def write_splat(path, g: Gaussians, *, sort: bool = True) -> None:
     io.write_bytes(path, [rec.tobytes()])
 
 
+# Files of another kind that a .splat (which has no header) could be confused with, by their first bytes.
+_OTHER_MAGIC = ((b"ply\n", "a PLY file"), (b"ply\r\n", "a PLY file"), (b"\x89PNG", "a PNG image"),
+                (b"\xff\xd8\xff", "a JPEG image"), (b"PK\x03\x04", "a zip / .npz archive"),
+                (b"\x93NUMPY", "a .npy array"), (b"\x1f\x8b", "a gzip file"), (b"GIF8", "a GIF image"),
+                (b"RIFF", "a RIFF (WebP / AVI) file"))
+
+
+def _splat_kind_check(path, head: bytes) -> None:
+    """Reject a file of another kind renamed .splat: known magic numbers, or a first record that is all printable
+    text (a real first record holds float32 positions and scales, whose bytes are almost never all ASCII)."""
+    for magic, what in _OTHER_MAGIC:
+        if head.startswith(magic):
+            raise ValueError(f"{path}: not a .splat file: it starts like {what} (rename it to its real suffix)")
+    if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head[:SPLAT_DTYPE.itemsize]):
+        raise ValueError(f"{path}: not a .splat file: its first {SPLAT_DTYPE.itemsize} bytes are text "
+                         f"({head[:SPLAT_DTYPE.itemsize]!r})")
+
+
 def read_splat(path) -> Gaussians:
     """Read an antimatter15 .splat -> float32 Gaussians (SH degree 0), undoing `write_splat`'s activations.
 
     Alpha is clipped to [0.5/255, 254.5/255] before the logit (finite logits); zero scales are clamped to the
     smallest float32 normal; quaternion bytes decode as (b - 128) / 128, normalised (an all-128 quaternion
-    becomes the identity). Negative or non-finite scales and non-finite positions raise ValueError.
+    becomes the identity). Negative or non-finite scales and non-finite positions raise ValueError, and so does a
+    file of another kind renamed .splat (PLY, image, archive or text: `_splat_kind_check`). An empty file is a
+    valid .splat of 0 Gaussians.
     """
     path = os.fspath(path)
-    size = os.path.getsize(path)
-    if size % SPLAT_DTYPE.itemsize:
-        raise ValueError(f"{path}: .splat size {size} bytes is not a multiple of {SPLAT_DTYPE.itemsize} "
-                         f"(truncated or not a .splat file)")
-    rec = np.fromfile(path, dtype=SPLAT_DTYPE)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        _splat_kind_check(path, f.read(SPLAT_DTYPE.itemsize))
+        if size % SPLAT_DTYPE.itemsize:
+            raise ValueError(f"{path}: .splat size {size} bytes is not a multiple of {SPLAT_DTYPE.itemsize} "
+                             f"(truncated or not a .splat file)")
+        f.seek(0)
+        rec = np.fromfile(f, dtype=SPLAT_DTYPE, count=size // SPLAT_DTYPE.itemsize)
     if not np.isfinite(rec["xyz"]).all():
         raise ValueError(f"{path}: non-finite positions in {int((~np.isfinite(rec['xyz'])).any(-1).sum())} splats")
     sc = rec["scale"].astype(np.float64)

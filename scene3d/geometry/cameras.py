@@ -231,6 +231,89 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0)):
     return make_c2w(R, eye * xp.ones_like(z))
 
 
+# ------------------------------------------------------------------------------------------- validation
+
+# What the camera-file readers (`scene3d.geometry.conventions`) accept. A rotation is rigid when
+# max |R R^T - I| <= RIGID_ATOL and det R > 0 (files store 6-9 decimals: real captures are within 1e-5). With the
+# readers' opt-in `repair=True`, a rotation within REPAIR_MAX_ERROR of rigid (a few decimals lost, a rounded
+# matrix) is replaced by the nearest rotation (polar decomposition) and the count is logged; anything further off
+# (a scaled, sheared or mirrored matrix, or a matrix of the wrong convention) is an error either way.
+RIGID_ATOL = 1e-4
+REPAIR_MAX_ERROR = 0.05
+
+
+def rigid_error(R) -> np.ndarray:
+    """(..., 3, 3) -> (...) max |R R^T - I| (numpy, float64)."""
+    R = np.asarray(R, np.float64)
+    return np.abs(R @ np.swapaxes(R, -1, -2) - np.eye(3)).max((-1, -2))
+
+
+def nearest_rotation(R) -> np.ndarray:
+    """(..., 3, 3) -> the nearest rotations in the Frobenius norm (U V^T of the SVD; numpy, float64). The input
+    must have a positive determinant (a reflection has no nearest rotation worth returning)."""
+    U, _, Vt = np.linalg.svd(np.asarray(R, np.float64))
+    return U @ Vt
+
+
+def check_rotations(R, labels, *, repair: bool = False, what: str = "rotation") -> tuple:
+    """Validate (N, 3, 3) float rotations read from a file -> (R, number repaired).
+
+    labels: N strings naming each item (file and frame), used in the ValueError. Non-finite values, a determinant
+    <= 0 and a rigid error above RIGID_ATOL are errors; with `repair`, errors up to REPAIR_MAX_ERROR are fixed by
+    `nearest_rotation` instead (the returned array is a copy; the input is not modified).
+    """
+    R = np.asarray(R, np.float64)
+    bad = ~np.isfinite(R).all((-1, -2))
+    if bad.any():
+        raise ValueError(f"{labels[int(np.argmax(bad))]}: {what} has non-finite values")
+    err, det = rigid_error(R), np.linalg.det(R)
+    off = (err > RIGID_ATOL) | (det <= 0)
+    if not off.any():
+        return R, 0
+    fixable = (err <= REPAIR_MAX_ERROR) & (det > 0)
+    stop = off & ~fixable if repair else off
+    if stop.any():
+        i = int(np.argmax(stop))
+        hint = " (pass repair=True to re-orthonormalise it)" if fixable[i] else ""
+        raise ValueError(f"{labels[i]}: {what} is not rigid: max |R R^T - I| = {err[i]:.3g}, det {det[i]:.6g} "
+                         f"(accepted: <= {RIGID_ATOL:g} and det > 0){hint}")
+    R = R.copy()
+    R[off] = nearest_rotation(R[off])
+    return R, int(off.sum())
+
+
+def check_pose_matrices(m, labels, *, repair: bool = False, what: str = "pose") -> tuple:
+    """Validate (N, 4, 4) homogeneous rigid transforms (c2w or w2c) read from a file -> (m, number repaired):
+    finite, last row exactly (0, 0, 0, 1), rotation block as `check_rotations`."""
+    m = np.asarray(m, np.float64)
+    bad = ~np.isfinite(m).all((-1, -2))
+    if bad.any():
+        raise ValueError(f"{labels[int(np.argmax(bad))]}: {what} has non-finite values")
+    last = (m[:, 3] != np.array([0.0, 0.0, 0.0, 1.0])).any(-1)
+    if last.any():
+        i = int(np.argmax(last))
+        raise ValueError(f"{labels[i]}: {what} last row is {m[i, 3].tolist()}, expected [0, 0, 0, 1]")
+    R, n = check_rotations(m[:, :3, :3], labels, repair=repair, what=f"{what} rotation")
+    if n:
+        m = m.copy()
+        m[:, :3, :3] = R
+    return m, n
+
+
+def check_intrinsics(intr, labels) -> np.ndarray:
+    """Validate (N, 4) normalised intrinsics read from a file: finite, fx and fy > 0. -> float64 array."""
+    intr = np.asarray(intr, np.float64)
+    bad = ~np.isfinite(intr).all(-1)
+    if bad.any():
+        raise ValueError(f"{labels[int(np.argmax(bad))]}: intrinsics have non-finite values")
+    bad = (intr[:, :2] <= 0).any(-1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{labels[i]}: focal lengths must be positive, got fx/W {intr[i, 0]:.6g}, "
+                         f"fy/H {intr[i, 1]:.6g}")
+    return intr
+
+
 # ------------------------------------------------------------------------------------------- dataclass
 
 

@@ -42,14 +42,23 @@ def read_point_ply(path) -> tuple[np.ndarray, np.ndarray]:
     end = data.find(b"end_header\n")
     if not data.startswith(b"ply\n") or end < 0:
         raise ValueError(f"read_point_ply({path}): not a PLY file")
-    header = data[:end].decode("ascii").splitlines()
+    try:
+        header = data[:end].decode("ascii").splitlines()
+        n = int(next(l.split()[2] for l in header if l.startswith("element vertex")))
+    except (UnicodeDecodeError, StopIteration, IndexError, ValueError):
+        raise ValueError(f"read_point_ply({path}): bad header (not ASCII or no 'element vertex N' line)") from None
     if "format binary_little_endian 1.0" not in header:
         raise ValueError(f"read_point_ply({path}): expected binary_little_endian, got header {header[:3]}")
-    n = next(int(l.split()[2]) for l in header if l.startswith("element vertex"))
     props = [l.split()[-1] for l in header if l.startswith("property")]
     if props != list(_DTYPE.names):
         raise ValueError(f"read_point_ply({path}): expected properties {list(_DTYPE.names)}, got {props}")
+    left = len(data) - end - len(b"end_header\n")
+    if n < 0 or n * _DTYPE.itemsize > left:
+        raise ValueError(f"read_point_ply({path}): header declares {n} points ({n * _DTYPE.itemsize} bytes), "
+                         f"{left} bytes follow (truncated file or bad count)")
     rows = np.frombuffer(data, _DTYPE, count=n, offset=end + len(b"end_header\n"))
     xyz = np.stack([rows[k] for k in "xyz"], -1).astype(np.float32)
+    if not np.isfinite(xyz).all():
+        raise ValueError(f"read_point_ply({path}): {int((~np.isfinite(xyz)).any(-1).sum())} non-finite points")
     rgb = np.stack([rows[k] for k in ("red", "green", "blue")], -1)
     return xyz, rgb
