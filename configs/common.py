@@ -13,6 +13,8 @@ def base_config(**overrides) -> ConfigDict:
     # than skip_grad_norm are skipped and counted (0 disables the size test).
     c.optim = dict(lr=1e-4, warmup_steps=1000, schedule="cosine", end_lr_factor=0.0, weight_decay=0.0,
                    b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0, skip_grad_norm=0.0)
+    # A run stops (exit status 1) once this many steps in a row were skipped: nothing is being learned (0: never).
+    c.max_skipped_steps = 100
     c.ema_decay = 0.9999  # 0 disables EMA; evaluation uses EMA params when present
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = dict(rules=[list(r) for r in DEFAULT_RULES])

@@ -4,8 +4,15 @@
 
 Generic over tasks (``config.task`` names one in ``scene3d.tasks``). The train step is a pure ``jax.jit`` function
 of (state, batch) with explicit in/out shardings and a donated state; the model is ``nnx.merge``d inside. One orbax
-checkpoint holds params, optimiser state, EMA, step, RNG and the data iterator; a run resumes from the latest
-checkpoint in ``--workdir``. Metrics go to the console, ``metrics.jsonl`` and TensorBoard event files.
+checkpoint holds params, optimiser state, EMA, step, RNG and the data iterator; a run resumes from the newest
+checkpoint in ``--workdir`` that passes its checksums (damaged newer ones are reported in one line each and moved
+aside, ``scene3d.core.checkpoint``), and ``metrics.jsonl`` drops the rows the resumed run replays. Metrics go to the
+console, ``metrics.jsonl`` and TensorBoard event files.
+
+Training never goes on from a corrupt state: a step whose loss, gradient, update or new optimiser state is not
+finite is skipped (the state is left as it was), a run whose restored parameters / optimiser state / EMA are not
+finite stops, and so does a run whose last ``config.max_skipped_steps`` steps were all skipped (exit status 1 and
+one clear line, :class:`TrainingStopped`).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import json
 import logging as std_logging
 import os
 import signal
+import sys
 from typing import Any
 
 from absl import app, flags, logging
@@ -35,6 +43,7 @@ from scene3d.core import distributed
 from scene3d.core import metrics as metrics_lib
 from scene3d.core import runs
 from scene3d.core import sharding as sh
+from scene3d.core import tree as tree_lib
 from scene3d.data import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: configs/X.py:ARGS", lock_config=True)
@@ -163,10 +172,18 @@ def mean_tensor_norm(grads) -> jax.Array:
     return jnp.mean(jnp.concatenate(norms))
 
 
+def all_finite(tree) -> jax.Array:
+    """One boolean: every floating-point leaf of ``tree`` is finite (integer leaves, e.g. Adam's count, pass)."""
+    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
 def make_train_step(config, task, graphdef, tx, schedule):
-    """Pure jitted train step: (state, batch) -> (state, metrics). Skips non-finite / exploding updates:
-    ``optim.skip_grad_norm`` > 0 skips steps whose gradient norm exceeds it, the global norm or, with
-    ``optim.skip_grad_norm_kind='mean_tensor'``, :func:`mean_tensor_norm` (both before clipping)."""
+    """Pure jitted train step: (state, batch) -> (state, metrics). Skips non-finite / exploding updates: a step is
+    applied only when the loss, the gradient norm, the update and the new optimiser state are all finite (a NaN in
+    Adam's moments leaves the gradient finite but not the update); ``optim.skip_grad_norm`` > 0 also skips steps
+    whose gradient norm exceeds it, the global norm or, with ``optim.skip_grad_norm_kind='mean_tensor'``,
+    :func:`mean_tensor_norm` (both before clipping)."""
     ema_decay = float(config.get("ema_decay", 0.0))
     max_gnorm = float(config.optim.get("skip_grad_norm", 0.0) or 0.0)
     skip_kind = config.optim.get("skip_grad_norm_kind", "global") or "global"
@@ -192,6 +209,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
             else:
                 ok &= gnorm <= max_gnorm
         updates, new_opt = tx.update(grads, state["opt_state"], params)
+        ok &= all_finite(updates) & all_finite(new_opt)
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         out = dict(state)
@@ -312,13 +330,74 @@ def _jit_cache(s: Setup, name: str, fn):
 # The loop
 
 
+class TrainingStopped(RuntimeError):
+    """The run cannot go on without training on a corrupt state (``main`` prints it in one line, exit status 1)."""
+
+
+def _nonfinite_leaves(tree, prefix: str, mesh) -> list[str]:
+    """Paths of the floating-point leaves of ``tree`` holding a NaN or an infinity (one flag per leaf, replicated
+    so that every process reads them)."""
+    flat = tree_lib.flatten_with_paths(tree)
+    names = [k for k, x in flat.items() if jnp.issubdtype(x.dtype, jnp.inexact)]
+    flags = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs], out_shardings=sh.replicated(mesh))
+    finite = jax.device_get(flags([flat[k] for k in names]))
+    return [f"{prefix}/{k}" for k, ok in zip(names, finite) if not bool(ok)]
+
+
+def check_restored_state(state, step: int, directory, mesh) -> None:
+    """Stop (:class:`TrainingStopped`) when a restored state holds non-finite parameters, optimiser state or EMA:
+    every step would be skipped, or worse, applied."""
+    bad = []
+    for key in ("params", "opt_state", "ema"):
+        if key in state:
+            bad += _nonfinite_leaves(state[key], key, mesh)
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        raise TrainingStopped(f"checkpoint step {step} in {directory} holds non-finite values ({shown}); not training "
+                              f"on it. Move {os.path.join(os.fspath(directory), str(step))} aside to resume from an "
+                              "earlier step.")
+
+
+class SkipStreak:
+    """Counts consecutive skipped steps on the host, reading each step's ``step_skipped`` flag one step late (the
+    flag of the step before the one just dispatched, so the host never waits for the device), and stops the run
+    (:class:`TrainingStopped`) once ``limit`` steps in a row were skipped (``limit`` 0: never)."""
+
+    def __init__(self, limit: int):
+        if limit < 0:
+            raise ValueError(f"config.max_skipped_steps must be >= 0 (0: never stop), got {limit}")
+        self.limit, self.count = int(limit), 0
+        self._pending = None  # (step, device flag) of the last step, not read yet
+
+    def push(self, step: int, skipped_flag) -> None:
+        self.flush()
+        self._pending = (step, skipped_flag)
+
+    def flush(self) -> None:
+        if self._pending is None:
+            return
+        step, flag = self._pending
+        self._pending = None
+        self.count = self.count + 1 if float(jax.device_get(flag)) > 0 else 0
+        if self.limit and self.count >= self.limit:
+            raise TrainingStopped(
+                f"stopping at step {step}: the last {self.count} steps were all skipped (non-finite loss, gradient, "
+                "update or optimiser state, or a gradient norm above optim.skip_grad_norm), so nothing is being "
+                f"learned; the parameters are those of step {step - self.count}. Fix the cause (data, optim.lr) or "
+                "raise config.max_skipped_steps (0: never stop).")
+
+
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
-    """Train ``config`` in ``workdir``, resuming from its latest checkpoint. Returns the final state."""
+    """Train ``config`` in ``workdir``, resuming from its newest good checkpoint. Returns the final state.
+
+    Raises :class:`TrainingStopped` when the restored state is not finite or ``config.max_skipped_steps`` steps in
+    a row were skipped."""
     os.makedirs(workdir, exist_ok=True)
     primary = jax.process_index() == 0
     if primary:
         config_lib.config_to_json(config, runs.config_path(workdir))
     s, state = setup(config, mesh)
+    streak = SkipStreak(int(config.get("max_skipped_steps", 100) or 0))
     writer = metrics_lib.MetricWriter(workdir, enabled=primary)
     logging.info("mesh: %s", sh.describe(s.mesh))
     logging.info("trainable parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
@@ -329,13 +408,30 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     data_iter = data_iterator(config, task=s.task, split="train")
     ckpt = ckpt_lib.Checkpointer(runs.checkpoint_dir(workdir), keep=int(config.get("keep_ckpts", 3)),
                                  async_save=bool(config.get("async_checkpoint", True)))
-    latest = ckpt.latest_step()
-    if latest is not None:
-        state, _ = ckpt.restore(latest, abstract_state=abstract_like(state), data_iter=data_iter, require_data=False)
-        logging.info("resumed from step %d in %s", latest, workdir)
-    first_step = int(jax.device_get(state["step"]))
-    total = int(config.total_steps)
+    try:
+        if ckpt.latest_step() is not None:
+            try:
+                latest, state, _ = ckpt.restore_latest_good(abstract_state=abstract_like(state), data_iter=data_iter,
+                                                            require_data=False)
+            except ckpt_lib.NoGoodCheckpointError as e:
+                raise TrainingStopped(str(e)) from None
+            check_restored_state(state, latest, ckpt.directory, s.mesh)
+            logging.info("resumed from step %d in %s", latest, workdir)
+        first_step = int(jax.device_get(state["step"]))
+        # The steps after first_step are trained again: their old rows would be duplicates.
+        dropped = writer.truncate_after(first_step)
+        if dropped:
+            logging.info("metrics.jsonl: dropped %d rows after step %d (replayed by this run)", dropped, first_step)
+        state = _loop(config, s, state, first_step, data_iter, ckpt, writer, streak, workdir, primary)
+    finally:
+        ckpt.close()  # waits for a save in flight
+        writer.flush()
+        writer.close()
+    return state
 
+
+def _loop(config, s: Setup, state, first_step, data_iter, ckpt, writer, streak, workdir, primary):
+    total = int(config.total_steps)
     if first_step == 0 and primary:
         writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()})
 
@@ -359,6 +455,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
         with sh.use_mesh(s.mesh, s.rules):
             state, m = compiled(state, batch)
         step += 1
+        streak.push(step, m["step_skipped"])  # reads the previous step's flag; raises after too many skips
         acc.add(m)
         if kill_at and step == kill_at:  # simulated preemption (tests): a real SIGKILL, no cleanup
             os.kill(os.getpid(), signal.SIGKILL)
@@ -369,6 +466,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
             scalars["train/skipped_total"] = int(jax.device_get(state["skipped"]))
             writer.write_scalars(step, {("train/" + k if "/" not in k else k): v for k, v in scalars.items()})
             logging.info(metrics_lib.console_line(step, total, scalars, rates))
+        if step == total:
+            streak.flush()  # the last step's flag, before the final checkpoint
         if step % ckpt_every == 0 or step == total:
             with chrono.pause():
                 ckpt.save(step, state, data_iter=data_iter, meta={"step": step}, force=step == total)
@@ -377,10 +476,6 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                 evaluate(config, s, state, writer, step, workdir)
         if step < total:
             batch = pipeline.to_global(next(data_iter), s.mesh)
-    ckpt.wait()
-    ckpt.close()
-    writer.flush()
-    writer.close()
     return state
 
 
@@ -410,7 +505,11 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     # Multi-process (local launcher, SLURM, TPU pod): the only difference from a single process.
     distributed.initialize_from_env()
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except TrainingStopped as e:
+        logging.error("%s", e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,102 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     # And training did move the parameters (the comparison is not of two untouched inits).
     _, init = train.setup(tiny_config(), sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
     assert any(not np.array_equal(x, y) for x, y in zip(_leaves(init["params"]), _leaves(a["params"])))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training never goes on from a corrupt state (issue 17): the update / optimiser-state guard, damaged checkpoints,
+# non-finite restored states, too many skipped steps, metrics.jsonl without replayed duplicates.
+
+
+def _one_device():
+    return sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1])
+
+
+def test_nonfinite_optimizer_state_is_skipped():
+    """A NaN in Adam's first moment: loss and gradient are finite, the update is not; the step must not apply."""
+    config = tiny_config()
+    batch = first_batch(config)
+    mesh = _one_device()
+    s, state = train.setup(config, mesh)
+    adam = state["opt_state"][1][0]  # chain(clip, adamw): adamw's ScaleByAdamState
+    flat, treedef = jax.tree.flatten(adam.mu)
+    flat[0] = flat[0].at[(0,) * flat[0].ndim].set(jnp.nan)  # one NaN in the first moment of the first parameter
+    adam = adam._replace(mu=jax.tree.unflatten(treedef, flat))
+    state["opt_state"] = (state["opt_state"][0], (adam,) + tuple(state["opt_state"][1][1:]))
+    before = _leaves({"params": state["params"], "opt_state": state["opt_state"]})
+    gbatch = pipeline.to_global(batch, mesh)
+    state, metrics = train.compile_train_step(s, state, gbatch)(state, gbatch)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert float(metrics["step_skipped"]) == 1.0 and int(state["skipped"]) == 1
+    after = _leaves({"params": state["params"], "opt_state": state["opt_state"]})
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)  # params and (NaN-holding) moments untouched, nothing spread
+
+
+def _metric_steps(workdir):
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def _flip_array_file(step_dir):
+    state = step_dir / "state"
+    path = max((p for p in state.rglob("*") if p.is_file() and p.name != "sha256.json"), key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_resume_skips_a_damaged_checkpoint_without_duplicate_metrics(tmp_path, caplog):
+    """Steps 2, 4, 6 saved; step 6's array file then bit-flipped: the rerun says so in one line, resumes from 4,
+    trains 5 and 6 again to the very same parameters, and metrics.jsonl holds each step once. A checkpoint holding
+    NaN parameters (with valid checksums) stops the run instead."""
+    config, mesh, workdir = tiny_config(), _one_device(), tmp_path / "run"
+    final = train.train_and_evaluate(config, str(workdir), mesh=mesh)
+    reference = _leaves(final)
+    assert _metric_steps(workdir) == [1, 2, 3, 4, 5, 6]
+    _flip_array_file(workdir / "checkpoints" / "6")
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "train/lo')  # a row cut short by the kill
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resumed = train.train_and_evaluate(config, str(workdir), mesh=mesh)
+    text = [r.getMessage() for r in caplog.records]
+    damaged = [t for t in text if " is damaged: " in t]
+    assert len(damaged) == 1 and "checkpoint step 6 " in damaged[0] and "resuming from step 4" in damaged[0], damaged
+    assert "\n" not in damaged[0] and any("resumed from step 4" in t for t in text)
+    for x, y in zip(reference, _leaves(resumed)):
+        np.testing.assert_array_equal(x, y)
+    assert _metric_steps(workdir) == [1, 2, 3, 4, 5, 6]
+    assert (workdir / "checkpoints" / "corrupt" / "6").is_dir()
+
+    # Valid checksums, NaN parameters (e.g. saved by an older trainer): refuse to go on, naming the step.
+    from scene3d.core.checkpoint import Checkpointer
+    with Checkpointer(workdir / "checkpoints", keep=None, async_save=False) as ck:
+        state, _ = ck.restore(6, abstract_state=train.abstract_like(resumed))
+        state["params"] = jax.tree.map(lambda x: x * jnp.nan, state["params"])
+        ck.save(7, state, force=True)
+    with pytest.raises(train.TrainingStopped, match=r"checkpoint step 7 in .* holds non-finite values \(params/"):
+        train.train_and_evaluate(tiny_config(total_steps=8), str(workdir), mesh=mesh)
+
+
+def test_run_stops_after_too_many_skipped_steps(tmp_path, monkeypatch, caplog):
+    """Every step skipped (gradient norm above a tiny skip_grad_norm): the command exits 1 with one clear line
+    after max_skipped_steps instead of finishing with nothing learned. (The command's main() in this process, on
+    one device: the step is the one test_exploding_gradient_is_skipped compiled.)"""
+    import types
+    workdir = tmp_path / "run"
+    real = train.train_and_evaluate
+    monkeypatch.setattr(train, "train_and_evaluate", lambda config, wd: real(config, wd, mesh=_one_device()))
+    config = tiny_config(**{"optim.skip_grad_norm": 1e-6, "max_skipped_steps": 3})
+    monkeypatch.setattr(train, "_CONFIG", types.SimpleNamespace(value=config))  # what --config=... parses to
+    monkeypatch.setattr(train, "_WORKDIR", types.SimpleNamespace(value=str(workdir)))
+    with caplog.at_level("INFO"), pytest.raises(SystemExit) as e:
+        train.main([])
+    assert e.value.code == 1
+    lines = [r.getMessage() for r in caplog.records if "steps were all skipped" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0], lines
+    assert "stopping at step 3: the last 3 steps were all skipped" in lines[0]
+    assert "parameters are those of step 0" in lines[0]
+    assert _metric_steps(workdir) == [1, 2, 3]
+    # Only step 2 was saved (ckpt_every=2); the parameters there are the initial ones: nothing was applied.
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]

@@ -7,9 +7,23 @@ interrupted save is never listed as a step.
 
 Restoring takes an abstract state (``jax.ShapeDtypeStruct`` with shardings for the *current* mesh), so a
 checkpoint written on one mesh restores onto any other.
+
+Integrity. Each item folder (``state/``, ``data/``, ``meta/``) carries ``sha256.json``: the size and SHA-256 of
+every file orbax wrote into it. It is written by our item handlers' ``finalize`` (orbax calls it on the primary
+process once every process has written its shards, before the step folder is renamed into place), through a
+temporary file and a rename, so it is complete before the step becomes visible and is committed with it. A step is
+*good* only when every item has a manifest and every file it lists is there with that size and hash
+(:meth:`Checkpointer.verify`): a truncated or bit-flipped array file, a truncated metadata file, a missing manifest
+(a step left by a save that was cut short, or written before checkpoints carried checksums) each make the step
+damaged (:class:`CorruptCheckpointError`, a one-line message naming the step and the file). ``restore`` verifies
+before reading; :meth:`Checkpointer.restore_latest_good` (how a run resumes) logs one line per damaged step, moves
+it aside into ``directory/corrupt/`` and restores the newest good one. Files orbax adds after the manifest
+(``commit_success.txt``) and the step's own ``_CHECKPOINT_METADATA`` are not covered; verification reads every
+array file once more, on each process.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -20,11 +34,148 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
+from scene3d.core import io as io_lib
 from scene3d.core import tree as tree_lib
 
 STATE_ITEM = "state"  # the train-state item of a step (read back by scene3d.core.runs)
 _STATE, _DATA, _META = STATE_ITEM, "data", "meta"
+MANIFEST = "sha256.json"  # inside each item folder of a step: {file: [size, sha256]} of the files orbax wrote
+QUARANTINE = "corrupt"  # damaged steps are moved into directory/corrupt/<step> by restore_latest_good
+_MANIFEST_FORMAT = "scene3d-checkpoint-sha256/1"
+_CHUNK = 1 << 20
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint step whose files do not match its manifest (or that has none). ``str()`` is one line naming
+    the step, its folder and the first file found wrong."""
+
+    def __init__(self, directory, step: int, reason: str):
+        self.directory, self.step, self.reason = os.fspath(directory), int(step), reason
+        super().__init__(f"checkpoint step {self.step} in {self.directory} is damaged: {reason}")
+
+
+class NoGoodCheckpointError(ValueError):
+    """Every step of a checkpoint folder is damaged (nothing was moved)."""
+
+
+# -- integrity manifests -------------------------------------------------------------------------------------
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_under(folder: str) -> list[str]:
+    """Relative paths ('/'-separated) of the regular files under ``folder`` (symlinks are not followed)."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                out.append(os.path.relpath(full, folder).replace(os.sep, "/"))
+    return out
+
+
+def write_manifest(item_dir: str | os.PathLike) -> dict:
+    """Hash every file of a finished item folder into ``item_dir/sha256.json`` (atomically). Returns the dict."""
+    item_dir = os.fspath(item_dir)
+    files = {rel: [os.path.getsize(os.path.join(item_dir, rel)), _sha256(os.path.join(item_dir, rel))]
+             for rel in _files_under(item_dir) if rel != MANIFEST}
+    manifest = {"format": _MANIFEST_FORMAT, "files": files}
+    io_lib.write_json(os.path.join(item_dir, MANIFEST), manifest, indent=1, sort_keys=True)
+    return manifest
+
+
+def _manifest_problem(item_dir: str, item: str) -> str | None:
+    """Why ``item_dir`` does not match its manifest (None when it does)."""
+    path = os.path.join(item_dir, MANIFEST)
+    if not os.path.isfile(path):
+        return (f"{item}/{MANIFEST} is missing (the save was cut short, or the step was written before "
+                "checkpoints carried checksums)")
+    try:
+        with open(path, "rb") as f:
+            manifest = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"{item}/{MANIFEST} is unreadable ({type(e).__name__})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != _MANIFEST_FORMAT or not isinstance(files, dict):
+        return f"{item}/{MANIFEST} is not a {_MANIFEST_FORMAT} manifest"
+    if not files:
+        return f"{item}/{MANIFEST} lists no files"
+    root = os.path.realpath(item_dir)
+    for rel, entry in sorted(files.items()):
+        ok_entry = (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], int)
+                    and not isinstance(entry[0], bool) and isinstance(entry[1], str))
+        parts = rel.split("/") if isinstance(rel, str) else [""]
+        if not ok_entry or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            return f"{item}/{MANIFEST}: bad entry {rel!r}"
+        full = os.path.join(item_dir, *parts)
+        if os.path.commonpath([root, os.path.realpath(full)]) != root:  # a symlinked folder pointing outside
+            return f"{item}/{rel} lies outside the checkpoint"
+        if not os.path.isfile(full):
+            return f"{item}/{rel} is missing"
+        size, digest = entry
+        if os.path.getsize(full) != size:
+            return f"{item}/{rel} has {os.path.getsize(full)} bytes, the manifest says {size} (truncated?)"
+        if _sha256(full) != digest:
+            return f"{item}/{rel} does not match its SHA-256 in the manifest (bit rot or an overwritten file)"
+    return None
+
+
+def verify_step(directory: str | os.PathLike, step: int) -> None:
+    """Check every item folder of checkpoint ``directory/<step>`` against its manifest: a
+    :class:`CorruptCheckpointError` (one line: the step, the first wrong file) otherwise."""
+    folder = os.path.join(os.fspath(directory), str(int(step)))
+    try:
+        items = sorted(n for n in os.listdir(folder) if os.path.isdir(os.path.join(folder, n)))
+    except OSError as e:
+        raise CorruptCheckpointError(directory, step, f"its folder cannot be listed ({e.strerror})") from None
+    if _STATE not in items:
+        raise CorruptCheckpointError(directory, step, f"it has no {_STATE}/ folder")
+    for item in items:
+        problem = _manifest_problem(os.path.join(folder, item), item)
+        if problem:
+            raise CorruptCheckpointError(directory, step, problem)
+
+
+class _Sealed:
+    """Mixin for an orbax item handler: after orbax finalises the item folder (all processes' files are there;
+    it is still the temporary folder of the step), write its manifest."""
+
+    def finalize(self, directory):
+        super().finalize(directory)
+        write_manifest(os.fspath(directory))
+
+
+class _SealedStandardHandler(_Sealed, ocp.StandardCheckpointHandler):
+    pass
+
+
+class _SealedJsonHandler(_Sealed, ocp.JsonCheckpointHandler):
+    pass
+
+
+class _SealedGrainHandler(_Sealed, grain.checkpoint.CheckpointHandler):
+    pass
+
+
+def _handler_registry():
+    """Our sealing handlers for the three items (save and restore args of each)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for item, handler, save, restore in (
+            (_STATE, _SealedStandardHandler(), ocp.args.StandardSave, ocp.args.StandardRestore),
+            (_META, _SealedJsonHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+            (_DATA, _SealedGrainHandler(), grain.checkpoint.CheckpointSave, grain.checkpoint.CheckpointRestore)):
+        registry.add(item, save, handler)
+        registry.add(item, restore, handler)
+    return registry
 
 
 class _StateAdapter:
@@ -106,10 +257,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save, create=True)
-        self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={_STATE: ocp.StandardCheckpointHandler(), _META: ocp.JsonCheckpointHandler(),
-                           _DATA: grain.checkpoint.CheckpointHandler()})
+        self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
 
     # -- queries ---------------------------------------------------------------------------------------------
     def latest_step(self) -> int | None:
@@ -144,15 +292,34 @@ class Checkpointer:
             items[_DATA] = grain.checkpoint.CheckpointSave(item)
         return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=force))
 
+    # -- integrity -------------------------------------------------------------------------------------------
+    def step_dir(self, step: int) -> str:
+        return os.path.join(os.fspath(self.directory), str(int(step)))
+
+    def verify(self, step: int) -> None:
+        """Check every item of ``step`` against its manifest (:func:`verify_step`)."""
+        verify_step(self.directory, step)
+
+    def _quarantine_path(self, step: int) -> str:
+        """Where a damaged step goes: ``directory/corrupt/<step>`` (``<step>.1``, ... if taken)."""
+        dest_root = os.path.join(os.fspath(self.directory), QUARANTINE)
+        dest, n = os.path.join(dest_root, str(step)), 0
+        while os.path.exists(dest):
+            n += 1
+            dest = os.path.join(dest_root, f"{step}.{n}")
+        return dest
+
     # -- restore ---------------------------------------------------------------------------------------------
-    def restore(self, step: int | None = None, *, abstract_state, data_iter=None, require_data: bool = True
-                ) -> tuple[Any, dict]:
+    def restore(self, step: int | None = None, *, abstract_state, data_iter=None, require_data: bool = True,
+                verify: bool = True) -> tuple[Any, dict]:
         """Restore ``(state, meta)`` at ``step`` (default: latest) into ``abstract_state``'s structure/shardings.
 
         ``abstract_state``: pytree of ``jax.ShapeDtypeStruct`` (or arrays) whose shardings are those wanted now;
         leaves without a sharding go to the first local device. ``data_iter`` (if given) is set to the saved
         iterator position in place; a checkpoint without one (e.g. weights imported by ``scene3d.export``) is an
-        error unless ``require_data=False``, which leaves ``data_iter`` at its start (with a warning).
+        error unless ``require_data=False``, which leaves ``data_iter`` at its start (with a warning). The step's
+        files are checked against their manifests first (``verify``): a damaged step raises
+        :class:`CorruptCheckpointError` and nothing is read from it.
         """
         self.wait()  # a save of this manager may still be in flight
         if step is None:
@@ -163,6 +330,8 @@ class Checkpointer:
         if step not in self._manager.all_steps():
             raise FileNotFoundError(f"checkpoint step {step} not found in {self.directory} "
                                     f"(available: {self.all_steps()})")
+        if verify:
+            self.verify(step)
         metadata = self._manager.item_metadata(step)
         saved_items = set(metadata.keys())
         self._check_structure(step, metadata[_STATE], abstract_state)
@@ -184,6 +353,46 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         meta = restored[_META] if _META in items else {}
         return restored[_STATE], dict(meta or {})
+
+    def restore_latest_good(self, *, abstract_state, data_iter=None, require_data: bool = True
+                            ) -> tuple[int, Any, dict]:
+        """``(step, state, meta)`` of the newest step that passes :meth:`verify` (how a run resumes).
+
+        Each newer, damaged step is reported in one warning line naming it and moved into ``directory/corrupt/``
+        (so the run can save that step again). When no step is good nothing is moved and a
+        :class:`NoGoodCheckpointError` (a ValueError) says so; with no step at all, a ``FileNotFoundError``.
+        """
+        self.wait()
+        steps = self.all_steps()
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        damaged: list[CorruptCheckpointError] = []
+        good = None
+        for step in reversed(steps):
+            try:
+                self.verify(step)
+            except CorruptCheckpointError as e:
+                damaged.append(e)
+                continue
+            good = step
+            break
+        if good is None:
+            raise NoGoodCheckpointError(
+                f"no usable checkpoint in {self.directory}: every step ({steps}) is damaged, the newest because "
+                f"{damaged[0].reason}. Nothing was moved; to train from scratch, move that folder aside.")
+        if damaged:
+            dests = [self._quarantine_path(e.step) for e in damaged]
+            _barrier("scene3d_checkpoint_verified")  # every process has checked before anything moves
+            for e, dest in zip(damaged, dests):
+                if jax.process_index() == 0:
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    os.replace(self.step_dir(e.step), dest)
+                logging.warning("%s; resuming from step %d (the damaged step is moved to %s)", e, good, dest)
+            _barrier("scene3d_checkpoint_quarantined")
+            self._manager.reload()
+        state, meta = self.restore(good, abstract_state=abstract_state, data_iter=data_iter,
+                                   require_data=require_data, verify=False)
+        return good, state, meta
 
     def _check_structure(self, step: int, saved_meta, abstract_state):
         saved_tree = getattr(saved_meta, "tree", saved_meta)
@@ -219,6 +428,11 @@ class Checkpointer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _barrier(name: str):
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def _preview(names: list[str], n: int = 10) -> str:

@@ -6,6 +6,11 @@
   - ``workdir/text.jsonl`` (``write_text``) and ``workdir/hparams.json`` (``write_hparams``);
   - TensorBoard event files in ``workdir`` with all of the above (scalars, images, text, hparams).
 Only the primary process should write: pass ``enabled=jax.process_index() == 0``.
+
+A resumed run trains the steps after its checkpoint again: ``truncate_after(step)`` first drops the rows of
+``metrics.jsonl`` / ``text.jsonl`` written after that step (an atomic rewrite; a last line cut short by a kill goes
+too) and logs a TensorBoard ``SessionLog.START`` at ``step + 1``, which makes TensorBoard discard the earlier events
+from that step on. So every step appears once.
 """
 from __future__ import annotations
 
@@ -77,6 +82,35 @@ def _hparam_value(v):
     return str(v)
 
 
+def _row_step(line: str) -> int | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _truncate_jsonl(path: str, step: int) -> int:
+    """Rewrite ``path`` (atomically, only if anything changes) without the rows whose step is after ``step`` and
+    without a last line cut short (no newline: a write interrupted by a kill). Other lines are kept as they are.
+    Returns the number of lines dropped."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        lines = f.read().splitlines(keepends=True)
+    keep = []
+    for i, line in enumerate(lines):
+        if i == len(lines) - 1 and not line.endswith("\n"):
+            continue
+        row_step = _row_step(line)
+        if row_step is None or row_step <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        io_lib.write_bytes(path, "".join(keep).encode("utf-8", errors="surrogateescape"))
+    return len(lines) - len(keep)
+
+
 class MetricWriter:
     """Scalars, images, text and hparams to JSONL/PNG files and TensorBoard event files in ``workdir``."""
 
@@ -89,6 +123,20 @@ class MetricWriter:
             os.makedirs(self.workdir, exist_ok=True)
             self._events = EventFileWriter(self.workdir, flush_secs=30)
             self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+
+    def truncate_after(self, step: int) -> int:
+        """Drop the JSONL rows with a step after ``step`` (see the module docstring). Returns how many went."""
+        if not self.enabled:
+            return 0
+        self._jsonl.close()
+        path = os.path.join(self.workdir, "metrics.jsonl")
+        try:
+            dropped = _truncate_jsonl(path, step) + _truncate_jsonl(os.path.join(self.workdir, "text.jsonl"), step)
+        finally:
+            self._jsonl = open(path, "a")
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step) + 1,
+                                               session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        return dropped
 
     def _event(self, step: int, values: list[summary_pb2.Summary.Value]):
         event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))

@@ -10,7 +10,8 @@ tokenizer) / ``step`` / ...). This module and ``core/checkpoint.py`` are the onl
 - ``checkpoint_step(workdir, step)``: ``step`` if saved, else the latest (clear errors when none).
 - ``restore_variables(workdir, target, ...)``: the EMA (when kept and preferred) or the raw parameters plus the
   frozen variables of one checkpoint, restored into ``target``'s structure and shardings; the optimiser state
-  is never read.
+  is never read. The step's files are checked against their checksums first (a damaged step is a
+  ``checkpoint.CorruptCheckpointError``, a ValueError naming the step and the file; nothing falls back silently).
 - ``restore_model(workdir, build, mesh=..., ...)``: a model built abstractly by ``build`` (the caller builds it
   from the config: core does not know tasks) with those variables placed straight onto ``mesh``.
 """
@@ -168,6 +169,7 @@ def restore_variables(workdir: str | os.PathLike, target, *, step: int | None = 
     ``prefer_ema``, else ``state['params']``; the run's non-trainable variables from ``state['frozen']``. Only
     those subtrees are read (no optimiser state). Returns (state, info) with info = {step, key, workdir}."""
     step = checkpoint_step(workdir, step)
+    ckpt_lib.verify_step(checkpoint_dir(workdir), step)
     state_dir = _state_dir(workdir, step)
     on_disk = _saved_tree(state_dir)
     saved = _unwrap(on_disk)
