@@ -7,6 +7,8 @@ Formats (camera parsing lives in `scene3d.geometry.conventions`; this module pai
 - LLFF: `poses_bounds.npy` + `images_<factor>/` (or `images/` for factor 1), images in sorted name order.
 - COLMAP: `sparse/0/{cameras,images,points3D}.{bin,txt}` + `images/`; views sorted by image name; the sparse
   points come along as `points` / `points_rgb`.
+- RGB-D sequences (Replica / NICE-SLAM, TUM RGB-D, ScanNet exported frames, 3DMatch): `scene3d.data.rgbd`, whose
+  `RGBDCapture` (a Capture) adds metric depth to the scene record; `read_capture` dispatches to it.
 - RealEstate10K clip: a folder of frames (png/jpg) plus one pose file (`<clip>.txt` inside or next to the folder,
   or the single .txt inside). Frames named by timestamp (`<timestamp>.png`) are matched to pose lines by
   timestamp, otherwise by sorted order (then the counts must agree).
@@ -225,8 +227,14 @@ def read_re10k_clip(clip, pose_file=None, scene_id: Optional[str] = None) -> Cap
     return Capture(scene_id or clip.name, frames, cams, timestamps=data.timestamps[rows])
 
 
+def _rgbd():
+    from scene3d.data import rgbd  # imports this module: imported when first needed
+    return rgbd
+
+
 def read_capture(path, kind: str = "auto", **kwargs) -> Capture:
-    """Read any supported capture; `kind` 'auto' | 'transforms' | 'llff' | 'colmap' | 're10k'."""
+    """Read any supported capture; `kind` 'auto' | 'transforms' | 'llff' | 'colmap' | 're10k', or an RGB-D layout
+    'replica' | 'tum' | 'scannet' | '3dmatch' (an `rgbd.RGBDCapture`, whose scene record carries metric depth)."""
     path = pathlib.Path(path)
     if kind == "auto":
         if path.suffix == ".json" or (path / "transforms.json").is_file() or \
@@ -236,15 +244,20 @@ def read_capture(path, kind: str = "auto", **kwargs) -> Capture:
             kind = "llff"
         elif (path / kwargs.get("model", "sparse/0")).is_dir():
             kind = "colmap"
+        elif _rgbd().detect_layout(path) is not None:
+            kind = _rgbd().detect_layout(path)
         elif path.is_dir() and (list(path.glob("*.txt")) or path.with_suffix(".txt").is_file()):
             kind = "re10k"
         else:
             raise ValueError(f"{path}: cannot tell the capture format (no transforms.json, poses_bounds.npy, "
-                             "sparse/0/ or RealEstate10K .txt pose file)")
+                             "sparse/0/, RGB-D sequence layout or RealEstate10K .txt pose file)")
     readers = {"transforms": read_transforms_capture, "llff": read_llff_capture, "colmap": read_colmap_capture,
                "re10k": read_re10k_clip}
+    if kind in _rgbd().LAYOUTS:  # RGB-D sequences with metric depth (`scene3d.data.rgbd`)
+        return _rgbd().read_rgbd(path, kind, **kwargs)
     if kind not in readers:
-        raise ValueError(f"read_capture kind: expected 'auto' or one of {sorted(readers)}, got {kind!r}")
+        raise ValueError(f"read_capture kind: expected 'auto' or one of {sorted(readers) + list(_rgbd().LAYOUTS)}, "
+                         f"got {kind!r}")
     return readers[kind](path, **kwargs)
 
 

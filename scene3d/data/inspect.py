@@ -6,6 +6,9 @@ Accepted inputs (the kind is detected from the path):
   capture folder with transforms.json / poses_bounds.npy / sparse/0 (COLMAP) / cameras.json (3DGS output)
   transforms.json file    COLMAP sparse folder (cameras, images, points3D .bin or .txt) or one of its files
   3DGS cameras.json       RealEstate10K pose file (.txt)     LLFF poses_bounds.npy     3DGS .ply / .splat
+  3DGS compressed: Niantic .spz, PlayCanvas compressed .ply, SOG (.sog bundle, meta.json, or its folder)
+  RGB-D sequence folder (Replica / NICE-SLAM, TUM RGB-D, ScanNet exported frames, 3DMatch; `scene3d.data.rgbd`):
+  colour and depth thumbnails, and the depth of up to 24 frames fused into world points for the top-down plot
   prepared tfds ArrayRecord dataset folder (records in the `scene3d.data.multiview` scene layout) or a data_dir
   holding one
 
@@ -120,6 +123,14 @@ def _latest_3dgs_ply(folder: pathlib.Path) -> Optional[pathlib.Path]:
     return max(its)[1] if its else None
 
 
+_RGBD_FILES = ("rgb.txt", "depth.txt", "groundtruth.txt", "traj.txt", "camera-intrinsics.txt")
+
+
+def _rgbd_layout(folder: pathlib.Path) -> Optional[str]:
+    from scene3d.data import rgbd
+    return rgbd.detect_layout(folder)
+
+
 def detect(path) -> tuple:
     """(kind, path to read) for a file or folder; ValueError naming the path if it is not a recognised input."""
     p = pathlib.Path(path)
@@ -137,17 +148,23 @@ def detect(path) -> tuple:
             return "colmap_model", p
         if model is not None:
             return "colmap_capture", p
+        if _rgbd_layout(p) is not None:
+            return "rgbd_sequence", p
         if (p / "cameras.json").is_file() or _latest_3dgs_ply(p) is not None:
             return "3dgs_output", p
         if _is_arrayrecord_dir(p):
             return "arrayrecord_dataset", p
+        if (p / "meta.json").is_file() and _is_sog_meta(p / "meta.json"):
+            return "gaussians", p / "meta.json"
         if not any(p.iterdir()):
             raise ValueError(f"{p}: empty folder")
         raise ValueError(f"{p}: not a recognised scene folder (expected index.json (built-in dataset), "
                          f"transforms.json, poses_bounds.npy, sparse/0 or cameras.bin/.txt (COLMAP), cameras.json "
-                         f"or point_cloud/ (3DGS output), or *.array_record files)")
+                         f"or point_cloud/ (3DGS output), an RGB-D sequence (Replica results/ + traj.txt, TUM "
+                         f"rgb.txt + depth.txt, ScanNet color/ depth/ pose/, 3DMatch camera-intrinsics.txt + seq-*/), "
+                         f"or *.array_record files)")
     suffix = p.suffix.lower()
-    if suffix in (".ply", ".splat"):
+    if suffix in (".ply", ".splat", ".spz", ".sog"):
         return "gaussians", p
     if suffix == ".npz":
         return "builtin_scene", p
@@ -164,15 +181,19 @@ def detect(path) -> tuple:
             raise ValueError(f"{p}: not valid JSON ({e})") from None
         if isinstance(data, dict) and isinstance(data.get("frames"), list):
             return "transforms_json", p
+        if isinstance(data, dict) and "means" in data and "quats" in data:
+            return "gaussians", p  # SOG meta.json
         if isinstance(data, list) and data and isinstance(data[0], dict) and "img_name" in data[0]:
             return "3dgs_cameras", p
         what = f"object with keys {sorted(data)[:8]}" if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{p}: JSON {what} is neither a transforms.json (object with a 'frames' list) nor a 3DGS "
                          f"cameras.json (list of cameras with 'img_name')")
+    if suffix == ".txt" and p.name in _RGBD_FILES and _rgbd_layout(p.parent) is not None:
+        return "rgbd_sequence", p.parent
     if suffix == ".txt":
         return "re10k", p
     raise ValueError(f"{p}: unrecognised file type {p.suffix or '(no suffix)'!r} (expected a folder, .ply, .splat, "
-                     f".json, .txt (RealEstate10K or COLMAP), .npy (LLFF), .npz (built-in scene))")
+                     f".spz, .sog, .json, .txt (RealEstate10K or COLMAP), .npy (LLFF), .npz (built-in scene))")
 
 
 # ------------------------------------------------------------------------------------------------ summaries
@@ -472,14 +493,40 @@ def _inspect_3dgs_cameras(insp, path, up):
     _set_up(insp, up)
 
 
+def _is_sog_meta(path) -> bool:
+    from scene3d.data import sog
+    return sog.is_sog_meta(path)
+
+
+def _gaussian_format(path: pathlib.Path) -> str:
+    from scene3d.data import splat_io
+    return splat_io.format_of(path)
+
+
 def _read_gaussians_into(insp: Inspection, path: pathlib.Path) -> None:
     from scene3d.data import splat_io
 
-    if path.suffix.lower() == ".ply":
+    fmt = _gaussian_format(path)
+    if fmt in ("ply", "compressed_ply"):
         g, info = splat_io.read_ply(path, repair=True, return_info=True)
-        extra = f" (INRIA PLY, {len(info.layout.properties)} properties" + (
-            f", ignored {list(info.ignored_properties)}" if info.ignored_properties else "") + ")"
+        if info.compressed:
+            extra = (" (PlayCanvas compressed PLY: chunks of 256, 11/10/11-bit positions and log scales, 8-bit "
+                     "colour/alpha, 2+3x10-bit rotations, 8-bit SH)")
+        else:
+            extra = f" (INRIA PLY, {len(info.layout.properties)} properties" + (
+                f", ignored {list(info.ignored_properties)}" if info.ignored_properties else "") + ")"
         _summarise_gaussians(insp, g, info.num_inf_opacity, info.num_repaired, extra)
+    elif fmt == "spz":
+        from scene3d.data import spz
+        g, info = spz.read_spz(path, return_info=True)
+        _summarise_gaussians(insp, g, 0, 0, f" (Niantic SPZ version {info.version}: 24-bit positions with "
+                             f"{info.fractional_bits} fraction bits, 8-bit colour/alpha/log scale, "
+                             f"{'3x8-bit' if info.version < 3 else 'smallest-three 10-bit'} rotations, "
+                             f"stored SH degree {info.sh_degree}" + (", antialiased" if info.antialiased else "") + ")")
+    elif fmt == "sog":
+        g = splat_io.read_gaussians(path)
+        _summarise_gaussians(insp, g, 0, 0, " (PlayCanvas SOG v2: WebP textures, 16-bit log positions, codebook "
+                                            "scales / colours, 8-bit rotations and alpha, SH palette)")
     else:
         g = splat_io.read_splat(path)
         _summarise_gaussians(insp, g, 0, 0, " (.splat, 32 bytes each: SH degree 0, 8-bit colour/opacity/rotation)")
@@ -493,7 +540,8 @@ def _read_gaussians_into(insp: Inspection, path: pathlib.Path) -> None:
 
 
 def _inspect_gaussians(insp, path, up):
-    insp.kind = "3D Gaussian Splatting " + ("PLY" if path.suffix.lower() == ".ply" else ".splat")
+    insp.kind = "3D Gaussian Splatting " + {"ply": "PLY", "splat": ".splat", "spz": "SPZ", "sog": "SOG"}.get(
+        _gaussian_format(path), "PLY")
     _read_gaussians_into(insp, path)
     _set_up(insp, up)
 
@@ -510,6 +558,60 @@ def _inspect_3dgs_output(insp, path, up):
     if ply is not None:
         insp.add("point cloud", str(ply))
         _read_gaussians_into(insp, ply)
+    _set_up(insp, up)
+
+
+RGBD_FUSED_FRAMES = 24  # frames whose depth is fused into the top-down plot (evenly spaced)
+RGBD_SHOWN_FRAMES = 6  # frames shown as colour + depth thumbnails
+
+
+def _inspect_rgbd(insp, path, up):
+    """RGB-D sequence (`scene3d.data.rgbd`): the colour cameras, depth facts, colour and depth thumbnails of a few
+    frames, and the depth of up to RGBD_FUSED_FRAMES frames (read at <= 160 px) fused into world points."""
+    from scene3d.data import rgbd
+    from scene3d.render.plots import heatmap
+
+    cap = rgbd.read_rgbd(path)
+    insp.kind = f"RGB-D sequence ({rgbd.LAYOUT_NAMES[cap.layout]})"
+    insp.cameras = cap.cameras
+    insp.counts["frames"] = len(cap)
+    dist = ", ".join(f"{k} {_g(v)}" for k, v in cap.distortion.items()) if cap.distortion else None
+    _summarise_cameras(insp, cap.cameras, distortion=dist,
+                       size_note=f" (intrinsics: {cap.intrinsics_source})" if cap.intrinsics_source else "")
+    insp.add("frames", f"{len(cap)}: {pathlib.Path(cap.frames[0]).name} .. {pathlib.Path(cap.frames[-1]).name}")
+    if cap.timestamps is not None and len(cap) > 1:
+        insp.add("timestamps", f"{(cap.timestamps[-1] - cap.timestamps[0]) / 1e6:.2f} s")
+    dh, dw = cap.depth_hw
+    insp.add("depth files", f"{dw} x {dh} 16-bit PNG, {_g(cap.depth_scale, 6)} units per metre" + (
+        "" if cap.depth_intrinsics is None else
+        f", own camera (fx/W {_g(cap.depth_intrinsics[0, 0])}): resampled into the colour camera"))
+    pick = [int(round(k)) for k in np.linspace(0, len(cap) - 1, min(RGBD_FUSED_FRAMES, len(cap)))]
+    pick = list(dict.fromkeys(pick))
+    H, W = cap.cameras.height, cap.cameras.width
+    f = min(1.0, 160 / max(H, W))
+    size = (max(1, int(round(H * f))), max(1, int(round(W * f))))
+    sub = cap.subset(pick)
+    depth = sub.load_depth(size=size)
+    valid = depth[depth > 0]
+    insp.add("depth", f"valid on {100 * (depth > 0).mean():.1f}% of pixels, {_range(valid) if valid.size else 'n/a'}"
+                      f" m, median {_g(np.median(valid)) if valid.size else 'n/a'} m (frames {len(pick)} of "
+                      f"{len(cap)}, read at {size[1]} x {size[0]})")
+    pts, cols = rgbd.fuse_points(sub, size=size)
+    insp.counts["points"] = len(pts)
+    insp.add("fused depth", f"{len(pts)} points from {len(pick)} frames")
+    if len(pts):
+        _summarise_points(insp, pts, "fused points")
+        if len(pts) > MAX_PLOT_POINTS:
+            sel = np.sort(np.random.default_rng(0).choice(len(pts), MAX_PLOT_POINTS, replace=False))
+            pts, cols = pts[sel], cols[sel]
+        insp.points, insp.point_colors, insp.point_label = pts, cols, "fused depth points"
+    shown = list(dict.fromkeys(int(round(k)) for k in np.linspace(0, len(pick) - 1, min(RGBD_SHOWN_FRAMES,
+                                                                                          len(pick)))))
+    vmax = float(np.percentile(valid, 99)) if valid.size else 1.0
+    for k in shown:
+        name = pathlib.Path(cap.frames[pick[k]]).name
+        insp.images.append((f"{pick[k]}: {name}", _thumb(pathlib.Path(cap.frames[pick[k]]))))
+        insp.images.append((f"{pick[k]}: depth 0..{_g(vmax, 3)} m", heatmap(depth[k], vmax)))
     _set_up(insp, up)
 
 
@@ -697,7 +799,7 @@ _INSPECTORS = {
     "transforms_capture": _inspect_transforms_capture, "transforms_json": _inspect_transforms_json,
     "llff_capture": _inspect_llff, "colmap_model": _inspect_colmap_model, "colmap_capture": _inspect_colmap_capture,
     "3dgs_output": _inspect_3dgs_output, "3dgs_cameras": _inspect_3dgs_cameras, "re10k": _inspect_re10k,
-    "gaussians": _inspect_gaussians, "arrayrecord_dataset": _inspect_arrayrecord,
+    "gaussians": _inspect_gaussians, "arrayrecord_dataset": _inspect_arrayrecord, "rgbd_sequence": _inspect_rgbd,
 }
 
 

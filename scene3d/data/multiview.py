@@ -6,7 +6,7 @@ Scene record (what multi-view sources return, one per scene; V frames):
   images      object (V,) encoded PNG / JPEG bytes, or uint8 (V, H, W, 3); only the sampled views are decoded
   c2w         float (V, 4, 4)   OpenCV camera-to-world
   intrinsics  float (V, 4)      (fx/W, fy/H, cx/W, cy/H)
-  depth       float32 (V, H, W) optional metric z-depth (0 = unknown)
+  depth       float32 (V, H, W) optional metric z-depth (0 = unknown; RGB-D captures: `scene3d.data.rgbd`)
   mask        bool (V, H, W)    optional valid-geometry mask
   points      float32 (V, H, W, 3) optional world point map (else derived from depth when needed)
   (other keys are ignored here: timestamps, gaussians, ...)
