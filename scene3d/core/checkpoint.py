@@ -14,10 +14,11 @@ process once every process has written its shards, before the step folder is ren
 temporary file and a rename, so it is complete before the step becomes visible and is committed with it. A step is
 *good* only when every item has a manifest and every file it lists is there with that size and hash
 (:meth:`Checkpointer.verify`): a truncated or bit-flipped array file, a truncated metadata file, a missing manifest
-(a step left by a save that was cut short, or written before checkpoints carried checksums) each make the step
-damaged (:class:`CorruptCheckpointError`, a one-line message naming the step and the file). ``restore`` verifies
+of one item (a file removed or a step assembled by hand) each make the step damaged (:class:`CorruptCheckpointError`, a one-line message naming the step and the file). ``restore`` verifies
 before reading; :meth:`Checkpointer.restore_latest_good` (how a run resumes) logs one line per damaged step, moves
-it aside into ``directory/corrupt/`` and restores the newest good one. Files orbax adds after the manifest
+it aside into ``directory/corrupt/`` and restores the newest good one. A step with no manifest in any item was
+written before checkpoints carried checksums (orbax renames a step into place only after the manifests are written,
+so a cut-short save never looks like one): it is restored unverified, with a warning. Files orbax adds after the manifest
 (``commit_success.txt``) and the step's own ``_CHECKPOINT_METADATA`` are not covered; verification reads every
 array file once more, on each process.
 """
@@ -97,8 +98,7 @@ def _manifest_problem(item_dir: str, item: str) -> str | None:
     """Why ``item_dir`` does not match its manifest (None when it does)."""
     path = os.path.join(item_dir, MANIFEST)
     if not os.path.isfile(path):
-        return (f"{item}/{MANIFEST} is missing (the save was cut short, or the step was written before "
-                "checkpoints carried checksums)")
+        return f"{item}/{MANIFEST} is missing (the other items have theirs: a file was removed)"
     try:
         with open(path, "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
@@ -139,6 +139,12 @@ def verify_step(directory: str | os.PathLike, step: int) -> None:
         raise CorruptCheckpointError(directory, step, f"its folder cannot be listed ({e.strerror})") from None
     if _STATE not in items:
         raise CorruptCheckpointError(directory, step, f"it has no {_STATE}/ folder")
+    if not any(os.path.isfile(os.path.join(folder, item, MANIFEST)) for item in items):
+        # No item has a manifest: a step written before checkpoints carried checksums (a save cut short cannot
+        # leave this: the manifests are written before orbax renames the step into place). Restored unverified.
+        logging.warning("checkpoint step %d in %s was written before checkpoints carried checksums: restored "
+                        "without verification", int(step), os.fspath(directory))
+        return
     for item in items:
         problem = _manifest_problem(os.path.join(folder, item), item)
         if problem:

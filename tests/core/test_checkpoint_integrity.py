@@ -193,3 +193,20 @@ def test_run_readers_refuse_a_damaged_step(saved, tmp_path):
     _corrupt(os.path.join(workdir, "checkpoints", "3"), "flipped_array")
     with pytest.raises(CorruptCheckpointError, match="checkpoint step 3 .* does not match its SHA-256"):
         runs.restore_variables(workdir, {"w": jax.ShapeDtypeStruct((64, 32), jnp.float32)})  # checked first
+
+
+def test_step_without_any_manifest_is_a_legacy_step_restored_with_a_warning(saved, tmp_path, caplog):
+    """A step written before checkpoints carried checksums has no manifest in any item: it restores (unverified,
+    with a warning) instead of being called damaged; one missing manifest among present ones stays damage."""
+    root = _copy(saved, tmp_path)
+    for r, _, fs in os.walk(os.path.join(root, "3")):
+        for f in fs:
+            if f == ckpt_lib.MANIFEST:
+                os.remove(os.path.join(r, f))
+    with Checkpointer(root) as ck, caplog.at_level(logging.WARNING):
+        state, meta = ck.restore(3, abstract_state=_abstract())
+    _assert_same(state, _host(3))
+    assert any("before checkpoints carried checksums" in r.getMessage() for r in caplog.records)
+    _corrupt(os.path.join(root, "2"), "missing_manifest")
+    with Checkpointer(root) as ck, pytest.raises(CorruptCheckpointError, match="state/sha256.json is missing"):
+        ck.verify(2)
