@@ -2,7 +2,8 @@
 
 ``DiT3D(x_t (B, K, latent_dim), t (B,), cond) -> (v, {'cond_tokens', 'cond_mask'})`` with ``cond`` the same dict
 of (torch) tensors as the JAX model: view_features (B, V, h, w, F), view_rays (B, V, h, w, 6), view_mask (B, V);
-traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T).
+traj_c2w (B, T, 4, 4), traj_intrinsics (B, T, 4), traj_mask (B, T). With ``head_depth`` > 0 the output comes from
+the DDT-style wide head (:class:`DDTHead`, scene3d.nn.ddt.DDTHead) instead of the final layer.
 """
 from __future__ import annotations
 
@@ -15,13 +16,34 @@ from scene3d_torch.geometry import plucker_map
 from scene3d_torch.rae3d import RayEmbed
 
 
+class DDTHead(nn.Module):
+    """Wide head (scene3d.nn.ddt.DDTHead): s = z_in(norm(z)) + t_in(c) per token; h = x_in(x); DiT blocks on (h, s);
+    final layer on (h, s)."""
+
+    def __init__(self, in_dim: int, trunk_dim: int, out_dim: int, *, width: int, depth: int, heads: int,
+                 mlp_ratio: float = 4.0, qk_norm: bool | str = True, **_):
+        super().__init__()
+        self.x_in = tnn.linear(in_dim, width)
+        self.z_norm = tnn.LayerNorm(trunk_dim, use_scale=False, use_bias=False)
+        self.z_in = tnn.linear(trunk_dim, width)
+        self.t_in = tnn.linear(trunk_dim, width)
+        self.blocks = tnn.Stack(lambda: tnn.DiTBlock(width, heads, width, mlp_ratio=mlp_ratio, qk_norm=qk_norm),
+                                depth)
+        self.final = tnn.FinalLayer(width, out_dim, width)
+
+    def forward(self, x, z, c):
+        s = self.z_in(self.z_norm(z)) + self.t_in(c)[:, None]
+        return self.final(self.blocks(self.x_in(x), s), s)
+
+
 class DiT3D(nn.Module):
     """Velocity model over 3DRAE scene tokens (scene3d.models.dit3d.DiT3D); same keyword arguments, with
     rngs / dtype / param_dtype / scan / remat / impl accepted and ignored."""
 
     def __init__(self, variant: str = "tiny", *, num_tokens: int, latent_dim: int, view_dim: int,
                  cond_mode: str = "cross", ray_bands: int = 4, traj_grid: int = 4, mlp_ratio: float = 4.0,
-                 qk_norm: bool | str = True, impl: str = "xla", scan: bool = True, remat: str = "none",
+                 qk_norm: bool | str = True, head_depth: int = 0, head_width: int | None = None,
+                 head_heads: int | None = None, impl: str = "xla", scan: bool = True, remat: str = "none",
                  dtype=None, param_dtype=None, rngs=None, **overrides):
         super().__init__()
         if variant not in VARIANTS:
@@ -49,7 +71,14 @@ class DiT3D(nn.Module):
         self.blocks = tnn.Stack(lambda: tnn.DiTBlock(d, sizes["heads"], d, mlp_ratio=mlp_ratio, qk_norm=qk_norm,
                                                      cross_attn=cross, context_dim=d if cross else None),
                                 sizes["depth"])
-        self.final = tnn.FinalLayer(d, self.latent_dim, d)
+        if head_depth:
+            width = int(head_width or d)
+            self.final = None
+            self.head = DDTHead(self.latent_dim, d, self.latent_dim, width=width, depth=int(head_depth),
+                                heads=int(head_heads or max(1, width // 128)), mlp_ratio=mlp_ratio, qk_norm=qk_norm)
+        else:
+            self.final = tnn.FinalLayer(d, self.latent_dim, d)
+            self.head = None
 
     @property
     def _dtype(self):
@@ -124,4 +153,5 @@ class DiT3D(nn.Module):
             seq = torch.cat([h, ctx.to(h.dtype)], 1)
             keys = torch.cat([torch.ones((b, self.num_tokens), dtype=torch.bool, device=x.device), cmask], 1)
             h = self.blocks(seq, c, mask=keys[:, None, None, :])[:, :self.num_tokens]
-        return self.final(h, c).float(), {"cond_tokens": ctx, "cond_mask": cmask}
+        v = self.final(h, c) if self.head is None else self.head(x.to(self._dtype), h, c)
+        return v.float(), {"cond_tokens": ctx, "cond_mask": cmask}

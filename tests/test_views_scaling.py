@@ -25,3 +25,19 @@ def test_views_scaling_smoke(capsys):
     s2 = (enc[2]["peak_mib"] - enc[1]["peak_mib"]) / 4
     assert s2 <= s1 * 1.25 + 1e-3
     assert rows[-1]["views"] == "decode" and rows[-1]["ms_per_view"] > 0
+
+
+def test_views_scaling_defaults_are_the_real_size(monkeypatch):
+    """Without arguments the benchmark runs the dino2 card (DINOv2-B tower, 224 px, K = 1024 x 768) for 2-32 views;
+    --card / explicit sizes reach ``run`` (checked without running the real size)."""
+    spec = importlib.util.spec_from_file_location("views_scaling", PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    calls = []
+    monkeypatch.setattr(mod, "run", lambda *a, **k: calls.append((a, k)))
+    mod.main([])
+    mod.main(["--card", "siglip2", "--views", "2,4"])
+    mod.main(["--card", "", "--encoder", "dinov2-S", "--variant", "S", "--tokens", "256", "--resolution", "112"])
+    assert calls[0] == (("dinov2-B", "B", 1024, 224, (2, 4, 8, 16, 32), 4, 3), {"latent_dim": 768})
+    assert calls[1] == (("siglip2-B", "B", 256, 256, (2, 4), 4, 3), {"latent_dim": 768})
+    assert calls[2] == (("dinov2-S", "S", 256, 112, (2, 4, 8, 16, 32), 4, 3), {"latent_dim": None})

@@ -11,17 +11,20 @@ Key names follow transformers ``HF_TRANSFORMERS_VERSION`` (pinned in requirement
 ``from_hf_state_dict(model_or_abstract, sd, family) -> (nnx.State, report)``; ``to_hf_state_dict(model, family)
 -> {key: np.ndarray}`` (5.23 names, float32); ``hf_key_shapes(model)`` (abstract, nothing allocated);
 ``read_hf_checkpoint(path)`` reads safetensors / torch files or a folder of shards; ``load_vit(variant, source)``
-builds a ViT (abstractly, no random init materialised) with HF weights.
+builds a ViT (abstractly, no random init materialised) with HF weights; ``check_hf_config(path, variant)`` compares
+the ``config.json`` of a downloaded snapshot / ``save_pretrained`` folder with a ViT variant's sizes.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Mapping
 
 from flax import nnx
 
 from scene3d.convert import engine
 from scene3d.convert.engine import entry, linear, norm
-from scene3d.models.vit import FAMILIES, ViT
+from scene3d.models.vit import FAMILIES, ViT, vit_config
 
 HF_TRANSFORMERS_VERSION = "5.23.0"
 
@@ -162,3 +165,53 @@ def load_vit(variant: str | None, source, **vit_kwargs) -> tuple[ViT, dict]:
     graphdef, _ = nnx.split(abstract)
     state, report = from_hf_state_dict(abstract, sd)
     return nnx.merge(graphdef, state), report
+
+
+# transformers model_type -> our family (a full Siglip2Model's config holds the tower's under vision_config).
+_MODEL_TYPES = {"dinov2": "dinov2", "dinov2_with_registers": "dinov2_reg", "siglip2_vision_model": "siglip2",
+                "siglip2": "siglip2"}
+
+
+def check_hf_config(path, variant: str, **vit_overrides) -> dict | None:
+    """Compare the transformers ``config.json`` next to a checkpoint (``path``: a snapshot / ``save_pretrained``
+    folder or a weights file in one) with ViT ``variant``: the model type's family, width, depth, heads, patch,
+    MLP width, position grid and registers. Returns the (vision) config read, or None when there is no
+    config.json; raises ValueError naming the file and every field that differs."""
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    file = os.path.join(folder, "config.json")
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file) as f:
+            hf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{file}: cannot read the transformers config: {e}") from e
+    if not isinstance(hf, dict):
+        raise ValueError(f"{file}: expected a JSON object (a transformers config), got {type(hf).__name__}")
+    if hf.get("model_type") == "siglip2" and isinstance(hf.get("vision_config"), dict):
+        hf = {"model_type": "siglip2_vision_model", **hf["vision_config"]}
+    cfg = vit_config(variant, **vit_overrides)
+    family = _MODEL_TYPES.get(hf.get("model_type"))
+    if family is None:
+        raise ValueError(f"{file}: model_type {hf.get('model_type')!r} is not a supported vision tower (expected one "
+                         f"of {sorted(_MODEL_TYPES)})")
+    want = {"family": cfg.family, "hidden_size": cfg.dim, "num_hidden_layers": cfg.depth,
+            "num_attention_heads": cfg.num_heads, "patch_size": cfg.patch}
+    got = {"family": family}
+    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size"):
+        if k in hf:
+            got[k] = hf[k]
+    if family == "siglip2":
+        want.update(intermediate_size=cfg.mlp_dim, num_patches=cfg.pos_grid ** 2)
+        got.update({k: hf[k] for k in ("intermediate_size", "num_patches") if k in hf})
+    else:
+        want.update(mlp_ratio=cfg.mlp_dim / cfg.dim, image_size=cfg.native_size)
+        got.update({k: hf[k] for k in ("mlp_ratio", "image_size") if k in hf})
+        if family == "dinov2_reg":
+            want["num_register_tokens"] = cfg.num_registers
+            got.update({k: hf[k] for k in ("num_register_tokens",) if k in hf})
+    bad = [f"{k}={got[k]!r} (the tower {variant!r} has {want[k]!r})" for k in want if k in got and got[k] != want[k]]
+    if bad:
+        raise ValueError(f"{file}: the checkpoint does not match config.model.encoder={variant!r}: " + ", ".join(bad))
+    return hf

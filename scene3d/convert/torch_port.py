@@ -51,9 +51,15 @@ SPECS = {LatentDiT: lambda m: dict(m.spec_kwargs), DiT3D: lambda m: dict(m.spec_
          RAE3D: lambda m: dataclasses.asdict(m.config), ViT: lambda m: dataclasses.asdict(m.config)}
 
 
+# Training-only submodules scene3d_torch does not port (the rae3d task's GAN discriminator heads).
+TRAINING_ONLY = ("discriminator",)
+
+
 def _array_variable(path, var) -> bool:
-    """The variables of the layout: arrays that are not RNG state."""
+    """The variables of the layout: arrays that are not RNG state nor in a TRAINING_ONLY submodule."""
     value = var.get_value() if isinstance(var, nnx.Variable) else var
+    if path and str(path[0]) in TRAINING_ONLY:
+        return False
     return (not isinstance(var, nnx.RngState) and hasattr(value, "shape")
             and not jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key))
 

@@ -17,6 +17,11 @@ A missing or fully masked type is the "unconditional" value of that type: classi
 conditions by masking them (per type, per example), and the unconditional model masks them all. ``cond_mode``:
 'cross' (condition tokens enter every block through cross-attention) or 'in_context' (they are appended to the
 sequence; self-attention with a key mask; only the K scene tokens are read out).
+
+Output: DiT's :class:`scene3d.nn.FinalLayer` on the trunk, or (``head_depth`` > 0) a DDT-style wide head
+(:class:`scene3d.nn.ddt.DDTHead`, the "DiT^DH" of the RAE work): ``head_depth`` blocks of width ``head_width``
+(``head_heads`` heads, default width / 128) that re-read x_t, conditioned per token on the trunk's output and the time
+embedding. The trunk is then read out only through the head (:meth:`DiT3D.trunk` gives its output).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from scene3d.core.config import check_keys
 from scene3d.core.sharding import param_init
 from scene3d.geometry import rays as rays_lib
 from scene3d.models.rae3d import RayEmbed
+from scene3d.nn.ddt import DDTHead
 from scene3d.specs.dit3d import COND_MODES, CONDITIONS, VARIANTS  # noqa: F401  (public names)
 
 
@@ -37,7 +43,8 @@ class DiT3D(nnx.Module):
 
     def __init__(self, variant: str = "tiny", *, num_tokens: int, latent_dim: int, view_dim: int,
                  cond_mode: str = "cross", ray_bands: int = 4, traj_grid: int = 4, mlp_ratio: float = 4.0,
-                 qk_norm: bool = True, impl: str = "xla", scan: bool = True, remat: str = "none",
+                 qk_norm: bool = True, head_depth: int = 0, head_width: int | None = None,
+                 head_heads: int | None = None, impl: str = "xla", scan: bool = True, remat: str = "none",
                  dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs, **overrides):
         if variant not in VARIANTS:
             raise ValueError(f"DiT3D: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
@@ -47,11 +54,18 @@ class DiT3D(nnx.Module):
         check_keys(overrides, sizes, "DiT3D size overrides")
         sizes.update({k: int(v) for k, v in overrides.items() if v is not None})
         d = sizes["dim"]
-        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert.torch_port.model_spec).
+        head_depth = int(head_depth or 0)
+        if head_depth < 0:
+            raise ValueError(f"DiT3D: head_depth must be >= 0 (0: no wide head), got {head_depth}")
+        head_width = int(head_width or d)
+        head_heads = int(head_heads or max(1, head_width // 128))
+        head = dict(head_depth=head_depth, head_width=head_width, head_heads=head_heads) if head_depth else {}
+        # Constructor kwargs with sizes resolved, as hashable (key, value) pairs (convert.torch_port.model_spec);
+        # the head's only when there is one (the PyTorch port has no wide head).
         self.spec_kwargs = tuple(dict(
             variant=variant, num_tokens=int(num_tokens), latent_dim=int(latent_dim), view_dim=int(view_dim),
             cond_mode=cond_mode, ray_bands=int(ray_bands), traj_grid=int(traj_grid), mlp_ratio=float(mlp_ratio),
-            qk_norm=qk_norm, **{k: int(v) for k, v in sizes.items()}).items())
+            qk_norm=qk_norm, **head, **{k: int(v) for k, v in sizes.items()}).items())
         self.dim, self.num_tokens, self.latent_dim, self.view_dim = d, int(num_tokens), int(latent_dim), int(view_dim)
         self.cond_mode, self.traj_grid, self.dtype = cond_mode, int(traj_grid), dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype)
@@ -71,7 +85,14 @@ class DiT3D(nnx.Module):
                                                      cross_attn=cross, context_dim=d if cross else None, impl=impl,
                                                      rngs=r, **kw),
                                sizes["depth"], rngs=rngs, scan=scan, remat=remat)
-        self.final = nn.FinalLayer(d, self.latent_dim, d, rngs=rngs, **kw)
+        if head_depth:
+            self.final = None
+            self.head = DDTHead(self.latent_dim, d, self.latent_dim, width=head_width, depth=head_depth,
+                                heads=head_heads, mlp_ratio=mlp_ratio, qk_norm=qk_norm, impl=impl, scan=scan,
+                                remat=remat, rngs=rngs, **kw)
+        else:
+            self.final = nn.FinalLayer(d, self.latent_dim, d, rngs=rngs, **kw)
+            self.head = None
 
     # -- conditions --------------------------------------------------------------------------------------------
     def view_tokens(self, features, rays, view_mask):
@@ -121,8 +142,8 @@ class DiT3D(nnx.Module):
         return self.cond_norm(jnp.concatenate(toks, 1)), jnp.concatenate(masks, 1)
 
     # -- forward -----------------------------------------------------------------------------------------------
-    def __call__(self, x: jax.Array, t: jax.Array, cond: dict | None = None) -> tuple[jax.Array, dict]:
-        """x (B, K, latent_dim) at time t (B,) -> (velocity (B, K, latent_dim), aux {'cond_tokens', 'cond_mask'})."""
+    def trunk(self, x: jax.Array, t: jax.Array, cond: dict | None = None):
+        """The DiT trunk: (h (B, K, dim) after the blocks, time embedding c (B, dim), condition tokens, their mask)."""
         if x.ndim != 3 or x.shape[1:] != (self.num_tokens, self.latent_dim):
             raise ValueError(f"DiT3D: x must be (B, {self.num_tokens}, {self.latent_dim}), got {tuple(x.shape)}")
         b = x.shape[0]
@@ -135,5 +156,13 @@ class DiT3D(nnx.Module):
             seq = jnp.concatenate([h, ctx.astype(h.dtype)], 1)
             keys = jnp.concatenate([jnp.ones((b, self.num_tokens), bool), cmask], 1)
             h = self.blocks(seq, c, mask=keys[:, None, None, :])[:, :self.num_tokens]
-        v = self.final(h, c).astype(jnp.float32)
-        return v, {"cond_tokens": ctx, "cond_mask": cmask}
+        return h, c, ctx, cmask
+
+    def __call__(self, x: jax.Array, t: jax.Array, cond: dict | None = None) -> tuple[jax.Array, dict]:
+        """x (B, K, latent_dim) at time t (B,) -> (velocity (B, K, latent_dim), aux {'cond_tokens', 'cond_mask'})."""
+        h, c, ctx, cmask = self.trunk(x, t, cond)
+        if self.head is not None:
+            v = self.head(x.astype(self.dtype), h, c)
+        else:
+            v = self.final(h, c)
+        return v.astype(jnp.float32), {"cond_tokens": ctx, "cond_mask": cmask}

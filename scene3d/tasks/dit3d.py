@@ -2,18 +2,25 @@
 several views, a camera trajectory, or views + trajectory.
 
 The example is the rae3d task's (:func:`scene3d.tasks.rae3d.flatten_views`). x0 = ``tokenizer.scale`` x the 3DRAE
-tokens of all context views (the scene); the conditioning views are the first n context views (n = 1 for
-'one_view', n ~ U{min(2, Vc) .. Vc} for 'views' / 'views_trajectory'; the first context view defines the scene frame,
-so it is always among them), the trajectory is the target cameras. Every example draws its configuration from
-``cond.probs`` (over ``models.dit3d.CONDITIONS``), then drops its views with probability ``cond.drop_views`` and
-its trajectory with ``cond.drop_trajectory`` (CFG dropout per condition type; dropping = masking the tokens). The
-loss is the velocity loss of DESIGN.md (t from ``flow.time_sampler``); the metrics split it by configuration.
+tokens of ``tokenizer.num_views`` of the Vc context views (the scene; 0 = all, e.g. 16 views of a clip); the
+conditioning views are the first n of ``cond.num_views`` context views (0 = all; n = 1 for 'one_view', n ~ U{min(2,
+Vc') .. Vc'} for 'views' / 'views_trajectory'), the trajectory is the target cameras. Both view subsets are spread
+evenly over the context views (:func:`spread_views`) and start with the first one, which defines the scene frame.
+Every example draws its configuration from ``cond.probs`` (over ``models.dit3d.CONDITIONS``), then drops its views
+with probability ``cond.drop_views`` and its trajectory with ``cond.drop_trajectory`` (CFG dropout per condition
+type; dropping = masking the tokens). The loss is the velocity loss of DESIGN.md (t from ``flow.time_sampler``);
+the metrics split it by configuration.
+
+Time shift (``time_shift.by_dim``, the RAE work's dimension-dependent shift): the training times and the sampler's
+time grid both go through t' = s t / (1 + (s - 1) t) with s = sqrt(N C / ``time_shift.base_dim``) for N tokens of C
+channels (``scene3d.diffusion.timesteps.shift_for_dim``; s > 1 moves both towards the noise end t = 1). The
+``flow`` section's own ``time_sampler`` shift and ``sample_shift`` must then be 1.
 
 Sampling (:meth:`DiT3DTask.sample`): Euler / Heun from t = 1 to 0 with classifier-free guidance of scale
 ``flow.cfg_scale`` against the fully unconditional model; different seeds give different scenes for the same
 condition, and the sampled tokens decode (3DRAE decoder) to images and point maps along any trajectory with no
 further sampling. Evaluation: velocity loss at t = 0.25 / 0.5 / 0.75 for the 'views' and 'uncond' configurations
-and the PSNR of target views decoded from tokens sampled given all context views + the target trajectory.
+and the PSNR of target views decoded from tokens sampled given all conditioning views + the target trajectory.
 ``images``: per scene [conditioning view | target | decoded sample, seed 0 | seed 1]; ``write_outputs``: per seed
 a decoded arc trajectory (GIF + PNG strip) and the decoded point cloud (PLY) of the sampled scene.
 
@@ -25,17 +32,20 @@ encode, decode along cameras, and the per-view condition).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from scene3d.core.config import check_keys
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.diffusion import guidance
 from scene3d.diffusion.objective import FlowMatching
+from scene3d.diffusion.timesteps import shift_for_dim
 from scene3d.geometry import trajectories
 from scene3d.losses import pointmap
 from scene3d.metrics import image as image_metrics
@@ -48,7 +58,10 @@ from scene3d.tasks import rae3d as rae3d_task
 from scene3d.tasks import stage1
 
 _MODEL_KEYS = frozenset({"name", "variant", "cond_mode", "dim", "depth", "heads", "ray_bands", "traj_grid",
-                         "mlp_ratio", "qk_norm", "attn_impl", "scan", "remat", "dtype", "param_dtype"})
+                         "mlp_ratio", "qk_norm", "head_depth", "head_width", "head_heads", "attn_impl", "scan",
+                         "remat", "dtype", "param_dtype"})
+_TIME_SHIFT_KEYS = frozenset({"by_dim", "base_dim"})
+_VIEW_KEYS = ("images", "c2w", "intrinsics")
 
 
 def _as_dict(x) -> dict:
@@ -60,6 +73,24 @@ class DiT3DModel(nnx.Module):
 
     def __init__(self, dit: dit3d_lib.DiT3D, rae: rae3d_lib.RAE3D):
         self.dit, self.rae = dit, rae
+
+
+def spread_views(total: int, n: int) -> np.ndarray:
+    """Indices of ``n`` of ``total`` views spread evenly from the first to the last (the first, the scene frame,
+    always included); ``n`` = 0 or ``total``: all of them, in order."""
+    total, n = int(total), int(n)
+    if n <= 0 or n >= total:
+        return np.arange(total)
+    return np.unique(np.round(np.linspace(0, total - 1, n)).astype(np.int64))
+
+
+def select_context(batch: dict, idx) -> dict:
+    """``batch`` with its ``context_{images,c2w,intrinsics}`` reduced to the views ``idx`` (all other fields kept;
+    ``batch`` itself when ``idx`` is all of them, in order)."""
+    idx = np.asarray(idx)
+    if np.array_equal(idx, np.arange(batch["context_images"].shape[1])):
+        return batch
+    return {**batch, **{f"context_{k}": batch[f"context_{k}"][:, idx] for k in _VIEW_KEYS}}
 
 
 def condition_masks(rng, batch_size: int, num_views: int, num_traj: int, probs, drop_views: float = 0.0,
@@ -102,10 +133,37 @@ class DiT3DTask:
         total = sum(float(v) for v in probs.values())
         self.probs = tuple(float(probs.get(name, 0.0)) / total for name in dit3d_lib.CONDITIONS)
         self.drop_views, self.drop_trajectory = float(cc.get("drop_views", 0.1)), float(cc.get("drop_trajectory", 0.1))
+        # Context views the target tokens come from / the conditions may use (0 = all; spread_views).
+        self.num_views = int(config.tokenizer.get("num_views") or 0)
+        self.cond_views = int(cc.get("num_views") or 0)
+        if self.num_views < 0 or self.cond_views < 0:
+            raise ValueError(f"config.tokenizer.num_views / config.cond.num_views must be >= 0 (0 = all context "
+                             f"views), got {self.num_views} / {self.cond_views}")
         # CFG dropout is per condition type (cond.drop_views / drop_trajectory), not flow.cond_drop.
         self.flow = FlowMatching.from_config(config.get("flow"), sample_steps=16)
+        self.time_shift = self._dim_shift(_as_dict(config.get("time_shift")))
         self.render_cfg = _as_dict(config.get("render"))
         self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
+
+    def _dim_shift(self, ts: dict) -> float:
+        """With ``time_shift.by_dim``: put s = sqrt(N C / base_dim) into ``self.flow``'s training-time sampler and
+        its sampling grid (module docstring); returns the shift in use (1.0 when off)."""
+        check_keys(ts, _TIME_SHIFT_KEYS, "config.time_shift")
+        if not ts.get("by_dim", False):
+            return 1.0
+        if self.flow.time_sampler.shift != 1.0 or self.flow.sample_shift != 1.0:
+            raise ValueError(f"config.time_shift.by_dim sets the shift of the training times and of the sampler; "
+                             f"config.flow.time_sampler (shift {self.flow.time_sampler.shift}) and "
+                             f"config.flow.sample_shift ({self.flow.sample_shift}) must then leave it at 1")
+        base = int(ts.get("base_dim", 4096))
+        if base < 1:
+            raise ValueError(f"config.time_shift.base_dim must be >= 1, got {base}")
+        n, c = self.tokenizer.token_shape
+        shift = shift_for_dim(n * c, base)
+        logging.info("3DDiT time shift: %.4g = sqrt(%d tokens x %d channels / %d)", shift, n, c, base)
+        self.flow = dataclasses.replace(self.flow, time_sampler=dataclasses.replace(self.flow.time_sampler,
+                                                                                   shift=shift), sample_shift=shift)
+        return shift
 
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> DiT3DModel:
@@ -119,8 +177,10 @@ class DiT3DTask:
                               traj_grid=int(mc.get("traj_grid", 4)), mlp_ratio=float(mc.get("mlp_ratio", 4.0)),
                               qk_norm=mc.get("qk_norm", True), impl=mc.get("attn_impl", "xla"),
                               scan=mc.get("scan", True), remat=mc.get("remat", "none"), dtype=dtype,
-                              param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"), rngs=rngs,
-                              dim=mc.get("dim"), depth=mc.get("depth"), heads=mc.get("heads"))
+                              param_dtype=_dtype(mc.get("param_dtype", "float32"), "config.model.param_dtype"),
+                              rngs=rngs, head_depth=int(mc.get("head_depth") or 0), head_width=mc.get("head_width"),
+                              head_heads=mc.get("head_heads"), dim=mc.get("dim"), depth=mc.get("depth"),
+                              heads=mc.get("heads"))
         return DiT3DModel(dit, rae)
 
     def restore_pretrained(self, variables):
@@ -131,8 +191,24 @@ class DiT3DTask:
         return [rae3d_task.flatten_views]
 
     # -- conditions and latents --------------------------------------------------------------------------------
+    def _subset(self, batch, n: int, field: str):
+        """``spread_views`` of the batch's context views for ``n`` (``field`` names the setting in errors)."""
+        vc = int(batch["context_images"].shape[1])
+        if n > vc:
+            raise ValueError(f"{field}={n}: the batch has only {vc} context views (config.data.views.num_context)")
+        return spread_views(vc, n)
+
+    def encode_batch(self, batch) -> dict:
+        """``batch`` reduced to the context views the target tokens are encoded from (``tokenizer.num_views``)."""
+        return select_context(batch, self._subset(batch, self.num_views, "config.tokenizer.num_views"))
+
+    def cond_batch(self, batch) -> dict:
+        """``batch`` reduced to the context views the conditions may use (``cond.num_views``)."""
+        return select_context(batch, self._subset(batch, self.cond_views, "config.cond.num_views"))
+
     def tokens(self, model: DiT3DModel, batch) -> jax.Array:
-        """x0 = scale x the frozen 3DRAE tokens of the context views."""
+        """x0 = scale x the frozen 3DRAE tokens of ``tokenizer.num_views`` of the context views (0: all)."""
+        batch = self.encode_batch(batch)
         views = {"images": batch["context_images"], "c2w": batch["context_c2w"],
                  "intrinsics": batch["context_intrinsics"]}
         return self.tokenizer.bind(model.rae).encode(views) * self.scale
@@ -143,7 +219,8 @@ class DiT3DTask:
         return self.tokenizer.bind(model.rae).decode(tokens, tokenizers.Cameras(c2w, intrinsics, tuple(size)))
 
     def cond(self, model: DiT3DModel, batch, view_mask, traj_mask) -> dict:
-        """The DiT3D condition dict: context views (frozen tower features + patch rays) and target cameras."""
+        """The DiT3D condition dict: ALL context views of ``batch`` (frozen tower features + patch rays; reduce it
+        with :meth:`cond_batch` first) and the target cameras."""
         views = self.tokenizer.bind(model.rae).view_condition(batch["context_images"], batch["context_c2w"],
                                                               batch["context_intrinsics"])
         return {**views, "view_mask": view_mask,
@@ -161,6 +238,7 @@ class DiT3DTask:
     def loss(self, model, batch, rng, step=None):
         rae3d_task.check_batch(batch, "dit3d batch")
         x0 = self.tokens(model, batch)
+        batch = self.cond_batch(batch)
         b = x0.shape[0]
         r_c, r_t, r_e = jax.random.split(rng, 3)
         modes, vm, tm = condition_masks(r_c, b, batch["context_images"].shape[1], batch["target_c2w"].shape[1],
@@ -192,6 +270,7 @@ class DiT3DTask:
 
     def evaluate(self, model, batch, rng):
         x0 = self.tokens(model, batch)
+        batch = self.cond_batch(batch)
         eps = self.flow.noise(rng, x0)
         out = {}
         for mode in ("views", "uncond"):
@@ -213,6 +292,19 @@ class DiT3DTask:
         out["sample_token_std"] = jnp.std(tok)
         return out
 
+    metric_kind = "g"  # scene3d.evaluate's gFID / gKID / gFVD: samples against the held-out views
+
+    def metric_frames(self, model, batch, rng) -> dict:
+        """``scene3d.evaluate``'s FID / KID / FVD frames: the target views decoded from tokens sampled given the
+        context views and the trajectory (the key of :meth:`evaluate`: the same samples) vs the held-out ground
+        truth, (B, V, H, W, 3) in [-1, 1]."""
+        size = batch["target_images"].shape[2:4]
+        cond_batch = self.cond_batch(batch)
+        cond = self.cond(model, cond_batch, *self._masks(cond_batch, "views_trajectory"))
+        tok = self.sample(model, cond, jax.random.fold_in(rng, 1), batch_size=batch["target_images"].shape[0])
+        fake = self.decode(model, tok, batch["target_c2w"], batch["target_intrinsics"], size)["images"]
+        return {"fake": fake, "real": batch["target_images"]}
+
     def _sample_views(self, model, host, mode: str, seeds, extra_c2w=None, extra_intr=None):
         """Decoded samples for each seed: rgb at the target cameras (and at extra cameras)."""
         b = host["context_images"].shape[0]
@@ -223,6 +315,7 @@ class DiT3DTask:
         fn = cache.get((mode, b, size))
         if fn is None:
             def run(m, batch, seed_key):
+                batch = self.cond_batch(batch)
                 cond = self.cond(m, batch, *self._masks(batch, mode))
                 tok = self.sample(m, cond, seed_key, batch_size=b)
                 out = self.decode(m, tok, batch["target_c2w"], batch["target_intrinsics"], size)

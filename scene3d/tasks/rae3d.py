@@ -10,8 +10,27 @@ none | random_conv | features (the frozen tower's features)) + ``loss.points`` x
 loss (``loss.conf_alpha``) + ``loss.align`` x (1 - cosine) between the decoder's predicted tower features and the
 frozen tower's features of the ground-truth view (representation alignment; needs ``model.align``). The tokens
 come from the context views; the decoder renders the target views (novel views) and, with
-``loss.decode_context``, the context views too. ``loss.token_noise`` > 0 adds N(0, s^2) noise to the tokens before
-decoding, s ~ U(0, token_noise) per scene, so the decoder tolerates imperfect (generated) tokens.
+``loss.decode_context``, the context views too.
+
+The RAE recipe (``configs/rae3d.py:recipe=rae``, on in the card variants), each part optional:
+
+- noise-augmented decoding: ``loss.token_noise`` = tau > 0 adds N(0, sigma^2) noise to the tokens before decoding
+  during training, sigma per scene ~ |N(0, tau^2)| (``loss.token_noise_dist='half_normal'``, RAE) or U(0, tau)
+  (``'uniform'``), so the decoder tolerates imperfect (generated) tokens (:func:`noise_tokens`);
+- ``loss.lpips`` x LPIPS(rendered, ground truth) (``scene3d.metrics.lpips``; weights from files named by
+  ``loss.lpips_weights``, the same fields as ``config.metrics.lpips``; loaded at the first training step);
+- ``loss.adv`` > 0: a hinge GAN (``scene3d.losses.adversarial``): trainable heads (``model.discriminator``) on
+  frozen features (``loss.disc_features``: 'tower', the frozen 2D tower, or 'random_conv', a fixed random conv
+  pyramid) learn to tell rendered from real views from step ``loss.disc_start`` (weight ``loss.disc_loss``); from
+  step ``loss.adv_start`` the decoder adds ``adv`` x lambda x (-mean D(rendered)) with lambda the adaptive weight
+  (``loss.adv_adaptive``: gradient-norm ratio of the reconstruction and GAN losses at the decoder's last layer,
+  ``decoder.head.kernel``, clipped to ``loss.adv_max_weight``; else 1). Before the starts the branches are skipped
+  (``lax.cond``). Both players share the one optimiser (the module docstring of ``scene3d.losses.adversarial``).
+
+Any number of views: ``loss.context_views`` = (min, max) samples, per training example, how many of the batch's
+context views the encoder reads (a view mask, :func:`sample_view_mask`; the first context view, the reference
+frame, is always kept); masked-out views have no effect on the tokens and are still rendered when
+``decode_context`` (as novel views). Evaluation reads all context views.
 
 Evaluation (``evaluate_examples``: per scene; ``evaluate``: a batch's figures): PSNR and SSIM of target and context
 views (images in [0, 1]), LPIPS of target views when ``metrics.lpips`` names weights
@@ -28,6 +47,7 @@ The tower is random unless ``model.encoder_weights`` names an HF checkpoint (saf
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +58,7 @@ from flax import nnx
 from scene3d.core.config import model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.geometry import trajectories
+from scene3d.losses import adversarial
 from scene3d.losses import perceptual as perceptual_lib
 from scene3d.losses import pointmap
 from scene3d.metrics import image as image_metrics
@@ -51,8 +72,9 @@ from scene3d.render.plots import signed_to_uint8 as uint8, view_rows
 _MODEL_KEYS = frozenset({"name", "variant", "encoder_weights", "attn_impl", "scan", "remat", "dtype", "param_dtype"}
                         | {f for f in rae3d_lib.RAE3DConfig.__dataclass_fields__})
 VIEW_FIELDS = ("images", "c2w", "intrinsics")
-
-
+NOISE_DISTS = ("half_normal", "uniform")
+DISC_FEATURES = ("tower", "random_conv")
+HEAD_KERNEL = ("decoder", "head", "kernel")  # the decoder's last layer (the adaptive GAN weight's reference)
 
 
 def _as_dict(x) -> dict:
@@ -112,6 +134,47 @@ def depth_image(depth, lo=None, hi=None) -> np.ndarray:
 
 
 
+def noise_tokens(rng, tokens: jax.Array, tau: float, dist: str = "half_normal") -> jax.Array:
+    """tokens (B, ...) + sigma * N(0, I) with one sigma per example: |N(0, tau^2)| ('half_normal', the RAE
+    noise-augmented decoder) or U(0, tau) ('uniform')."""
+    if dist not in NOISE_DISTS:
+        raise ValueError(f"config.loss.token_noise_dist: expected one of {NOISE_DISTS}, got {dist!r}")
+    r_sigma, r_noise = jax.random.split(rng)
+    shape = (tokens.shape[0],) + (1,) * (tokens.ndim - 1)
+    if dist == "half_normal":
+        sigma = tau * jnp.abs(jax.random.normal(r_sigma, shape, jnp.float32))
+    else:
+        sigma = jax.random.uniform(r_sigma, shape, jnp.float32, 0.0, tau)
+    return tokens + (sigma * jax.random.normal(r_noise, tokens.shape, jnp.float32)).astype(tokens.dtype)
+
+
+def sample_view_mask(rng, batch_size: int, num_views: int, lo: int, hi: int) -> jax.Array:
+    """(B, V) bool: per example n ~ U{lo..hi} views kept, view 0 (the reference frame) always, the others a
+    uniformly random subset."""
+    if not 1 <= lo <= hi <= num_views:
+        raise ValueError(f"sample_view_mask: need 1 <= min {lo} <= max {hi} <= {num_views} views")
+    r_n, r_pick = jax.random.split(rng)
+    n = jax.random.randint(r_n, (batch_size, 1), lo, hi + 1)
+    scores = jax.random.uniform(r_pick, (batch_size, num_views)).at[:, 0].set(-1.0)
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    return rank < n
+
+
+def _flat_views(x):
+    """(B, V, H, W, C) -> (B * V, H, W, C)."""
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def _gated(step, start: int, on, off, model):
+    """``on(model)`` from step ``start`` on, else ``off(model)`` (same output structure), as a ``lax.cond`` on the
+    model's split state (only the taken branch runs); just ``on(model)`` when there is no delay."""
+    if step is None or int(start) <= 0:
+        return on(model)
+    graphdef, state = nnx.split(model)
+    return jax.lax.cond(jnp.asarray(step) >= int(start), lambda st: on(nnx.merge(graphdef, st)),
+                        lambda st: off(nnx.merge(graphdef, st)), state)
+
+
 # ================================================================================================ task
 
 
@@ -131,6 +194,7 @@ class RAE3DTask:
         if float(self.loss_cfg.get("align", 0.0)) > 0 and not self.model_cfg.align:
             raise ValueError("config.loss.align > 0 needs config.model.align=True (the decoder's feature head)")
         self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
+        self._check_recipe(config)
         views = _as_dict(config.data.get("views"))
         res = views.get("resolution")
         if res is not None:
@@ -139,16 +203,71 @@ class RAE3DTask:
                 raise ValueError(f"config.data.views.resolution {tuple(res)} must be a multiple of {p} (tower patch "
                                  f"{self.model_cfg.patch}, decoder patch {self.model_cfg.dec_patch})")
 
+    def _check_recipe(self, config):
+        """Clear errors for the recipe's loss fields (module docstring) before anything is built."""
+        lc = self.loss_cfg
+        self.noise_tau = float(lc.get("token_noise", 0.0) or 0.0)
+        self.noise_dist = lc.get("token_noise_dist", "half_normal")
+        if self.noise_tau < 0 or self.noise_dist not in NOISE_DISTS:
+            raise ValueError(f"config.loss.token_noise must be >= 0 and token_noise_dist one of {NOISE_DISTS}, got "
+                             f"{self.noise_tau} and {self.noise_dist!r}")
+        cv = lc.get("context_views")
+        self.context_views = None
+        if cv is not None:
+            nc = int(_as_dict(config.data.get("views")).get("num_context", 0))
+            if len(tuple(cv)) != 2 or not 1 <= int(cv[0]) <= int(cv[1]) <= nc:
+                raise ValueError(f"config.loss.context_views: expected (min, max) with 1 <= min <= max <= "
+                                 f"data.views.num_context ({nc}), got {cv}")
+            self.context_views = (int(cv[0]), int(cv[1]))
+        self.lpips_weight = float(lc.get("lpips", 0.0) or 0.0)
+        self._lpips_loss = None
+        self.adv = float(lc.get("adv", 0.0) or 0.0)
+        kind = lc.get("disc_features", "tower")
+        if self.adv > 0 and kind not in DISC_FEATURES:
+            raise ValueError(f"config.loss.disc_features: expected one of {DISC_FEATURES}, got {kind!r}")
+
+    def lpips_loss(self) -> lpips_lib.LPIPS:
+        """The LPIPS of the training loss (``loss.lpips_weights``, loaded on first use)."""
+        if self._lpips_loss is None:
+            spec = _as_dict(self.loss_cfg.get("lpips_weights"))
+            if not any(spec.get(k) for k in ("file", "backbone", "random")):
+                raise ValueError(f"config.loss.lpips={self.lpips_weight} needs LPIPS weights files (nothing "
+                                 "downloads): set config.loss.lpips_weights.file=PATH (one lpips state_dict) or "
+                                 "backbone=PATH and lin=PATH (torchvision VGG16 / AlexNet + lpips v0.1 lin; net="
+                                 "vgg | alex), or config.loss.lpips=0")
+            with jax.ensure_compile_time_eval():  # concrete weights even when first used inside a jitted step
+                self._lpips_loss = lpips_lib.from_config(spec, "config.loss.lpips_weights")
+        return self._lpips_loss
+
     # -- model -------------------------------------------------------------------------------------------------
     def build_model(self, rngs: nnx.Rngs) -> rae3d_lib.RAE3D:
+        """The 3DRAE; with ``loss.adv`` > 0 it also holds the GAN's trainable ``discriminator`` heads."""
         mc = self.config.model
         fields = {k: getattr(self.model_cfg, k) for k in rae3d_lib.RAE3DConfig.__dataclass_fields__}
-        return rae3d_lib.RAE3D(None, rngs=rngs, impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
-                               remat=mc.get("remat", "none"), dtype=_dtype(mc.get("dtype", "float32"), "model.dtype"),
-                               param_dtype=_dtype(mc.get("param_dtype", "float32"), "model.param_dtype"), **fields)
+        dtype = _dtype(mc.get("dtype", "float32"), "model.dtype")
+        param_dtype = _dtype(mc.get("param_dtype", "float32"), "model.param_dtype")
+        model = rae3d_lib.RAE3D(None, rngs=rngs, impl=mc.get("attn_impl", "xla"), scan=mc.get("scan", True),
+                                remat=mc.get("remat", "none"), dtype=dtype, param_dtype=param_dtype, **fields)
+        if self.adv > 0:
+            lc = self.loss_cfg
+            channels = ((self.model_cfg.feature_dim,) if lc.get("disc_features", "tower") == "tower"
+                        else tuple(int(w) for w in lc.get("disc_widths", (16, 32, 64))))
+            model.discriminator = adversarial.FeatureDiscriminator(channels, int(lc.get("disc_hidden", 256)),
+                                                                   rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        return model
+
+    def disc_features(self, model) -> Callable:
+        """images (N, H, W, 3) in [-1, 1] -> the frozen feature levels the discriminator reads."""
+        if self.loss_cfg.get("disc_features", "tower") == "tower":
+            return lambda im: [model.encoder.features(im)]
+        widths = tuple(int(w) for w in self.loss_cfg.get("disc_widths", (16, 32, 64)))
+        return lambda im: perceptual_lib.random_conv_features(im, widths)
 
     def restore_pretrained(self, variables):
-        """Load the tower's HF weights (``model.encoder_weights``) into the (frozen) encoder.vit variables."""
+        """Load the tower's HF weights (``model.encoder_weights``) into the (frozen) encoder.vit variables (and
+        check, before the first step, that the LPIPS loss has its weights)."""
+        if self.lpips_weight > 0:
+            self.lpips_loss()
         path = self.config.model.get("encoder_weights")
         if not path:
             logging.warning("rae3d: model.encoder_weights not set: the frozen %s tower keeps its random init",
@@ -161,14 +280,20 @@ class RAE3DTask:
 
     # -- forward -----------------------------------------------------------------------------------------------
     def render(self, model: rae3d_lib.RAE3D, batch: dict, rng=None, *, with_context: bool | None = None):
-        """Tokens of the context views -> decoder outputs for [context +] target views, and the tokens."""
+        """Tokens of the context views -> decoder outputs for [context +] target views, and the tokens. With
+        ``rng`` (training): a sampled context-view mask (``loss.context_views``) and token noise (module
+        docstring)."""
         check_batch(batch)
-        tokens, _ = model.encoder((batch["context_images"], batch["context_c2w"], batch["context_intrinsics"]))
-        noise = float(self.loss_cfg.get("token_noise", 0.0))
-        if rng is not None and noise > 0:
-            r1, r2 = jax.random.split(rng)
-            sigma = jax.random.uniform(r1, (tokens.shape[0], 1, 1), tokens.dtype, 0.0, noise)
-            tokens = tokens + sigma * jax.random.normal(r2, tokens.shape, tokens.dtype)
+        view_mask = None
+        if rng is not None:
+            r_views, r_noise = jax.random.split(rng)
+            if self.context_views is not None:
+                b, v = batch["context_images"].shape[:2]
+                view_mask = sample_view_mask(r_views, b, v, *self.context_views)
+        tokens, _ = model.encoder((batch["context_images"], batch["context_c2w"], batch["context_intrinsics"]),
+                                  view_mask=view_mask)
+        if rng is not None and self.noise_tau > 0:
+            tokens = noise_tokens(r_noise, tokens, self.noise_tau, self.noise_dist)
         with_context = bool(self.loss_cfg.get("decode_context", True)) if with_context is None else with_context
         parts = (["context"] if with_context else []) + ["target"]
         c2w = jnp.concatenate([batch[f"{p}_c2w"] for p in parts], 1)
@@ -180,6 +305,59 @@ class RAE3DTask:
         return jnp.concatenate([batch[f"{p}_{key}"] for p in parts], 1)
 
     def loss(self, model, batch, rng, step=None):
+        """The reconstruction loss (module docstring); with ``loss.adv`` > 0 plus the GAN terms."""
+        if self.adv <= 0:
+            total, metrics, _ = self.reconstruction_loss(model, batch, rng)
+            return total, metrics
+        return self._adversarial_loss(model, batch, rng, step)
+
+    def _adversarial_loss(self, model, batch, rng, step):
+        """reconstruction + adv x lambda x GAN(decoder) [from adv_start] + disc_loss x hinge(D) [from disc_start]."""
+        lc = self.loss_cfg
+        adaptive = bool(lc.get("adv_adaptive", True))
+        max_w = float(lc.get("adv_max_weight", 1e4))
+
+        def with_gan(m):
+            # The decoder's last layer is split off so both losses can be differentiated with respect to it.
+            graphdef, head, rest = nnx.split(m, lambda path, _: tuple(path) == HEAD_KERNEL, ...)
+
+            def fn(head_state):
+                mm = nnx.merge(graphdef, head_state, rest)
+                rec, metrics, (rgb, gt) = self.reconstruction_loss(mm, batch, rng)
+                fake = mm.discriminator.frozen_logits(self.disc_features(mm)(_flat_views(rgb)))
+                return (rec, adversarial.level_hinge_g_loss(fake)), (metrics, rgb, gt)
+
+            if adaptive:
+                rec, g, lam, (metrics, rgb, gt) = adversarial.losses_with_adaptive_weight(fn, head, max_weight=max_w)
+            else:
+                (rec, g), (metrics, rgb, gt) = fn(head)
+                lam = jnp.ones((), jnp.float32)
+            return rec, g, lam, metrics, rgb, gt
+
+        def without_gan(m):
+            rec, metrics, (rgb, gt) = self.reconstruction_loss(m, batch, rng)
+            return rec, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), metrics, rgb, gt
+
+        rec, g, lam, metrics, rgb, gt = _gated(step, int(lc.get("adv_start", 0)), with_gan, without_gan, model)
+
+        def disc(m):
+            feats = self.disc_features(m)
+            real = m.discriminator(feats(_flat_views(gt)))
+            fake = m.discriminator(feats(jax.lax.stop_gradient(_flat_views(rgb))))
+            return (adversarial.level_hinge_d_loss(real, fake), adversarial.mean_logits(real),
+                    adversarial.mean_logits(fake))
+
+        def no_disc(m):
+            return (jnp.zeros((), jnp.float32),) * 3
+
+        d_loss, real_mean, fake_mean = _gated(step, int(lc.get("disc_start", 0)), disc, no_disc, model)
+        total = rec + self.adv * lam * g + float(lc.get("disc_loss", 1.0)) * d_loss
+        metrics.update(recon=rec, adv_g=g, adv_weight=lam, disc_loss=d_loss, disc_real=real_mean,
+                       disc_fake=fake_mean)
+        return total, metrics
+
+    def reconstruction_loss(self, model, batch, rng):
+        """(loss, metrics, (rendered rgb, ground truth) (B, V, H, W, 3)) of the reconstruction terms."""
         lc = self.loss_cfg
         out, tokens, parts = self.render(model, batch, rng)
         gt = self._gt(batch, parts, "images")
@@ -195,6 +373,10 @@ class RAE3DTask:
                                                   widths=tuple(lc.get("perceptual_widths", (16, 32, 64))))
             total = total + w * perc
             metrics["perceptual"] = perc
+        if self.lpips_weight > 0:
+            lp = jnp.mean(self.lpips_loss()(rgb, gt.astype(jnp.float32)))
+            total = total + self.lpips_weight * lp
+            metrics["lpips"] = lp
         if self.model_cfg.points:
             mask, pts = self._gt(batch, parts, "mask"), self._gt(batch, parts, "points")
             pl = pointmap.confidence_point_loss(out["points"], pts, out["conf"], mask,
@@ -211,7 +393,7 @@ class RAE3DTask:
             metrics["align"] = al
         metrics["psnr"] = jnp.mean(image_metrics.psnr(to_unit(rgb), to_unit(gt)))
         metrics["token_std"] = jnp.std(tokens)
-        return total, metrics
+        return total, metrics, (rgb, gt)
 
     def evaluate_examples(self, model, batch, rng):
         """Per-scene metrics (B,) of the views decoded from the context's tokens (the decoder is deterministic:
@@ -333,9 +515,20 @@ def _unit(x, eps: float = 1e-6):
 
 def load_tower_weights(variables, encoder: str, path):
     """``variables`` (an nnx State of a model holding ``encoder.vit``) with the tower's variables replaced by the
-    HF checkpoint at ``path`` (converted by ``convert.hf_vit``), placed with the existing shardings and dtypes."""
+    HF checkpoint at ``path`` (converted by ``convert.hf_vit``), placed with the existing shardings and dtypes.
+
+    ``path``: a safetensors / torch file or a folder (a downloaded Hugging Face snapshot or ``save_pretrained``
+    output: its shards; a ``config.json`` there must match ``encoder``'s sizes). Full checkpoints work too (a
+    ``Siglip2Model``'s text tower, a classifier's head are ignored)."""
     from scene3d.convert import hf_vit as convert_hf
-    sd = convert_hf.read_hf_checkpoint(path)
+    if not os.path.exists(path):
+        raise ValueError(f"config.model.encoder_weights={os.fspath(path)!r}: no such file or folder (an HF "
+                         "checkpoint of the tower: a .safetensors / .bin file or a downloaded snapshot folder)")
+    convert_hf.check_hf_config(path, encoder)
+    try:
+        sd = convert_hf.read_hf_checkpoint(path)
+    except FileNotFoundError as e:
+        raise ValueError(f"config.model.encoder_weights={os.fspath(path)!r}: {e}") from e
     abstract = nnx.eval_shape(lambda: vit_lib.ViT(encoder, rngs=nnx.Rngs(0)))
     state, report = convert_hf.from_hf_state_dict(abstract, sd)
     target = variables["encoder"]["vit"]
