@@ -6,13 +6,14 @@
 The run (its ``config.json`` and checkpoint ``--step``, EMA unless ``--no_ema``) is used through its Tokenizer
 adapter (``scene3d.models.tokenizers``): ``encode`` gives the tokens, ``decode`` the outputs. Inputs by family:
 
-Can3Tok (``autoencode`` runs): a 3DGS file (``.ply`` / ``.splat``) or a built-in scene (``.npz``, or a built-in
-dataset folder with ``--scene``: its Gaussians). The run's evaluation data path prepares it
+Can3Tok (``autoencode`` runs): a 3DGS file (``.ply``, ``.splat``, ``.spz``, ``.sog``) or a built-in scene (``.npz``,
+or a built-in dataset folder with ``--scene``: its Gaussians). The run's evaluation data path prepares it
 (``gs_pipeline.process_gaussians``: the crop of ``data.gaussians.num_gaussians`` Gaussians a held-out scene gets,
 normalised into the unit ball, canonical row order). Writes:
 
   tokens.npz          tokens (T, E) (posterior mean) and the crop's frame (center, scale)
-  input.ply           the crop, recon.ply the decoded Gaussians (world frame, INRIA layout)
+  input.ply           the crop, recon.ply the decoded Gaussians (world frame, INRIA layout; ``--format=splat|spz|
+                      compressed_ply`` writes input.spz / recon.spz etc. instead)
   side_by_side.png    [input | reconstruction] splat renders from ``render.num_cameras`` orbit cameras
   orbit.gif           with ``--frames`` > 0: [input | reconstruction] along an orbit of that many frames
   metrics.json        per-scene L2 (the paper's definition: Frobenius norm of the raw-channel error), failure
@@ -72,7 +73,7 @@ from scene3d.tasks import autoencode, stage1
 
 GAUSSIAN_FAMILIES = ("autoencode",)
 VIEW_FAMILIES = ("scenetok", "rae3d")
-GAUSSIAN_SUFFIXES = (".ply", ".splat")
+GAUSSIAN_SUFFIXES = splat_io.GAUSSIAN_SUFFIXES  # and a SOG meta.json (splat_io.is_gaussian_file)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -85,14 +86,14 @@ def input_kind(path) -> str:
     p = pathlib.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--input {path}: no such file or folder")
-    if p.suffix.lower() in GAUSSIAN_SUFFIXES:
+    if p.is_file() and splat_io.is_gaussian_file(p):
         return "gaussians"
     if p.suffix.lower() == ".npz" or (p.is_dir() and (p / "index.json").is_file()):
         return "builtin"
     if p.is_dir() or p.suffix == ".json":
         return "views"
-    raise ValueError(f"--input {path}: expected a 3DGS file (.ply / .splat), a built-in scene (.npz or dataset "
-                     "folder) or a capture folder (transforms.json, LLFF, COLMAP, RealEstate10K clip)")
+    raise ValueError(f"--input {path}: expected a 3DGS file (.ply / .splat / .spz / .sog), a built-in scene "
+                     "(.npz or dataset folder) or a capture folder (transforms.json, LLFF, COLMAP, RealEstate10K clip)")
 
 
 def read_input(path, *, scene: int = 0) -> dict:
@@ -100,8 +101,8 @@ def read_input(path, *, scene: int = 0) -> dict:
     (capture / built-in scene), 'name'} of an input path (module docstring)."""
     p, kind = pathlib.Path(path), input_kind(path)
     if kind == "gaussians":
-        return {"kind": kind, "gaussians": splat_io.read_gaussians(p, **(
-            {"repair": True} if p.suffix.lower() == ".ply" else {})), "name": p.stem}
+        return {"kind": kind, "gaussians": splat_io.read_gaussians(p, repair=True),
+                "name": p.parent.name if p.suffix.lower() == ".json" else p.stem}  # SOG meta.json: its folder
     if kind == "views":
         capture = captures.read_capture(p)
         return {"kind": kind, "record": capture.scene_record(), "name": capture.scene_id}
@@ -135,7 +136,7 @@ def view_frames(num_frames: int, context, max_views: int) -> np.ndarray:
 # Can3Tok: 3DGS file -> tokens -> Gaussians
 
 
-def reconstruct_gaussians(task, adapter, model, config, g: gs.Gaussians, out: str, *, seed: int = 0,
+def reconstruct_gaussians(task, adapter, model, config, g: gs.Gaussians, out: str, *, seed: int = 0, fmt: str = "ply",
                           frames: int = 24, name: str = "scene") -> dict:
     """The Can3Tok outputs of the module docstring for scene ``g``; returns the metrics record."""
     gcfg = gs_pipeline.GaussianConfig.from_config(config.data.get("gaussians"))
@@ -152,10 +153,13 @@ def reconstruct_gaussians(task, adapter, model, config, g: gs.Gaussians, out: st
                **{f"mse_{k}": float(np.mean(d[..., sl] ** 2)) for k, sl in task.groups.items()}}
     frame = {"center": ex["center"], "scale": ex["scale"]}
     np.savez(os.path.join(out, "tokens.npz"), tokens=tokens[0], **frame)
-    files = {"tokens": "tokens.npz", "input": "input.ply", "recon": "recon.ply", "side_by_side": "side_by_side.png"}
+    suffix = splat_io.output_suffix(fmt)
+    files = {"tokens": "tokens.npz", "input": "input" + suffix, "recon": "recon" + suffix,
+             "side_by_side": "side_by_side.png"}
     for key, raw in (("input", target[0]), ("recon", rec[0])):
-        splat_io.write_ply(os.path.join(out, files[key]), autoencode.to_world(raw, **frame),
-                           comments=[f"scene3d reconstruct {key}", f"input {name}"])
+        comments = {"comments": [f"scene3d reconstruct {key}", f"input {name}"]} if fmt.endswith("ply") else {}
+        splat_io.write_gaussians(os.path.join(out, files[key]), autoencode.to_world(raw, **frame), format=fmt,
+                                 **comments)
     rc = config.get("render") or {}
     view = dict(distance=float(rc.get("distance", 2.6)), elevation_deg=float(rc.get("elevation_deg", 35.0)),
                 fov_deg=float(rc.get("fov_deg", 45.0)))
@@ -279,6 +283,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--context", default=None, help="context frame indices, comma-separated (views families)")
     p.add_argument("--max_views", type=int, default=32, help="input cameras rendered at most")
     p.add_argument("--trajectory", default=None, help=".npy / .npz ('c2w') or RealEstate10K .txt camera poses")
+    p.add_argument("--format", choices=splat_io.FORMATS, default="ply",
+                   help="Can3Tok: file format of input / recon Gaussians (ply, splat, spz: Niantic SPZ v3, "
+                        "compressed_ply: PlayCanvas)")
     p.add_argument("--frames", type=int, default=24, help="frames of the default arc / Can3Tok orbit (0: none)")
     p.add_argument("--arc_deg", type=float, default=60.0, help="the default arc's angle")
     p.add_argument("--focus", type=float, default=None, help="distance of the arc's centre from context view 0")
@@ -301,8 +308,8 @@ def run(args: argparse.Namespace) -> dict:
                          f"{' | '.join(GAUSSIAN_FAMILIES + VIEW_FAMILIES)}); stage-2 runs sample with scene3d.sample")
     kind = input_kind(args.input)
     if family in GAUSSIAN_FAMILIES and kind == "views":
-        raise ValueError(f"--input {args.input}: a Can3Tok run reconstructs 3DGS scenes (.ply / .splat / built-in "
-                         ".npz), not posed images")
+        raise ValueError(f"--input {args.input}: a Can3Tok run reconstructs 3DGS scenes (.ply / .splat / .spz / .sog / "
+                         "built-in .npz), not posed images")
     if family in VIEW_FAMILIES and kind == "gaussians":
         raise ValueError(f"--input {args.input}: a {family} run reconstructs posed views (a capture folder or a "
                          "built-in scene), not a 3DGS file")
@@ -315,7 +322,7 @@ def run(args: argparse.Namespace) -> dict:
     with sh.use_mesh(info["mesh"], info["rules"]):
         if family in GAUSSIAN_FAMILIES:
             result = reconstruct_gaussians(task, adapter, model, config, data["gaussians"], args.out,
-                                           seed=args.seed, frames=args.frames, name=data["name"])
+                                           seed=args.seed, frames=args.frames, name=data["name"], fmt=args.format)
         else:
             result = reconstruct_views(config, adapter, model, data["record"], args.out, context=args.context,
                                        max_views=args.max_views, trajectory=trajectory, frames=args.frames,

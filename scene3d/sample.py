@@ -10,7 +10,8 @@ colour name or index, text -> a caption, image -> an image path; one for all sam
 
     python -m scene3d.sample --workdir=LDM_RUN --num=4 --cond="a bright scene, mostly white" [--gif] [--size=128]
 
-  sample_{i}.ply        the Gaussians (INRIA binary PLY, float32), in the normalised frame of the training crops
+  sample_{i}.ply        the Gaussians (INRIA binary PLY, float32), in the normalised frame of the training crops;
+                        ``--format=splat|spz|compressed_ply``: sample_{i}.splat / .spz / .compressed.ply instead
   sample_{i}.png        a render from the first of ``--views`` orbit cameras (``--renderer=splat``: the JAX
                         rasteriser; ``points``: the numpy splat preview)
   sample_{i}_orbit.gif  with ``--gif``: all orbit views as an animation
@@ -132,9 +133,10 @@ def generate(task, model, *, num: int, cond: list, seed: int = 0, cfg_scale: flo
 
 
 def write_samples(out: str, rows: np.ndarray, *, size: int = 128, views: int = 8, gif: bool = False,
-                  renderer: str = "splat", comments=(), radius: float = 1.0) -> dict:
-    """Write PLY + PNG (+ GIF) files of scenes ``rows`` (num, N, C) into ``out``; returns {name: [paths]}. The
-    orbit cameras frame the ball of ``radius`` (the run's ``data.gaussians.radius``: scenes normalised into it)."""
+                  renderer: str = "splat", comments=(), radius: float = 1.0, fmt: str = "ply") -> dict:
+    """Write Gaussian (``fmt``: one of ``splat_io.FORMATS``) + PNG (+ GIF) files of scenes ``rows`` (num, N, C) into
+    ``out``; returns {name: [paths]} (the Gaussian files under 'ply' whatever their format). The orbit cameras frame
+    the ball of ``radius`` (the run's ``data.gaussians.radius``: scenes normalised into it)."""
     from scene3d.render import video
     os.makedirs(out, exist_ok=True)
     cams = trajectories.orbit_cameras(max(1, views), size, distance=2.6 * float(radius))
@@ -144,8 +146,9 @@ def write_samples(out: str, rows: np.ndarray, *, size: int = 128, views: int = 8
         g = gs.unpack(np.asarray(raw, np.float32))
         if not all(np.isfinite(np.asarray(a)).all() for a in g if a is not None):
             raise ValueError(f"sample {i}: the decoded Gaussians are not finite")
-        ply = os.path.join(out, f"sample_{i}.ply")
-        splat_io.write_ply(ply, g, comments=[f"scene3d sample {i}", *comments])
+        ply = os.path.join(out, f"sample_{i}{splat_io.output_suffix(fmt)}")
+        splat_io.write_gaussians(ply, g, format=fmt, **({"comments": [f"scene3d sample {i}", *comments]}
+                                                        if fmt.endswith("ply") else {}))
         files["ply"].append(ply)
         frames = render_views(g, cams if gif else cams[0], renderer)
         png = os.path.join(out, f"sample_{i}.png")
@@ -184,7 +187,7 @@ def sample_latent(task, model, info, args, out: str) -> dict:
                     num_steps=args.steps, method=args.sampler, mesh=info["mesh"], rules=info["rules"])
     files = write_samples(out, rows, size=args.size or 128, views=args.views, gif=args.gif, renderer=args.renderer,
                           comments=[f"workdir {os.path.abspath(args.workdir)}", f"step {info['step']}",
-                                    f"seed {args.seed}"], radius=_radius(task))
+                                    f"seed {args.seed}"], radius=_radius(task), fmt=args.format)
     return {"cond": cond, "files": files}
 
 
@@ -197,7 +200,7 @@ def sample_img2gs(task, model, info, args, out: str) -> dict:
     rows = generate(task, model, num=len(cond), cond=cond, mesh=info["mesh"], rules=info["rules"])
     files = write_samples(out, rows, size=args.size or 128, views=args.views, gif=args.gif, renderer=args.renderer,
                           comments=[f"workdir {os.path.abspath(args.workdir)}", f"step {info['step']}"],
-                          radius=_radius(task))
+                          radius=_radius(task), fmt=args.format)
     files["inputs"] = [os.path.join(out, "inputs.png")]
     plots.contact_sheet([plots.to_uint8(im) for im in task.cond_inputs(cond)["cond_image"]],
                         labels=[os.path.basename(c) for c in cond]).save(files["inputs"][0])
@@ -395,6 +398,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--views", type=int, default=8, help="orbit views for the GIF")
     g.add_argument("--gif", action="store_true", help="also write an orbit GIF per sample")
     g.add_argument("--renderer", choices=("splat", "points"), default="splat")
+    g.add_argument("--format", choices=splat_io.FORMATS, default="ply",
+                   help="Gaussian file format: ply (INRIA), splat (antimatter15), spz (Niantic SPZ v3), "
+                        "compressed_ply (PlayCanvas); spz / compressed_ply open directly in web viewers")
     g = p.add_argument_group("SceneGen and 3DDiT (posed views)")
     g.add_argument("--image", action="append", default=None, help="a conditioning view (repeat for several)")
     g.add_argument("--anchors", default=None, help="camera file: the cameras of the conditioning / anchor views")

@@ -313,13 +313,14 @@ class GaussianTransform(grain.transforms.RandomMap):
 
 
 class PlySource:
-    """Gaussian records from INRIA PLY / .splat files (a list of paths, a folder, or a glob pattern)."""
+    """Gaussian records from 3DGS files (`splat_io.GAUSSIAN_SUFFIXES`: INRIA / compressed PLY, .splat, .spz, .sog; a
+    list of paths, a folder, or a glob pattern)."""
 
     def __init__(self, paths):
         if isinstance(paths, (str, pathlib.Path)):
             p = pathlib.Path(paths)
             if p.is_dir():
-                files = sorted(q for q in p.rglob("*") if q.suffix.lower() in (".ply", ".splat"))
+                files = sorted(q for q in p.rglob("*") if q.suffix.lower() in splat_io.GAUSSIAN_SUFFIXES)
             elif any(c in str(paths) for c in "*?["):
                 files = sorted(pathlib.Path(q) for q in glob.glob(str(paths), recursive=True))
             else:
@@ -335,7 +336,7 @@ class PlySource:
 
     def __getitem__(self, i):
         f = self.files[i]
-        g = splat_io.read_gaussians(f, repair=True) if f.suffix.lower() == ".ply" else splat_io.read_gaussians(f)
+        g = splat_io.read_gaussians(f, repair=True)
         return {"gaussians": gs.pack(g._replace(normals=None)), "scene_id": f.stem, **side_files(f)}
 
 

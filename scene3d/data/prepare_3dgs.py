@@ -13,7 +13,8 @@ file or a camera file is one scene, and folders below a scene are not searched. 
 --src, '/'-separated (the folder's name when --src is itself a scene). A scene folder holds:
 
   Gaussians    exactly one of: an INRIA 3DGS PLY (`*.ply`, or the latest `point_cloud/iteration_*/point_cloud.ply`
-               of a 3DGS output folder), an antimatter15 `.splat`, or a `.npy` array as the Can3Tok release stores
+               of a 3DGS output folder, or a PlayCanvas compressed PLY), an antimatter15 `.splat`, a Niantic `.spz`,
+               a PlayCanvas `.sog` bundle (`splat_io.read_gaussians`), or a `.npy` array as the Can3Tok release stores
                its crops: (M, 14) columns [xyz, f_dc 3, opacity logit, log scale 3, rot wxyz] (23 / 38 / 59 columns
                with SH bands; the release's 18-column training rows [voxel centre 3, voxel id, then the 14] are read
                too, the voxel prefix dropped). A PLY without the 3DGS properties (a COLMAP / SfM point cloud) or an
@@ -109,7 +110,7 @@ FORMAT_VERSION = 1
 SUMMARY_FILE = "prepare_3dgs.json"
 WORK_DIR = "work"
 BUILDER_DIR = "scene3d_prepared3dgs"  # tfds' snake-case name of tfds_builders.Scene3dPrepared3dgs
-GAUSSIAN_SUFFIXES = (".ply", ".splat", ".npy")
+GAUSSIAN_SUFFIXES = (".ply", ".splat", ".spz", ".sog", ".npy")
 NOT_GAUSSIAN_FILES = ("poses_bounds.npy",)  # LLFF poses: never a Gaussian array
 MASK_FILE = "mask.png"
 CAPTION_FILE = "caption.txt"
@@ -278,7 +279,7 @@ def _ply_is_3dgs(path: pathlib.Path) -> bool:
         return True
     names = {ln.split()[-1] for ln in head.split(b"end_header")[0].decode("ascii", "replace").splitlines()
              if ln.startswith("property ") and len(ln.split()) >= 3}
-    return all(n in names for n in _3DGS_PROPERTIES)
+    return all(n in names for n in _3DGS_PROPERTIES) or "packed_position" in names  # or a compressed PLY
 
 
 def read_gaussian_file(path) -> gs.Gaussians:
@@ -291,8 +292,8 @@ def read_gaussian_file(path) -> gs.Gaussians:
             raise NotGaussians(f"{path}: a PLY without the 3DGS vertex properties {list(_3DGS_PROPERTIES)} (a point "
                                "cloud, e.g. COLMAP points3D): not a 3DGS scene")
         return splat_io.read_ply(path, repair=True)
-    if suffix == ".splat":
-        return splat_io.read_splat(path)
+    if suffix in (".splat", ".spz", ".sog"):
+        return splat_io.read_gaussians(path)
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
@@ -322,7 +323,7 @@ def read_scene_gaussians(folder) -> tuple:
             notes.append(f.name)
     if not found:
         extra = f" ({', '.join(notes)} skipped: not 3DGS)" if notes else ""
-        raise SkipScene(f"{folder}: no 3DGS file (.ply / .splat / .npy){extra}")
+        raise SkipScene(f"{folder}: no 3DGS file (.ply / .splat / .spz / .sog / .npy){extra}")
     if len(found) > 1:
         raise ValueError(f"{folder}: several 3DGS files {[str(f.relative_to(folder)) for _, f in found]}: keep one "
                          "per scene folder")

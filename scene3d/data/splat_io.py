@@ -1,4 +1,15 @@
-"""3D Gaussian Splatting files: INRIA PLY (lossless) and antimatter15 .splat (lossy, 32 bytes per Gaussian).
+"""3D Gaussian Splatting files: INRIA PLY (lossless) and antimatter15 .splat (lossy, 32 bytes per Gaussian) here;
+the compressed formats in their own modules, all reached through `read_gaussians` / `write_gaussians`:
+
+  format          read  write  suffix                     module
+  INRIA PLY       yes   yes    .ply                       here
+  .splat          yes   yes    .splat                     here
+  Niantic SPZ     1-4   2-4    .spz                       spz.py (version 3 written by default)
+  compressed PLY  yes   yes    .ply (chunk element)       compressed_ply.py (PlayCanvas / SuperSplat)
+  SOG             v2    no     .sog, or SOG meta.json     sog.py (PlayCanvas; WebP textures)
+
+`read_ply` recognises a compressed PLY by its header and decodes it, so every PLY path takes both. `write_gaussians`
+picks the format from `format=` (FORMATS) or the suffix (`.compressed.ply` -> compressed PLY).
 
 PLY: binary little-endian, one `vertex` element with the INRIA property names in any order, each float or
 double: x y z, optional nx ny nz, f_dc_0..2, optional f_rest_0..f_rest_{3K-1} (K = 3, 8, 15 for SH degree 1-3,
@@ -62,6 +73,7 @@ class PlyInfo:
     ignored_properties: tuple  # unknown vertex properties that were skipped
     num_inf_opacity: int  # infinite opacity logits found
     num_repaired: int  # of those, clamped (repair=True)
+    compressed: bool = False  # a PlayCanvas compressed PLY (layout: INRIA float32 for the decoded Gaussians)
 
 
 def inria_properties(sh_degree: int = 0, normals: bool = False, ply_type: str = "float") -> tuple:
@@ -193,7 +205,8 @@ def _classify(props, path):
 
 
 def read_ply(path, *, repair: bool = False, return_info: bool = False):
-    """Read an INRIA 3DGS PLY -> Gaussians (float32, or float64 if any used property is double).
+    """Read an INRIA 3DGS PLY -> Gaussians (float32, or float64 if any used property is double); a PlayCanvas
+    compressed PLY is recognised by its header and decoded (`compressed_ply`, float32, PlyInfo.compressed).
 
     repair: clamp infinite opacity logits to +-MAX_OPACITY_LOGIT (default: keep them). return_info: also
     return a PlyInfo (layout for a bit-exact `write_ply`, skipped properties, inf/repair counts).
@@ -201,6 +214,13 @@ def read_ply(path, *, repair: bool = False, return_info: bool = False):
     path = os.fspath(path)
     with open(path, "rb") as f:
         elements, comments, header_nbytes = _read_header(f, path)
+        from scene3d.data import compressed_ply  # imports this module: lazily, as spz / sog below
+        if compressed_ply.is_compressed(elements):
+            g = compressed_ply.read_compressed_ply(path, f, elements, header_nbytes)
+            if not return_info:
+                return g
+            return g, PlyInfo(path=path, layout=PlyLayout(inria_properties(g.sh_degree), comments),
+                              ignored_properties=(), num_inf_opacity=0, num_repaired=0, compressed=True)
         vertex, skip = _vertex_layout(elements, path)
         known, ignored, k = _classify(vertex.props, path)
         dtype = np.dtype([(n, "<" + _PLY_TYPES[t]) for n, t in vertex.props])
@@ -326,6 +346,12 @@ def write_ply(path, g: Gaussians, *, layout: Optional[PlyLayout] = None, comment
     io.write_bytes(path, [("\n".join(header) + "\n").encode("ascii"), data.tobytes()])
 
 
+def alpha8_to_opacity(alpha) -> np.ndarray:
+    """Opacity logits of alphas stored in 8 bits (.splat, SPZ, compressed PLY, SOG), clipped half a step inside
+    (0, 1) first, to [0.5, 254.5] / 255, so that bytes 0 and 255 give finite logits (about -6.2 and 6.2)."""
+    return logit(np.clip(np.asarray(alpha, np.float64), 0.5 / 255, 254.5 / 255))
+
+
 # ------------------------------------------------------------------------------------------------ .splat
 
 SPLAT_DTYPE = np.dtype([("xyz", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
@@ -404,21 +430,84 @@ def read_splat(path) -> Gaussians:
                          f"{int((~(np.isfinite(sc) & (sc >= 0))).any(-1).sum())} splats")
     scale = np.log(np.maximum(sc, np.finfo(np.float32).tiny))
     rgba = rec["rgba"].astype(np.float64) / 255
-    alpha = np.clip(rgba[:, 3], 0.5 / 255, 254.5 / 255)
     q = (rec["rot"].astype(np.float64) - 128) / 128
     zero = np.linalg.norm(q, axis=-1) == 0
     q[zero] = (1.0, 0.0, 0.0, 0.0)
     f32 = np.float32
     return Gaussians(xyz=rec["xyz"].astype(f32), f_dc=rgb_to_dc(rgba[:, :3]).astype(f32),
-                     opacity=logit(alpha).astype(f32), scale=scale.astype(f32),
+                     opacity=alpha8_to_opacity(rgba[:, 3]).astype(f32), scale=scale.astype(f32),
                      rot=normalise_quat(q).astype(f32))
 
 
-def read_gaussians(path, **kwargs) -> Gaussians:
-    """Dispatch on the suffix: .ply -> read_ply(path, **kwargs), .splat -> read_splat(path)."""
+FORMATS = ("ply", "splat", "spz", "compressed_ply")  # what write_gaussians writes
+GAUSSIAN_SUFFIXES = (".ply", ".splat", ".spz", ".sog")  # what read_gaussians reads (and a SOG meta.json)
+
+
+def is_gaussian_file(path) -> bool:
+    """Whether read_gaussians takes this file: a known suffix, or a .json that is a SOG meta.json."""
     p = os.fspath(path)
-    if p.lower().endswith(".ply"):
-        return read_ply(p, **kwargs)
-    if p.lower().endswith(".splat"):
+    if p.lower().endswith(GAUSSIAN_SUFFIXES):
+        return True
+    if p.lower().endswith(".json") and os.path.isfile(p):
+        from scene3d.data import sog
+        return sog.is_sog_meta(p)
+    return False
+
+
+def format_of(path) -> str:
+    """The format read_gaussians / write_gaussians use for a path: 'ply' (INRIA or compressed, told apart by the
+    header on reading), 'compressed_ply' (a name ending .compressed.ply, for writing), 'splat', 'spz' or 'sog'."""
+    p = os.fspath(path).lower()
+    if p.endswith(".compressed.ply"):
+        return "compressed_ply"
+    for suffix in GAUSSIAN_SUFFIXES:
+        if p.endswith(suffix):
+            return suffix[1:]
+    if p.endswith(".json"):
+        return "sog"
+    raise ValueError(f"{path}: unknown Gaussian splat file type (expected {', '.join(GAUSSIAN_SUFFIXES)} or a SOG "
+                     f"meta.json)")
+
+
+def read_gaussians(path, *, repair: bool = False, **kwargs) -> Gaussians:
+    """Read any supported 3DGS file by its suffix: .ply (INRIA or compressed; `read_ply(path, repair=..,
+    **kwargs)`), .splat, .spz (`spz.read_spz(path, **kwargs)`), .sog or a SOG meta.json. The lossy formats store
+    alpha in 8 bits and read back finite opacity logits, so `repair` only concerns PLY."""
+    p = os.fspath(path)
+    fmt = format_of(p)
+    if fmt in ("ply", "compressed_ply"):
+        return read_ply(p, repair=repair, **kwargs)
+    if fmt == "spz":
+        from scene3d.data import spz
+        return spz.read_spz(p, **kwargs)
+    if kwargs:
+        raise TypeError(f"read_gaussians: unexpected options {sorted(kwargs)} for a .{fmt} file")
+    if fmt == "splat":
         return read_splat(p)
-    raise ValueError(f"{p}: unknown Gaussian splat file type (expected .ply or .splat)")
+    from scene3d.data import sog
+    return sog.read_sog(p)
+
+
+def write_gaussians(path, g: Gaussians, *, format: Optional[str] = None, **kwargs) -> None:
+    """Write Gaussians as `format` (one of FORMATS; default from the suffix, `format_of`), atomically. kwargs go to
+    the writer: write_ply(comments=, layout=), write_splat(sort=), spz.write_spz(version=, ...),
+    compressed_ply.write_compressed_ply(comments=)."""
+    fmt = format or format_of(path)
+    if fmt not in FORMATS:
+        raise ValueError(f"{os.fspath(path)}: cannot write format {fmt!r} (expected one of {FORMATS})")
+    if fmt == "ply":
+        return write_ply(path, g, **kwargs)
+    if fmt == "splat":
+        return write_splat(path, g, **kwargs)
+    if fmt == "spz":
+        from scene3d.data import spz
+        return spz.write_spz(path, g, **kwargs)
+    from scene3d.data import compressed_ply
+    return compressed_ply.write_compressed_ply(path, g, **kwargs)
+
+
+def output_suffix(fmt: str) -> str:
+    """File suffix for a write_gaussians format: .ply, .splat, .spz, .compressed.ply."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown 3DGS output format {fmt!r} (expected one of {FORMATS})")
+    return ".compressed.ply" if fmt == "compressed_ply" else "." + fmt
