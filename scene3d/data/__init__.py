@@ -14,6 +14,8 @@ multi-view scenes, crop / normalise / rotate for 3DGS scenes), to run before a t
   captures           paths (capture folders: transforms.json / LLFF / COLMAP / RE10K clip), image_size; views
                      (the same captures serve both splits: per-scene fitting)
   builtin_gaussians  as builtin; gaussians                                  (3DGS scenes of the built-in set)
+  tabletop           num_train, num_eval, seed, max_objects; gaussians (scenes of gaussians.num_gaussians)
+                     (procedural 3DGS scenes: ground + primitives, ``scene3d.data.tabletop``)
   ply                paths (files, folder or glob), eval_paths (default: paths); gaussians
   prepared_3dgs      path (the --out folder of ``python -m scene3d.data.prepare_3dgs``); gaussians (``prepared`` is
                      set: the scenes are already cropped and normalised; num_gaussians and radius must match)
@@ -29,7 +31,7 @@ from __future__ import annotations
 import os
 
 MULTIVIEW = ("builtin", "clips", "captures")
-GAUSSIAN = ("builtin_gaussians", "ply", "prepared_3dgs")
+GAUSSIAN = ("builtin_gaussians", "tabletop", "ply", "prepared_3dgs")
 RELEASE = ("target_latents",)
 KNOWN = ("shapes",) + MULTIVIEW + GAUSSIAN + RELEASE
 
@@ -67,6 +69,15 @@ def get_source(data_config, split: str):
         n = data_config.num_train if split == "train" else data_config.num_eval
         # Disjoint seeds keep the eval split out of training.
         return ShapesSource(n, size=data_config.size, seed=data_config.get("seed", 0) + (0 if split == "train" else 10_000))
+    if name == "tabletop":
+        from scene3d.data.tabletop import TabletopSource
+        n = int(_get(data_config, "num_train" if split == "train" else "num_eval"))
+        gcfg = _get(data_config, "gaussians", {})
+        num = int(gcfg.get("num_gaussians", 512) if hasattr(gcfg, "get") else 512)
+        # Disjoint seeds keep the eval split out of training (as for 'shapes').
+        return TabletopSource(n, num_gaussians=num, seed=int(_get(data_config, "seed", 0)) + (0 if split == "train"
+                                                                                              else 10_000),
+                              max_objects=int(_get(data_config, "max_objects", 2)))
     if name in ("builtin", "builtin_gaussians"):
         src = _builtin(data_config, split)
         if name == "builtin_gaussians":

@@ -149,7 +149,9 @@ def crop_and_normalise(g: gs.Gaussians, cfg: GaussianConfig, rng: np.random.Gene
     seed = None
     if training and cfg.crop_seed == "random" and g.xyz.shape[0] > cfg.num_gaussians:
         seed = np.asarray(g.xyz[int(rng.integers(g.xyz.shape[0]))], np.float64)
-    g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
+    # A scene of exactly N Gaussians is its own crop; growth order matters only without a canonical order.
+    if g.xyz.shape[0] != cfg.num_gaussians or cfg.order == "none":
+        g = gs_filter.crop_gaussians(g, cfg.num_gaussians, seed=seed, k=cfg.knn, pad=True)
     return gs.normalise_scene(g, radius=cfg.radius)
 
 

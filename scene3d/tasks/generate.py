@@ -277,7 +277,7 @@ def _sid(example: dict) -> str:
 
 
 COND_SOURCES = ("auto", "file", "colours")
-BUILTIN_DATA = ("builtin_gaussians",)  # datasets without captions / images of their own: conditions from colours
+BUILTIN_DATA = ("builtin_gaussians", "tabletop")  # datasets without captions / images of their own: conditions from colours
 
 
 class SceneConditions:

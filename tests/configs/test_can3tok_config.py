@@ -41,8 +41,8 @@ def test_variants_and_recipe():
     assert rl.data.gaussians.rows == "raw" and rl.model.input_offset == 0 and rl.data.gaussians.order == "kdtree"
     assert rl.loss.posterior_warmup_steps > 0
     assert rel.optim.lr == 1e-4 and rel.optim.schedule == "constant" and rel.optim.weight_decay == 0.0
-    assert rel.data.gaussians.num_gaussians == 40_000 and rl.data.name == "builtin_gaussians"
-    assert rl.data.num_eval > 0 and rl.eval_every > 0 and rl.total_steps <= 2000
+    assert rel.data.gaussians.num_gaussians == 40_000 and rl.data.name == "tabletop"
+    assert rl.data.num_eval > 0 and rl.eval_every > 0 and rl.total_steps <= 3000
     with pytest.raises(ValueError, match="variant must be one of"):
         load_config(f"{CONFIG}:variant=huge")
 

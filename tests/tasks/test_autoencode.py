@@ -31,7 +31,8 @@ SPEC = dict(num_views=3, height=16, width=16, num_gaussians=64)
 def tiny_config(data_dir, **extra):
     c = load_config(f"{CONFIG}:runlocal")
     over = {
-        "data.data_dir": str(data_dir), "data.spec": SPEC, "data.num_scenes": 6, "data.num_eval": 2,
+        "data.name": "builtin_gaussians", "data.data_dir": str(data_dir), "data.spec": SPEC, "data.num_scenes": 6,
+        "data.num_eval": 2,
         "data.gaussians.num_gaussians": N, "data.num_threads": 1, "data.prefetch": 1,
         "model.num_gaussians": N, "model.width": 32, "model.head_width": 32, "model.num_latents": 8,
         "model.latent_dim": 32,

@@ -178,4 +178,4 @@ def test_missing_condition_files_are_clear_errors(tmp_path):
     c = load_config(f"{ldm_setup.CONFIG}:runlocal")
     c.tokenizer.model.update(ldm_setup.TINY_TOKENIZER)
     c.data.gaussians.num_gaussians = ldm_setup.N
-    assert c.data.name == "builtin_gaussians" and generate.GenerateTask(c).conditions.source == "colours"
+    assert c.data.name in generate.BUILTIN_DATA and generate.GenerateTask(c).conditions.source == "colours"

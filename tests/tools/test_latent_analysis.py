@@ -27,7 +27,7 @@ N = 32  # Gaussians per crop
 TINY = {"data.gaussians.num_gaussians": N, "data.gaussians.knn": 4, "model.num_gaussians": N, "model.width": 32,
         "model.head_width": 32, "model.num_latents": 8, "model.latent_dim": 32, "render.size": 24,
         "global_batch_size": 8, "total_steps": 2, "ckpt_every": 2, "log_every": 1, "eval_every": 0,
-        "async_checkpoint": False, "optim.warmup_steps": 1}
+        "async_checkpoint": False, "optim.warmup_steps": 1, "metrics.baselines": 64}
 
 
 def _scene(seed: int, n: int = 96) -> gs.Gaussians:
