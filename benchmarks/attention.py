@@ -80,7 +80,7 @@ def bench(impl, shape, dtype, repeats, seed=0):
         lowered = bwd.lower(q, k, v)
         compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - report why an impl cannot run here
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:90]}"
+        row["error"] = f"{type(e).__name__}: {first_line(e, 90)}"
         return row
     row["kernels"] = kernel_counts(lowered.as_text())
     mem = compiled.memory_analysis()
@@ -125,19 +125,45 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 1 repeat (CPU: xla + pallas interpret)")
     a = p.parse_args(argv)
-    dtype = jnp.bfloat16 if a.dtype == "bf16" else jnp.float32
-    shapes = a.shapes or (SMOKE_SHAPES if a.smoke else DEFAULT_SHAPES)
-    impls = a.impls.split(",")
-    repeats = 1 if a.smoke else a.repeats
-    if a.smoke and jax.default_backend() == "cpu":
-        impls = [i for i in impls if i not in ("cudnn", "pallas_mosaic_gpu")]
-    peak = matmul_peak_tflops(dtype, repeats, n=256 if a.smoke else None)
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {a.dtype}, "
-          f"measured matmul peak {peak:.2f} TFLOP/s")
-    rows = [bench(i, tuple(int(x) for x in s.split(",")), dtype, repeats)
-            for s in shapes.split(";") for i in impls]
+    peak, rows = run_table(a.impls, a.shapes, a.dtype, a.repeats, smoke=a.smoke)
     print(format_table(rows, peak))
     return rows
+
+
+def run_table(impls: str, shapes: str | None, dtype: str = "bf16", repeats: int = 10, *, smoke: bool = False,
+              deadline: float | None = None, log=print):
+    """The measured matmul peak (TFLOP/s) and one :func:`bench` row per (shape, impl), as ``main`` prints them.
+
+    ``impls`` / ``shapes`` as the command line's; ``deadline`` (a ``time.time()``): rows not started by then are
+    reported as skipped. A row whose run raises is reported with the exception's first line (the other rows go
+    on); benchmarks/gpu_check.py calls this for its attention table."""
+    dt = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+    shapes = shapes or (SMOKE_SHAPES if smoke else DEFAULT_SHAPES)
+    impls = impls.split(",") if isinstance(impls, str) else list(impls)
+    repeats = 1 if smoke else repeats
+    if smoke and jax.default_backend() == "cpu":
+        impls = [i for i in impls if i not in ("cudnn", "pallas_mosaic_gpu")]
+    peak = matmul_peak_tflops(dt, repeats, n=256 if smoke else None)
+    log(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {dtype}, "
+        f"measured matmul peak {peak:.2f} TFLOP/s")
+    rows = []
+    for s in shapes.split(";"):
+        shape = tuple(int(x) for x in s.split(","))
+        for i in impls:
+            if deadline is not None and time.time() > deadline:
+                rows.append(dict(impl=i, shape=shape, error="skipped: deadline reached"))
+                continue
+            try:
+                rows.append(bench(i, shape, dt, repeats))
+            except Exception as e:  # noqa: BLE001 - one failing row must not lose the table
+                rows.append(dict(impl=i, shape=shape, error=f"{type(e).__name__}: {first_line(e)}"))
+    return peak, rows
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, cut to ``limit`` characters."""
+    lines = [x for x in str(e).splitlines() if x.strip()]
+    return (lines[0] if lines else "")[:limit]
 
 
 if __name__ == "__main__":

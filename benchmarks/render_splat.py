@@ -36,6 +36,31 @@ def _time(fn, repeats):
     return float(np.median(out))
 
 
+def camera_for(g: gs.Gaussians):
+    """A camera looking at the scene's centre from 2.5 x its 90th-percentile radius: (c2w (4, 4), intrinsics (4,))."""
+    centre = np.asarray(g.xyz).mean(0)
+    radius = 2.5 * float(np.percentile(np.linalg.norm(np.asarray(g.xyz) - centre, axis=1), 90))
+    c2w = cameras.look_at(centre + np.array([0.0, -radius, 0.3 * radius]), centre, np.array([0.0, 0.0, 1.0]))
+    return c2w, jnp.array([0.9, 0.9, 0.5, 0.5], jnp.float32)
+
+
+def time_render(g: gs.Gaussians, c2w, intr, height: int, width: int, repeats: int, grad: bool) -> dict:
+    """One table row: compile s (first forward call), median forward ms, median grad ms (NaN without ``grad``;
+    the backward's compile is not timed), dropped overlaps."""
+    fwd = jax.jit(lambda g: splat.render(g, c2w, intr, height, width))
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fwd(g))
+    compile_s = time.perf_counter() - t0
+    f_ms = 1e3 * _time(lambda: fwd(g)["rgb"], repeats)
+    g_ms = float("nan")
+    if grad:
+        loss = jax.jit(jax.grad(lambda g: jnp.mean(splat.render(g, c2w, intr, height, width)["rgb"])))
+        jax.block_until_ready(loss(g))
+        g_ms = 1e3 * _time(lambda: loss(g).xyz, repeats)
+    return dict(height=height, width=width, num=int(g.xyz.shape[0]), compile_s=compile_s, fwd_ms=f_ms,
+                grad_ms=g_ms, dropped=int(out["dropped"]))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ply", default=None)
@@ -50,27 +75,15 @@ def main():
     else:
         g = synthetic(a.num)
     g = jax.tree.map(jnp.asarray, g)
-    centre = np.asarray(g.xyz).mean(0)
-    radius = 2.5 * float(np.percentile(np.linalg.norm(np.asarray(g.xyz) - centre, axis=1), 90))
-    c2w = cameras.look_at(centre + np.array([0.0, -radius, 0.3 * radius]), centre, np.array([0.0, 0.0, 1.0]))
-    intr = jnp.array([0.9, 0.9, 0.5, 0.5], jnp.float32)
+    c2w, intr = camera_for(g)
     print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}  gaussians: {g.xyz.shape[0]}")
     header = f"{'res':>6} {'N':>7} {'compile s':>10} {'fwd ms':>8} {'grad ms':>8} {'dropped':>8}"
     print(header)
     print("-" * len(header))
     for s in [int(x) for x in a.sizes.split(",")]:
-        fwd = jax.jit(lambda g: splat.render(g, c2w, intr, s, s))
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fwd(g))
-        compile_s = time.perf_counter() - t0
-        f_ms = 1e3 * _time(lambda: fwd(g)["rgb"], a.repeats)
-        g_ms = float("nan")
-        if a.grad:
-            loss = jax.jit(jax.grad(lambda g: jnp.mean(splat.render(g, c2w, intr, s, s)["rgb"])))
-            jax.block_until_ready(loss(g))
-            g_ms = 1e3 * _time(lambda: loss(g).xyz, a.repeats)
-        print(f"{s:>6} {g.xyz.shape[0]:>7} {compile_s:>10.1f} {f_ms:>8.1f} {g_ms:>8.1f} {int(out['dropped']):>8}")
-
+        r = time_render(g, c2w, intr, s, s, a.repeats, a.grad)
+        print(f"{s:>6} {r['num']:>7} {r['compile_s']:>10.1f} {r['fwd_ms']:>8.1f} {r['grad_ms']:>8.1f} "
+              f"{r['dropped']:>8}")
 
 if __name__ == "__main__":
     main()
