@@ -60,6 +60,9 @@ def get_config(arg=None):
     # decode settings (None: the stage-1 run's flow settings).
     c.sample = dict(num_cond_views=1, in_eval=True)
     c.decode = dict(sample_steps=None, cfg_scale=None)
+    # scene3d.evaluate's gFID / gKID (inception_weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth) and
+    # gFVD (i3d_weights: pytorch-i3d's rgb_imagenet.pt) of samples vs held-out views; '' = not computed.
+    c.metrics = dict(lpips=None, inception_weights="", i3d_weights="")
     c.render = dict(num_scenes=2, orbit=dict(num_frames=24, focus_depth=1.0, elevation_deg=0.0, arc_deg=360.0,
                                              fps=8.0))
 

@@ -71,7 +71,9 @@ def get_config(arg=None):
     c.loss = dict(kl_weight=KL[arg.variant], vae_recon_weight=1.0, vae_kl_weight=1e-6)
     # Evaluation: renders per view set for the per-pixel variance (uncertainty); LPIPS when weights are given:
     # lpips=dict(net='alex', backbone=TORCHVISION_ALEXNET.pth, lin=LPIPS_alex.pth) (or file=COMBINED).
-    c.metrics = dict(render_samples=4, lpips=None)
+    # scene3d.evaluate's rFID / rKID (inception_weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth) and rFVD
+    # (i3d_weights: pytorch-i3d's rgb_imagenet.pt); '' = not computed. README, "Generation metrics".
+    c.metrics = dict(render_samples=4, lpips=None, inception_weights="", i3d_weights="")
     # Figures: [context | target | rendered] rows; orbit GIFs around the point focus_depth in front of context 0.
     c.render = dict(num_scenes=2, orbit=dict(num_frames=24, focus_depth=1.0, elevation_deg=0.0, arc_deg=360.0,
                                              fps=8.0))
@@ -142,7 +144,7 @@ def release_config(arg):
                   sample_shift=1.0, sampler="euler", cfg_scale=1.0, cfg_interval=None)
     c.release = dict(shared_time_prob=0.2, latent_scale=1.0, context_sample=True)
     c.loss = dict(kl_weight=1e-10)
-    c.metrics = dict(lpips=None)
+    c.metrics = dict(lpips=None, inception_weights="", i3d_weights="")
     c.render = dict(num_scenes=2)
     c.global_batch_size = 32
     c.total_steps = 300_000

@@ -247,6 +247,17 @@ class SceneGenTask:
             out["gen_lpips"] = jnp.mean(self.lpips(pred * 2.0 - 1.0, gt * 2.0 - 1.0))
         return out
 
+    metric_kind = "g"  # scene3d.evaluate's gFID / gKID / gFVD: samples against the held-out views
+
+    def metric_frames(self, model, batch, rng) -> dict:
+        """``scene3d.evaluate``'s FID / KID / FVD frames: the target views rendered from generated tokens (the keys
+        of :meth:`evaluate`: the same samples) vs the held-out ground truth, (B, V, H, W, 3) in [-1, 1]."""
+        _, r_gen, r_render = jax.random.split(rng, 3)
+        inputs = self.prepare(model, batch)
+        gen = self.generate(model, inputs, r_gen, self.eval_mask(inputs["x0"].shape[0]))
+        fake = self.render(model, gen, inputs["target_c2w"], inputs["target_intrinsics"], r_render)
+        return {"fake": fake, "real": batch["target_images"]}
+
     # -- figures and files -------------------------------------------------------------------------------------
     def _num_scenes(self, batch) -> int:
         return min(int((self.config.get("render") or {}).get("num_scenes", 2)),

@@ -383,6 +383,18 @@ class SceneTokTask:
             out["compressor_psnr"] = jnp.mean(image_metrics.psnr(to_unit(model.pixels(x0)), gt))
         return out
 
+    metric_kind = "r"  # scene3d.evaluate's rFID / rKID / rFVD: reconstructions of the inputs
+
+    def metric_frames(self, model, batch, rng) -> dict:
+        """``scene3d.evaluate``'s FID / KID / FVD frames: the target views rendered from the context's tokens (the
+        key of :meth:`evaluate`'s renders: the same images) vs the ground truth, (B, V, H, W, 3) in [-1, 1]."""
+        r_render, _, _ = jax.random.split(rng, 3)
+        inputs = self.prepare(model, batch)
+        tokens, _ = model.scenetok.encode(inputs["context_latents"], inputs["context_c2w"],
+                                          inputs["context_intrinsics"], sample=False)
+        lat = self.render(model, tokens, inputs["target_c2w"], inputs["target_intrinsics"], r_render)
+        return {"fake": model.pixels(lat), "real": batch["target_images"]}
+
     # -- figures and files -------------------------------------------------------------------------------------
     def _num_scenes(self, batch) -> int:
         return min(int((self.config.get("render") or {}).get("num_scenes", 2)),
@@ -782,6 +794,21 @@ class ReleaseSceneTokTask:
                 flat = lambda x: x.reshape((-1,) + x.shape[-3:]) * 2.0 - 1.0  # noqa: E731
                 out["lpips"] = jnp.mean(self.lpips(flat(pred), flat(gt)))
         return out
+
+    metric_kind = "r"  # scene3d.evaluate's rFID / rKID / rFVD: reconstructions of the inputs
+
+    def metric_frames(self, model, batch, rng) -> dict:
+        """``scene3d.evaluate``'s FID / KID / FVD frames: the target frames decoded from latents rendered from the
+        context tokens alone (as :meth:`evaluate` renders them) vs the batch's target frames, (B, 4M, H, W, 3) in
+        [-1, 1]. Needs the frames in the batch (the evaluation split of the precomputed latents)."""
+        if "target_images" not in batch:
+            raise ValueError("FID / FVD of a release-layout SceneTok need the target frames in the batch (the "
+                             "evaluation split of scene3d.data.encode_targets keeps them)")
+        r_render, _ = jax.random.split(rng)
+        tokens, _ = self._context_tokens(model, batch)
+        lat = self.render_latents(model, tokens, batch["target_c2w"], batch["target_intrinsics"], r_render)
+        gt = jnp.asarray(batch["target_images"], jnp.float32)
+        return {"fake": self.frames(model, lat) * 2.0 - 1.0, "real": gt * 2.0 - 1.0}
 
     def images(self, model, batch, rng):
         """``views``: one row per scene: [context views | target frames (evaluation split) | the ground-truth target
