@@ -6,8 +6,14 @@
 - 'cudnn': ``jax.nn.dot_product_attention(implementation='cudnn')``; GPU only, fp16/bf16.
 - 'pallas': our Pallas flash attention, registered by its module through :func:`register_impl`.
 - 'pallas_triton' | 'pallas_mosaic_gpu' | 'pallas_mosaic_tpu': one Pallas backend, pinned.
-- 'auto': 'xla' on CPU; on GPU and TPU 'pallas' (Mosaic GPU on Hopper, Triton on other GPUs, Mosaic TPU) when
-  the inputs suit it (head_dim 64/128, key-padding masks only), else on GPU 'cudnn' when it can, else 'xla'.
+- 'auto': 'xla' on CPU. On GPU / TPU a real kernel, in this order: our Pallas kernel for the platform
+  ('pallas_mosaic_gpu' on Hopper for 16-bit inputs, 'pallas_triton' on other GPUs and for fp32,
+  'pallas_mosaic_tpu') when the inputs suit it (head_dim 64/128, key-padding masks only) and its lowering imports
+  in this JAX; else on GPU 'cudnn' when it can (bf16/fp16, head_dim <= 128, or 256 on Hopper); else 'xla' with a
+  WARNING logged once per (shape, dtype, mask shape) naming why each kernel declined. 'auto' never falls back to
+  the einsum silently on an accelerator, and an implementation named explicitly never falls back: it raises.
+  :func:`resolve_auto` returns the choice and those reasons; the platform is read by :func:`_platform` alone (tests
+  fake a GPU through it).
 
 Every implementation has the signature ``fn(q, k, v, *, mask, kv_lengths, scale, return_lse)`` with the
 layout and semantics of :func:`attention`. Which implementation ran is logged once per (impl, shape, dtype).
@@ -83,6 +89,11 @@ def _get_impl(name: str) -> AttentionFn:
 # cuDNN
 
 
+def _platform() -> str:
+    """The platform of the default backend ('cpu' | 'gpu' | 'tpu'): the one place the dispatcher reads it."""
+    return jax.default_backend()
+
+
 def _gpu_head_dim_limit() -> int:
     try:
         major = int(str(getattr(jax.devices()[0], "compute_capability", "0")).split(".")[0])
@@ -93,8 +104,8 @@ def _gpu_head_dim_limit() -> int:
 
 def _cudnn_supports(q, k, mask=None) -> str | None:
     """None if cuDNN flash attention can run these inputs, else the reason it cannot."""
-    if jax.default_backend() != "gpu":
-        return f"cuDNN attention needs a GPU, the default backend is {jax.default_backend()!r}"
+    if _platform() != "gpu":
+        return f"cuDNN attention needs a GPU, the default backend is {_platform()!r}"
     if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype:
         return f"cuDNN attention needs bf16/fp16 inputs, got q {q.dtype}, k {k.dtype}"
     d, limit = q.shape[-1], _gpu_head_dim_limit()
@@ -172,20 +183,42 @@ def _check(q, k, v, mask, kv_lengths):
                              f"{jnp.result_type(kv_lengths)}{tuple(np.shape(kv_lengths))}")
 
 
-def _pallas_supports(q, k, mask) -> bool:
+def _pallas_choice(q, k, mask, platform: str) -> tuple[str | None, str | None]:
+    """(the pinned Pallas impl name, None) if our flash kernel serves these inputs on ``platform``, else
+    (None, why not). A backend whose lowering does not import in this JAX (the Pallas Triton lowering is deprecated
+    from JAX 0.11 and will be removed) declines here, so 'auto' moves on to cuDNN instead of failing at trace time."""
     if not _try_lazy("pallas"):
-        return False
-    from scene3d.kernels.flash import unsupported_reason
-    return unsupported_reason(q, k, k, mask) is None
+        return None, f"no Pallas implementation is registered ({_LAZY_MODULES['pallas']} did not import)"
+    from scene3d.kernels import flash
+    reason = flash.unsupported_reason(q, k, k, mask)
+    if reason is not None:
+        return None, f"Pallas flash attention: {reason}"
+    backend = flash.default_backend(q.dtype, q.shape[-1], platform=platform)
+    try:
+        flash._backend_module(backend)
+    except ImportError as e:  # e.g. jax.experimental.pallas.triton gone from a newer JAX
+        return None, f"Pallas {backend!r} lowering unavailable in jax {jax.__version__}: {e}"
+    return f"pallas_{backend}", None
 
 
-def _resolve_auto(q, k, mask) -> str:
-    backend = jax.default_backend()
-    if backend in ("gpu", "tpu") and _pallas_supports(q, k, mask):
-        return "pallas"
-    if backend == "gpu" and _cudnn_supports(q, k, mask) is None:
-        return "cudnn"
-    return "xla"
+def resolve_auto(q, k, mask=None) -> tuple[str, tuple[str, ...]]:
+    """What ``impl='auto'`` runs for these inputs: (impl name, why each better kernel declined).
+
+    CPU: 'xla' (the Pallas kernels would only run interpreted). GPU: Pallas, then cuDNN, then 'xla'. TPU: Pallas,
+    then 'xla'. The reasons are empty unless an accelerator falls back to 'xla'."""
+    platform = _platform()
+    if platform not in ("gpu", "tpu"):
+        return "xla", ()
+    name, pallas_reason = _pallas_choice(q, k, mask, platform)
+    if name is not None:
+        return name, ()
+    reasons = [pallas_reason]
+    if platform == "gpu":
+        cudnn_reason = _cudnn_supports(q, k, mask)
+        if cudnn_reason is None:
+            return "cudnn", ()
+        reasons.append(cudnn_reason)
+    return "xla", tuple(reasons)
 
 
 def attention(q, k, v, *, impl: str = "xla", mask=None, kv_lengths=None, scale: float | None = None,
@@ -203,12 +236,17 @@ def attention(q, k, v, *, impl: str = "xla", mask=None, kv_lengths=None, scale: 
     Returns (B, Lq, H, D) in q's dtype (and the lse). Softmax runs in fp32; rows with no key to attend give 0.
     """
     _check(q, k, v, mask, kv_lengths)
-    name = _resolve_auto(q, k, mask) if impl == "auto" else impl
+    name, reasons = resolve_auto(q, k, mask) if impl == "auto" else (impl, ())
     fn = _get_impl(name)
-    key = (name, impl, tuple(q.shape), tuple(k.shape), str(q.dtype))
+    mshape = None if mask is None else tuple(np.shape(mask))
+    key = (name, impl, tuple(q.shape), tuple(k.shape), str(q.dtype), mshape)
     if key not in _LOGGED:
         _LOGGED.add(key)
+        if reasons:
+            logger.warning("attention: impl='auto' on %s falls back to the einsum reference ('xla', materialised "
+                           "scores) for q%s k%s %s mask=%s: %s. A kernel named explicitly ('pallas', 'cudnn') "
+                           "raises instead.",
+                           _platform(), tuple(q.shape), tuple(k.shape), q.dtype, mshape, "; ".join(reasons))
         logger.info("attention: impl=%r (requested %r) q%s k%s %s mask=%s kv_lengths=%s", name, impl,
-                    tuple(q.shape), tuple(k.shape), q.dtype, None if mask is None else tuple(np.shape(mask)),
-                    kv_lengths is not None)
+                    tuple(q.shape), tuple(k.shape), q.dtype, mshape, kv_lengths is not None)
     return fn(q, k, v, mask=mask, kv_lengths=kv_lengths, scale=scale, return_lse=return_lse)

@@ -2,7 +2,10 @@
 
 ``impl='pallas'`` picks the backend for the platform (Mosaic GPU on Hopper for 16-bit inputs, Triton on other
 GPUs, Mosaic TPU on TPU, Triton in interpret mode on CPU); ``'pallas_triton'``, ``'pallas_mosaic_gpu'`` and
-``'pallas_mosaic_tpu'`` pin one. The kernels live in :mod:`scene3d.kernels.flash`.
+``'pallas_mosaic_tpu'`` pin one. The kernels live in :mod:`scene3d.kernels.flash`. ``impl='auto'`` resolves to one
+of the pinned names (see :func:`scene3d.kernels.attention.resolve_auto`); the plan for the Triton lowering's
+deprecation from JAX 0.11 (A100: Triton while it imports, then cuDNN; Mosaic GPU pre-Hopper or tokamax once
+benchmarks/gpu_check.py shows them correct and at least as fast) is in :mod:`scene3d.kernels`'s docstring.
 """
 from __future__ import annotations
 

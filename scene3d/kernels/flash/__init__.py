@@ -41,10 +41,10 @@ def _gpu_capability() -> tuple[int, int]:
         return 0, 0
 
 
-def default_backend(q_dtype=jnp.bfloat16, head_dim: int = 128) -> str:
+def default_backend(q_dtype=jnp.bfloat16, head_dim: int = 128, platform: str | None = None) -> str:
     """'mosaic_gpu' on Hopper (sm_90) for 16-bit inputs, 'triton' on other GPUs (and for fp32), 'mosaic_tpu' on
-    TPU, 'triton' (interpret mode) on CPU."""
-    platform = jax.default_backend()
+    TPU, 'triton' (interpret mode) on CPU. ``platform`` defaults to ``jax.default_backend()``."""
+    platform = platform or jax.default_backend()
     if platform == "tpu":
         return "mosaic_tpu"
     if platform == "gpu" and _gpu_capability()[0] == 9:
