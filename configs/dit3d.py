@@ -79,7 +79,10 @@ def get_config(arg=None):
     c.time_shift = dict(by_dim=arg.time_shift == "dim" or (arg.time_shift == "auto" and card), base_dim=4096)
     # scene3d.evaluate's gFID / gKID (inception_weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth) and
     # gFVD (i3d_weights: pytorch-i3d's rgb_imagenet.pt) of samples vs held-out views; '' = not computed.
-    c.metrics = dict(lpips=None, inception_weights="", i3d_weights="")
+    # eval_conditions / eval_seeds: the condition types whose samples evaluation scores against the held-out
+    # targets, and the seeds per condition (diversity across seeds needs >= 2).
+    c.metrics = dict(lpips=None, inception_weights="", i3d_weights="",
+                     eval_conditions=("uncond", "one_view", "views", "trajectory", "views_trajectory"), eval_seeds=2)
     c.render = dict(num_scenes=2, num_seeds=2, trajectory_frames=24, arc_deg=60.0, elevation_deg=10.0, fps=8.0)
 
     c.global_batch_size = 64

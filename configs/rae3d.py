@@ -24,6 +24,8 @@ Args:
   56 x 56 ('tiny-siglip2' at 64 x 64 for a SigLIP2 tower), 2 context + 2 target views, K = 64, a tiny perceiver.
   With ``recipe=rae``: token noise and the GAN (on a fixed random conv pyramid; the discriminator from step 100,
   its term in the decoder's loss from step 150); LPIPS stays off unless ``loss.lpips`` and its weights are set.
+  Every evaluation prints the held-out PSNR beside two baselines: ``psnr_mean_image`` (the mean training image)
+  and ``psnr_context_mean`` (each target predicted by the mean of its context views).
 
 Views are 224 x 224 for DINOv2 (16 x 16 patches of 14) and 256 x 256 for SigLIP2 (16 x 16 patches of 16); the
 decoder renders patches of the tower's patch size. Set ``model.encoder_weights`` to an HF checkpoint of the tower
@@ -84,6 +86,13 @@ def get_config(arg=None):
                   disc_features="tower", disc_widths=(16, 32, 64), disc_hidden=256)
     c.render = dict(num_scenes=2, num_output_scenes=1, trajectory_frames=24, arc_deg=60.0, elevation_deg=10.0,
                     fps=8.0, ply_keep=0.8)
+    # Evaluation (scene3d/tasks/rae3d.py, scene3d.evaluate). lpips: LPIPS weights (None: not computed; as
+    # loss.lpips_weights); baselines: training examples whose target views make the mean-image baseline (0: off);
+    # chamfer_points: valid pixels per scene the Chamfer distance is computed on (0: all); views_sweep: context-view
+    # counts of scene3d.evaluate's view-count sweep (same targets; --views_sweep overrides; () = none);
+    # inception_weights / i3d_weights: rFID / rKID / rFVD networks ('' = not computed).
+    c.metrics = dict(lpips=None, baselines=256, chamfer_points=16384, views_sweep=(), inception_weights="",
+                     i3d_weights="")
 
     c.global_batch_size = 64
     c.total_steps = 200_000

@@ -45,7 +45,7 @@ def can3tok_run(tmp_path_factory):
         "model.head_width": 32, "model.num_latents": 8, "model.latent_dim": 32, "global_batch_size": 4,
         "eval_batch_size": 2, "total_steps": 2, "eval_every": 0, "log_every": 1, "ckpt_every": 2,
         "async_checkpoint": False, "ema_decay": 0.5, "write_images": False, "optim.lr": 1e-2,
-        "metrics.failure_threshold": 50.0})
+        "metrics.failure_threshold": 50.0, "metrics.baselines": 64})
     workdir = root / "run"
     train.train_and_evaluate(c, str(workdir), mesh=sh.make_mesh({"data": 2, "fsdp": 4, "tensor": 1}))
     return workdir, c
@@ -194,7 +194,7 @@ def test_rae3d_per_scene_metrics_vs_numpy(tmp_path):
     from tests.tasks.test_rae3d_task import tiny_config
     from scene3d.tasks.rae3d import RAE3DTask
     config = tiny_config(tmp_path, **{"model.num_tokens": 8, "model.dim": 32, "model.dec_dim": 32,
-                                      "model.dec_depth": 1})
+                                      "model.dec_depth": 1, "metrics.baselines": 0})
     task = RAE3DTask(config)
     model = task.build_model(nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -223,7 +223,8 @@ def test_rae3d_per_scene_metrics_vs_numpy(tmp_path):
     np.testing.assert_array_equal(ex["point_pixels"], mask.sum(axis=(1, 2, 3)))
     split = task.summarize_examples(ex, b)
     np.testing.assert_allclose(split["point_err"], dist[mask].mean(), rtol=1e-4)  # pooled over valid pixels
-    assert set(split) == {"psnr", "psnr_context", "ssim", "ssim_context", "l1", "point_err", "point_err_context"}
+    assert set(split) == {"psnr", "psnr_context", "ssim", "ssim_context", "l1", "point_err", "point_err_context",
+                          "psnr_context_mean", "depth_absrel", "depth_delta1", "chamfer", "chamfer_all"}
     for k, val in batch_figures.items():
         np.testing.assert_allclose(float(val), split[k], rtol=1e-4, err_msg=k)
 

@@ -20,7 +20,9 @@ Sampling (:meth:`DiT3DTask.sample`): Euler / Heun from t = 1 to 0 with classifie
 ``flow.cfg_scale`` against the fully unconditional model; different seeds give different scenes for the same
 condition, and the sampled tokens decode (3DRAE decoder) to images and point maps along any trajectory with no
 further sampling. Evaluation: velocity loss at t = 0.25 / 0.5 / 0.75 for the 'views' and 'uncond' configurations
-and the PSNR of target views decoded from tokens sampled given all conditioning views + the target trajectory.
+and the PSNR of target views decoded from tokens sampled given all conditioning views + the target trajectory;
+per condition type (``metrics.eval_conditions``) PSNR / SSIM / LPIPS of samples of ``metrics.eval_seeds`` seeds
+against the held-out target views and their diversity across seeds (:meth:`DiT3DTask.condition_samples`).
 ``images``: per scene [conditioning view | target | decoded sample, seed 0 | seed 1]; ``write_outputs``: per seed
 a decoded arc trajectory (GIF + PNG strip) and the decoded point cloud (PLY) of the sampled scene.
 
@@ -144,6 +146,14 @@ class DiT3DTask:
         self.time_shift = self._dim_shift(_as_dict(config.get("time_shift")))
         self.render_cfg = _as_dict(config.get("render"))
         self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
+        # Evaluation: samples per condition type (metrics.eval_conditions) and seeds (metrics.eval_seeds).
+        metrics_cfg = _as_dict(config.get("metrics"))
+        self.eval_conditions = tuple(metrics_cfg.get("eval_conditions", dit3d_lib.CONDITIONS))
+        self.eval_seeds = int(metrics_cfg.get("eval_seeds", 2))
+        bad = [c for c in self.eval_conditions if c not in dit3d_lib.CONDITIONS]
+        if bad or self.eval_seeds < 1:
+            raise ValueError(f"config.metrics.eval_conditions: a subset of {dit3d_lib.CONDITIONS} (got "
+                             f"{self.eval_conditions}) and config.metrics.eval_seeds >= 1 (got {self.eval_seeds})")
 
     def _dim_shift(self, ts: dict) -> float:
         """With ``time_shift.by_dim``: put s = sqrt(N C / base_dim) into ``self.flow``'s training-time sampler and
@@ -255,10 +265,11 @@ class DiT3DTask:
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def sample(self, model: DiT3DModel, cond: dict | None, rng, *, batch_size: int, num_steps: int | None = None,
-               cfg_scale: float | None = None, method: str | None = None) -> jax.Array:
-        """Scene tokens (B, K, latent_dim) (unscaled: ready for the decoder) sampled from noise given ``cond``."""
+               cfg_scale: float | None = None, method: str | None = None, noise: jax.Array | None = None) -> jax.Array:
+        """Scene tokens (B, K, latent_dim) (unscaled: ready for the decoder) sampled from noise given ``cond``
+        (``noise``: the starting noise, else N(0, I) from ``rng``)."""
         shape = (batch_size,) + self.tokenizer.token_shape
-        noise = jax.random.normal(rng, shape, jnp.float32)
+        noise = jax.random.normal(rng, shape, jnp.float32) if noise is None else noise
         graphdef, state = nnx.split(model.dit)
 
         def velocity(c):
@@ -276,21 +287,98 @@ class DiT3DTask:
         for mode in ("views", "uncond"):
             cond, key = self.cond(model, batch, *self._masks(batch, mode)), f"val_loss_{mode}"
             out[key] = self.flow.fixed_time_losses(lambda x, t: model.dit(x, t, cond)[0], x0, eps, name=key)[key]
-        cond = self.cond(model, batch, *self._masks(batch, "views_trajectory"))
-        tok = self.sample(model, cond, jax.random.fold_in(rng, 1), batch_size=x0.shape[0])
-        size = batch["target_images"].shape[2:4]
-        dec = self.decode(model, tok, batch["target_c2w"], batch["target_intrinsics"], size)
-        pred, gt = image_metrics.to_unit(dec["images"]), image_metrics.to_unit(batch["target_images"])
-        out["sample_psnr"] = jnp.mean(image_metrics.psnr(pred, gt))
-        out["sample_ssim"] = jnp.mean(image_metrics.ssim(pred, gt))
-        if self.lpips is not None:  # LPIPS takes [-1, 1]
-            out["sample_lpips"] = jnp.mean(self.lpips(pred * 2.0 - 1.0, gt * 2.0 - 1.0))
-        if "point_maps" in dec and "target_points" in batch:  # over the valid (depth) pixels of the targets
-            m = batch["target_mask"].astype(jnp.float32)
-            d = pointmap.point_distance(dec["point_maps"], batch["target_points"])
-            out["sample_point_err"] = jnp.sum(d * m) / jnp.maximum(jnp.sum(m), 1.0)
-        out["sample_token_std"] = jnp.std(tok)
+        out.update(self.condition_samples(model, batch, rng))
         return out
+
+    def condition_samples(self, model, batch, rng) -> dict:
+        """Samples scored against the held-out targets per condition type, and their diversity across seeds.
+
+        For every condition c of ``metrics.eval_conditions`` (and always 'views_trajectory') and seed s <
+        ``metrics.eval_seeds``, tokens are sampled from the noise N(0, I) of key ``fold_in(rng, 1 + s)`` (the same
+        noise for every condition: differences between conditions come from the condition) given the batch's
+        conditioning views and target trajectory masked as c prescribes, and decoded at the target cameras. One
+        sampler call over all (seed, condition, example) triples. Figures (batch means):
+
+        - ``sample_{psnr,ssim,lpips}_{c}``: of the decoded target views against the ground truth (images in [0, 1];
+          LPIPS when ``metrics.lpips`` names weights), averaged over seeds and views;
+        - ``diversity_std_{c}``: the per-pixel standard deviation across seeds, averaged over pixels (> 1 seed);
+        - ``diversity_lpips_{c}``: the mean LPIPS between the decoded views of every pair of seeds (> 1 seed, LPIPS);
+        - ``sample_psnr`` / ``sample_ssim`` / ``sample_lpips`` / ``sample_point_err`` / ``sample_token_std``: of
+          seed 0 given all conditioning views + the trajectory (the samples of ``metric_frames``)."""
+        conds = ("views_trajectory",) + tuple(c for c in self.eval_conditions if c != "views_trajectory")
+        seeds = self.eval_seeds
+        b = batch["context_images"].shape[0]
+        n = len(conds) * seeds
+        tile = lambda x: jnp.concatenate([x] * n, 0)  # noqa: E731  (seed, condition, example) order
+        cond = {k: tile(v) for k, v in self.cond(model, batch, *self._masks(batch, "uncond")).items()}
+        masks = [self._masks(batch, c) for c in conds]
+        cond["view_mask"] = jnp.concatenate([m[0] for m in masks] * seeds, 0)
+        cond["traj_mask"] = jnp.concatenate([m[1] for m in masks] * seeds, 0)
+        shape = (b,) + self.tokenizer.token_shape
+        noise = jnp.concatenate([jax.random.normal(jax.random.fold_in(rng, 1 + s), shape, jnp.float32)
+                                 for s in range(seeds) for _ in conds], 0)
+        tok = self.sample(model, cond, None, batch_size=n * b, noise=noise)
+        size = batch["target_images"].shape[2:4]
+        dec = self.decode(model, tok, tile(batch["target_c2w"]), tile(batch["target_intrinsics"]), size)
+        grid = lambda x: x.reshape((seeds, len(conds), b) + x.shape[1:])  # noqa: E731
+        pred = grid(image_metrics.to_unit(dec["images"]))  # (S, C, B, T, H, W, 3)
+        gt = image_metrics.to_unit(batch["target_images"])
+        gt_all = jnp.broadcast_to(gt, pred.shape)
+        psnr, ssim = image_metrics.psnr(pred, gt_all), image_metrics.ssim(pred, gt_all)  # (S, C, B, T)
+        lp = None
+        if self.lpips is not None:  # LPIPS takes [-1, 1]
+            lp = self.lpips(pred * 2.0 - 1.0, gt_all * 2.0 - 1.0)
+        out = {"sample_psnr": jnp.mean(psnr[0, 0]), "sample_ssim": jnp.mean(ssim[0, 0])}
+        if lp is not None:
+            out["sample_lpips"] = jnp.mean(lp[0, 0])
+        for i, c in enumerate(conds):
+            if c not in self.eval_conditions:
+                continue
+            out[f"sample_psnr_{c}"], out[f"sample_ssim_{c}"] = jnp.mean(psnr[:, i]), jnp.mean(ssim[:, i])
+            if lp is not None:
+                out[f"sample_lpips_{c}"] = jnp.mean(lp[:, i])
+            if seeds > 1:
+                out[f"diversity_std_{c}"] = jnp.mean(jnp.std(pred[:, i], axis=0))
+                if self.lpips is not None:
+                    pairs = [(a, z) for a in range(seeds) for z in range(a + 1, seeds)]
+                    out[f"diversity_lpips_{c}"] = jnp.mean(jnp.stack([
+                        self.lpips(pred[a, i] * 2.0 - 1.0, pred[z, i] * 2.0 - 1.0) for a, z in pairs]))
+        first = {k: v[:b] for k, v in dec.items()}  # seed 0, views + trajectory
+        if "point_maps" in first and "target_points" in batch:  # over the valid (depth) pixels of the targets
+            m = batch["target_mask"].astype(jnp.float32)
+            d = pointmap.point_distance(first["point_maps"], batch["target_points"])
+            out["sample_point_err"] = jnp.sum(d * m) / jnp.maximum(jnp.sum(m), 1.0)
+        out["sample_token_std"] = jnp.std(tok[:b])
+        return out
+
+    def summary_rows(self, metrics: dict) -> dict:
+        """``scene3d.evaluate``'s table of the sample figures per condition type (``condition_samples``)."""
+        cols = [("psnr", "sample_psnr_{}"), ("ssim", "sample_ssim_{}"), ("lpips", "sample_lpips_{}"),
+                ("pixel std across seeds", "diversity_std_{}"), ("LPIPS across seeds", "diversity_lpips_{}")]
+        conds = [c for c in dit3d_lib.CONDITIONS if f"sample_psnr_{c}" in metrics]
+        cols = [(name, key) for name, key in cols if any(key.format(c) in metrics for c in conds)]
+        rows = [("condition",) + tuple(name for name, _ in cols)]
+        for c in conds:
+            rows.append((c,) + tuple(f"{metrics[key.format(c)]:.4g}" if key.format(c) in metrics else "-"
+                                     for _, key in cols))
+        return {f"samples per condition type ({self.eval_seeds} seeds each, scored against the held-out target "
+                f"views):": rows}
+
+    def evaluation_convention(self, batch_size: int) -> dict:
+        """What the figures mean (``scene3d.evaluate`` prints ``summary`` above its table)."""
+        del batch_size
+        lp = ("LPIPS: not computed (config.metrics.lpips names no weights: set net=vgg|alex with file=PATH, or "
+              "backbone=PATH and lin=PATH)" if self.lpips is None else f"LPIPS-{getattr(self.lpips, 'net', '?')}"
+              + (" with RANDOM weights (tests only, not LPIPS)" if getattr(self.lpips, "random_weights", False)
+                 else ""))
+        summary = (f"3DDiT convention: per example and condition type ({', '.join(self.eval_conditions)}) "
+                   f"{self.eval_seeds} samples (seeds 0..{self.eval_seeds - 1}, the same noise for every condition; "
+                   f"{self.flow.sample_steps} {self.flow.sampler} steps, CFG {self.flow.cfg_scale}, time shift "
+                   f"{self.time_shift:.3g}) decoded at the held-out target cameras and scored against the target "
+                   f"views (PSNR / SSIM on [0, 1]); diversity: per-pixel std across seeds (and pairwise LPIPS). "
+                   f"'uncond' and 'trajectory' see no view: their PSNR is the floor. {lp}.")
+        return {"summary": summary, "conditions": list(self.eval_conditions), "seeds": self.eval_seeds,
+                "lpips": None if self.lpips is None else getattr(self.lpips, "net", "?")}
 
     metric_kind = "g"  # scene3d.evaluate's gFID / gKID / gFVD: samples against the held-out views
 

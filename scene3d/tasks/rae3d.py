@@ -57,13 +57,15 @@ from flax import nnx
 
 from scene3d.core.config import model_section
 from scene3d.core.dtypes import dtype as _dtype
-from scene3d.geometry import trajectories
+from scene3d.geometry import cameras, trajectories
 from scene3d.losses import adversarial
 from scene3d.losses import perceptual as perceptual_lib
 from scene3d.losses import pointmap
+from scene3d.metrics import geometry as geometry_metrics
 from scene3d.metrics import image as image_metrics
 from scene3d.metrics.image import to_unit
 from scene3d.metrics import lpips as lpips_lib
+from scene3d.metrics.baselines import LinearBaselines
 from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import vit as vit_lib
 from scene3d.render import ply, video
@@ -75,6 +77,8 @@ VIEW_FIELDS = ("images", "c2w", "intrinsics")
 NOISE_DISTS = ("half_normal", "uniform")
 DISC_FEATURES = ("tower", "random_conv")
 HEAD_KERNEL = ("decoder", "head", "kernel")  # the decoder's last layer (the adaptive GAN weight's reference)
+# Per-scene counts that weight other values in batch / split figures (not figures themselves).
+COUNTS = ("point_pixels", "point_pixels_context", "depth_views")
 
 
 def _as_dict(x) -> dict:
@@ -194,6 +198,12 @@ class RAE3DTask:
         if float(self.loss_cfg.get("align", 0.0)) > 0 and not self.model_cfg.align:
             raise ValueError("config.loss.align > 0 needs config.model.align=True (the decoder's feature head)")
         self.lpips = lpips_lib.from_config((config.get("metrics") or {}).get("lpips"))
+        # Evaluation: the mean-training-image baseline from metrics.baselines training examples (0: off), the
+        # Chamfer distance on at most metrics.chamfer_points valid pixels per scene (0: all of them).
+        metrics_cfg = _as_dict(config.get("metrics"))
+        self.baseline_examples = int(metrics_cfg.get("baselines", 0) or 0)
+        self.chamfer_points = int(metrics_cfg.get("chamfer_points", 16384) or 0)
+        self._baselines = None
         self._check_recipe(config)
         views = _as_dict(config.data.get("views"))
         res = views.get("resolution")
@@ -395,12 +405,56 @@ class RAE3DTask:
         metrics["token_std"] = jnp.std(tokens)
         return total, metrics, (rgb, gt)
 
+    # -- baselines ---------------------------------------------------------------------------------------------
+    def training_target_images(self, count: int) -> np.ndarray:
+        """(M, H, W, 3) target views in [0, 1] of ``count`` training examples made exactly as training makes them
+        (the train split's transforms, random view choices from ``seed``-derived generators), cycling over the
+        scenes."""
+        from scene3d import data
+        src = data.get_source(self.config.data, "train")
+        transforms = data.get_transforms(self.config.data, "train") + self.data_transforms("train")
+        if not len(src):
+            raise ValueError("config.metrics.baselines: the train split has no scenes")
+        seed = int(self.config.get("seed", 0))
+        out = []
+        for i in range(count):
+            ex = src[i % len(src)]
+            for t in transforms:
+                ex = (t.random_map(ex, np.random.default_rng([seed, 7919, i])) if hasattr(t, "random_map")
+                      else t.map(ex) if hasattr(t, "map") else t(ex))
+            out.append(np.clip((np.asarray(ex["target_images"], np.float32) + 1.0) * 0.5, 0.0, 1.0))
+        return np.concatenate(out)
+
+    def baselines(self) -> LinearBaselines | None:
+        """The mean training image (``scene3d.metrics.baselines``: the mean example of the target views of
+        ``metrics.baselines`` training examples), fitted once; None when off or the training data cannot be
+        read (a warning)."""
+        if self.baseline_examples <= 0 or self._baselines is False:
+            return None
+        if self._baselines is None:
+            try:
+                images = self.training_target_images(self.baseline_examples)
+            except (ValueError, OSError) as e:  # e.g. evaluating a run whose training data is not available
+                logging.warning("config.metrics.baselines: no mean-image baseline, the training examples cannot be "
+                                "read: %s", e)
+                self._baselines = False
+                return None
+            self._baselines = LinearBaselines.fit(images, 1)
+        return self._baselines
+
+    # -- evaluation --------------------------------------------------------------------------------------------
     def evaluate_examples(self, model, batch, rng):
         """Per-scene metrics (B,) of the views decoded from the context's tokens (the decoder is deterministic:
         no render variance), averaged over each scene's target views (and, ``*_context``, its context views):
-        ``psnr`` / ``ssim`` (images in [0, 1]), ``lpips`` (``metrics.lpips`` set), ``l1`` (on [-1, 1]) and, with a
-        point head, ``point_err`` (mean Euclidean error over the valid pixels) with ``point_pixels`` (their count,
-        the weight of the scene's error in a batch / split figure)."""
+        ``psnr`` / ``ssim`` (images in [0, 1]), ``lpips`` (``metrics.lpips`` set), ``l1`` (on [-1, 1]); the
+        baselines ``psnr_context_mean`` (each target predicted by the per-pixel mean of its own context views) and
+        ``psnr_mean_image`` (by the mean training image, ``metrics.baselines``); with a point head ``point_err``
+        (mean Euclidean error over the valid pixels) with ``point_pixels`` (their count, the weight of the scene's
+        error in a batch / split figure), ``depth_absrel`` / ``depth_delta1`` of the target views' z-depth after
+        median scale alignment per view (``scene3d.metrics.geometry``; NaN without ground-truth depth) with
+        ``depth_views`` (views with depth, their weight), ``chamfer`` (the fused point maps of the target views
+        against the ground truth's, in the scene frame; :meth:`evaluation_convention`) and ``chamfer_all`` (of all
+        decoded views, context + target)."""
         del rng
         out, _, parts = self.render(model, batch, None, with_context=True)
         gt = self._gt(batch, parts, "images").astype(jnp.float32)
@@ -412,6 +466,7 @@ class RAE3DTask:
                "l1": jnp.mean(jnp.abs(out["rgb"][:, vc:].astype(jnp.float32) - gt[:, vc:]), axis=(1, 2, 3, 4))}
         if self.lpips is not None:  # LPIPS takes [-1, 1]
             res["lpips"] = jnp.mean(self.lpips(pred_u[:, vc:] * 2.0 - 1.0, gt_u[:, vc:] * 2.0 - 1.0), 1)
+        res.update(self._baseline_psnr(gt_u[:, :vc], gt_u[:, vc:]))
         if self.model_cfg.points:
             for name, sl, part in (("point_err", slice(vc, None), "target"), ("point_err_context", slice(0, vc),
                                                                               "context")):
@@ -420,24 +475,98 @@ class RAE3DTask:
                 pixels = jnp.sum(m, axis=(1, 2, 3))
                 res[name] = jnp.sum(d * m, axis=(1, 2, 3)) / jnp.maximum(pixels, 1.0)
                 res[name.replace("err", "pixels")] = pixels
+            res.update(self._geometry(out, batch, parts, vc))
+        return res
+
+    def _baseline_psnr(self, context_u, target_u) -> dict:
+        """PSNR (B,) of the trivial predictors of the targets (images in [0, 1])."""
+        out = {"psnr_context_mean": jnp.mean(image_metrics.psnr(
+            jnp.broadcast_to(jnp.mean(context_u, axis=1, keepdims=True), target_u.shape), target_u), 1)}
+        fit = self.baselines()
+        if fit is not None and tuple(fit.mean.shape) == tuple(target_u.shape[2:]):
+            out["psnr_mean_image"] = jnp.mean(image_metrics.psnr(fit.predict_mean(target_u), target_u), 1)
+        return out
+
+    def _geometry(self, out, batch, parts, vc) -> dict:
+        """Scale-aligned depth of the target views and the Chamfer distance of all decoded views (per scene)."""
+        mask, pts = batch["target_mask"], batch["target_points"]
+        b, vt, h, w = mask.shape
+        # ground-truth z-depth: the scene-frame points in each target camera's frame
+        gt_depth = cameras.world_to_camera(pts.reshape(b * vt, h * w, 3).astype(jnp.float32),
+                                           batch["target_c2w"].reshape(b * vt, 4, 4).astype(jnp.float32))[..., 2]
+        dm = geometry_metrics.scale_aligned_depth(out["depth"][:, vc:], gt_depth.reshape(b, vt, h, w), mask)
+        views = jnp.sum(dm["valid"], 1)
+        res = {"depth_views": views.astype(jnp.float32)}
+        for k in ("absrel", "delta1"):
+            total = jnp.sum(jnp.where(dm["valid"], dm[k], 0.0), 1)
+            res[f"depth_{k}"] = jnp.where(views > 0, total / jnp.maximum(views, 1), jnp.nan)
+        for name, sl, views in (("chamfer", slice(vc, None), ["target"]), ("chamfer_all", slice(None), parts)):
+            m = self._gt(batch, views, "mask").reshape(b, -1)
+            gt_pts = self._gt(batch, views, "points").reshape(b, -1, 3)
+            pred_pts = out["points"][:, sl].reshape(b, -1, 3)
+            if self.chamfer_points > 0:
+                idx, taken = geometry_metrics.sample_valid(jax.random.key(0), m, self.chamfer_points)
+                take = lambda x: jnp.take_along_axis(x, idx[..., None], 1)  # noqa: E731
+                pred_pts, gt_pts, m = take(pred_pts), take(gt_pts), taken
+            res[name] = geometry_metrics.chamfer_distance(pred_pts, gt_pts, m, m)
         return res
 
     @staticmethod
     def _pool(values: dict, xp) -> dict:
         """Batch / split figures of per-scene values with the array module ``xp`` (jnp under jit, np on the host):
-        means; point errors weighted by the scenes' valid-pixel counts (the error over all valid pixels)."""
-        out = {k: xp.mean(v) for k, v in values.items() if not k.startswith("point_pixels")}
+        means; point errors weighted by the scenes' valid-pixel counts (the error over all valid pixels); depth
+        metrics weighted by the scenes' views with depth (the mean over all such views); Chamfer the mean over the
+        scenes that have it. NaN where nothing had ground-truth depth."""
+        weighted = ("depth_absrel", "depth_delta1", "chamfer", "chamfer_all")
+        out = {k: xp.mean(v) for k, v in values.items() if k not in COUNTS and k not in weighted}
         for k in ("point_err", "point_err_context"):
             if k in values:
                 w = values[k.replace("err", "pixels")]
                 out[k] = xp.sum(values[k] * w) / xp.maximum(xp.sum(w), 1.0)
+        for k in weighted:
+            if k in values:
+                w = values["depth_views"] if k.startswith("depth") else xp.isfinite(values[k]).astype(xp.float32)
+                total = xp.sum(w)
+                v = xp.sum(xp.where(w > 0, values[k], 0.0) * w) / xp.maximum(total, 1.0)
+                out[k] = xp.where(total > 0, v, xp.nan)
         return out
 
     def summarize_examples(self, values: dict, batch_size: int) -> dict:
-        """Split figures from per-scene values (``evaluate_examples``): means, point errors pixel-weighted."""
+        """Split figures from per-scene values (``evaluate_examples``): means, point errors pixel-weighted, depth
+        metrics view-weighted; figures without any ground-truth depth are left out."""
         del batch_size
-        return {k: float(v) for k, v in self._pool({k: np.asarray(v, np.float64) for k, v in values.items()},
-                                                    np).items()}
+        pooled = self._pool({k: np.asarray(v, np.float64) for k, v in values.items()}, np)
+        return {k: float(v) for k, v in pooled.items() if not np.isnan(v)}
+
+    def evaluation_convention(self, batch_size: int) -> dict:
+        """What the figures mean (``scene3d.evaluate`` prints ``summary`` above its table)."""
+        del batch_size
+        fit = self.baselines()
+        lp = ("LPIPS: not computed (config.metrics.lpips names no weights: set net=vgg|alex with file=PATH, or "
+              "backbone=PATH and lin=PATH)" if self.lpips is None else
+              f"LPIPS-{getattr(self.lpips, 'net', '?')}" + (" with RANDOM weights (tests only, not LPIPS)"
+                                          if getattr(self.lpips, "random_weights", False) else ""))
+        cham = (f"at most {self.chamfer_points} random valid pixels per scene" if self.chamfer_points
+                else "every valid pixel")
+        lines = [
+            "3DRAE convention: tokens from every context view; target (novel) and context views decoded from them; "
+            "PSNR / SSIM on [0, 1] (SSIM 11 x 11 Gaussian, population covariance), averaged over a scene's target "
+            "views, then over scenes; " + lp + ".",
+            "Depth: the decoder's z-depth of the target views, scaled per view by median(gt) / median(pred) over "
+            "its valid ground-truth pixels (median scale alignment, the monocular-depth protocol), then AbsRel = "
+            "mean |s d - gt| / gt and delta1 = share with max(s d / gt, gt / (s d)) < 1.25; mean over views with "
+            "depth. Chamfer: (mean nearest-neighbour distance pred -> gt + gt -> pred) / 2 between the point maps "
+            f"of the target views (chamfer_all: all decoded views, context + target) fused in the scene frame (the "
+            f"first context camera's, the data's scale normalisation; no alignment), on {cham}. Only where the "
+            "data has depth.",
+            "Baselines (PSNR of the targets): context mean (per-pixel mean of the scene's own context views) and "
+            + (f"mean training image (mean of {fit.num_examples} training target views)."
+               if fit is not None else "no mean training image (config.metrics.baselines = 0 or no training data).")]
+        return {"summary": "\n".join(lines), "depth_alignment": "median", "delta": geometry_metrics.DELTA,
+                "chamfer_points": self.chamfer_points, "chamfer_views": "target",
+                "chamfer_all_views": "context + target",
+                "lpips": None if self.lpips is None else getattr(self.lpips, "net", "?"),
+                "mean_image_views": None if fit is None else fit.num_examples}
 
     def evaluate(self, model, batch, rng):
         """The batch figures of ``evaluate_examples`` (means; point errors weighted by valid pixels)."""
