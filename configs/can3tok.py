@@ -44,15 +44,18 @@ the groundedSAM.py preprocessing it reads), 1.08 B parameters:
     does (0.01 x [-8, 8]); the recon loss, KL annealing, optimiser, unit radius, voxel row order and rotation
     augmentation are our recipe's; evaluation uses the posterior mean.
 
-runlocal differs (CPU minutes; README "What the Can3Tok main job reaches"): 160 built-in rooms without image
-textures (128 train / 32 held out), random kNN crops of N = 512, rows in balanced k-d tree order (``order='kdtree'``:
-row i keeps a fixed place in a median-split tree, so its position does not drift with voxel counts; measured better
-than voxel / Morton orders, see ``scene3d.data.gs_pipeline.canonical_order``) as plain 14-channel rows, no rotation
-augmentation (the eval crops are unrotated), a 16-float latent and a one-layer Gaussian head 256 wide whose output
-bias starts at the mean training scene (``init.head_bias='mean_scene'``), Adam 2e-3 with warm-up + cosine decay, the
-posterior noise ramped in over the first 1000 steps (``loss.posterior_warmup_steps``; sampling from step 0 collapses
-the posterior at this scale), and the mean-scene / PCA-16 baselines reported at every evaluation
-(``metrics.baselines``).
+runlocal differs (CPU minutes; README "What the Can3Tok main job reaches"): procedural tabletop scenes
+(``scene3d.data.tabletop``: a ground tile and 1-2 primitives, exactly N = 512 Gaussians each, 8192 to train and 64
+held out, made on the fly), rows in balanced k-d tree order (``order='kdtree'``: row i keeps a fixed place in a
+median-split tree, so its position does not drift with voxel counts; measured better than voxel / Morton orders, see
+``scene3d.data.gs_pipeline.canonical_order``) as plain 14-channel rows, no rotation augmentation, a 16-float latent
+and a one-layer Gaussian head 256 wide whose output bias starts at the mean training scene
+(``init.head_bias='mean_scene'``), Adam 2e-3 with warm-up + cosine decay over 2500 steps, the posterior noise ramped
+in over the first 1000 steps (``loss.posterior_warmup_steps``; sampling from step 0 collapses the posterior at this
+scale), and the mean-scene / PCA-16 baselines (fitted on 4096 training scenes) reported at every evaluation
+(``metrics.baselines``). Held-out L2 at the end: 16.0 against 18.2 for PCA-16 and 39.9 for the mean scene.
+``--config.data.name=builtin_gaussians`` trains on 160 untextured built-in rooms instead (random crops of N), where
+the model only ties PCA (README).
 """
 from ml_collections import config_dict
 
@@ -151,7 +154,7 @@ def get_config(arg=None):
         c.metrics.baselines = 4096
         c.init.update(head_bias="mean_scene", head_kernel_scale=0.1)
         c.global_batch_size = 16
-        c.total_steps = 3000
+        c.total_steps = 2500
         c.optim.update(lr=2e-3, warmup_steps=20, schedule="cosine", end_lr_factor=0.1)
         c.mesh = dict(data=-1, fsdp=1, tensor=1)
         c.log_every = 50
