@@ -26,6 +26,10 @@ def base_config(**overrides) -> ConfigDict:
     c.eval_batches = 4
     c.eval_batch_size = 256
     c.write_images = True
+    # Persistent XLA compilation cache (a <jax version>-<backend> subfolder of it; '' turns it off; an already set
+    # JAX_COMPILATION_CACHE_DIR wins): a second run of the same config skips most of its compile time.
+    c.compilation_cache_dir = "~/.cache/scene3d/jax_cache"
     c.preempt_at_step = 0  # testing only: SIGKILL the process at this step to simulate a preemption
+    c.preempt_in_save_at_step = 0  # testing only: SIGKILL while saving this step (files written, not yet sealed)
     c.update(overrides)
     return c

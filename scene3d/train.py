@@ -51,6 +51,43 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Start-up: a persistent compilation cache
+
+DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/scene3d/jax_cache"
+
+
+def compilation_cache_dir(config, env=None) -> str | None:
+    """Where this run keeps compiled XLA programs between processes, or None (off).
+
+    An already set ``JAX_COMPILATION_CACHE_DIR`` wins and is used as is (tests, launchers and users who pin one
+    folder). Otherwise ``config.compilation_cache_dir`` (default ``~/.cache/scene3d/jax_cache``; empty string: off)
+    with a ``<jax version>-<backend>`` subfolder, so that an upgraded jax or another backend never reads entries
+    that a different compiler wrote (jax's cache keys include the version too; the folder keeps the old ones apart
+    and easy to delete)."""
+    env = os.environ if env is None else env
+    if env.get("JAX_COMPILATION_CACHE_DIR"):
+        return env["JAX_COMPILATION_CACHE_DIR"]
+    base = config.get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
+    if not base:
+        return None
+    return os.path.join(os.path.expanduser(str(base)), f"{jax.__version__}-{jax.default_backend()}")
+
+
+def enable_compilation_cache(config) -> str | None:
+    """Turn on jax's persistent compilation cache for this process (before anything compiles) and return its
+    folder: a second run of the same config loads the train step, the sharded init and the eval programs instead of
+    compiling them again. Only programs that took at least a second to compile are stored (the many small ones
+    cost more to look up than to build), unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
+    directory = compilation_cache_dir(config)
+    if directory is None:
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return directory
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Optimiser
 
 
@@ -407,7 +444,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
 
     data_iter = data_iterator(config, task=s.task, split="train")
     ckpt = ckpt_lib.Checkpointer(runs.checkpoint_dir(workdir), keep=int(config.get("keep_ckpts", 3)),
-                                 async_save=bool(config.get("async_checkpoint", True)))
+                                 async_save=bool(config.get("async_checkpoint", True)),
+                                 kill_in_save_step=int(config.get("preempt_in_save_at_step", 0) or 0))
     try:
         if ckpt.latest_step() is not None:
             try:
@@ -505,6 +543,8 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     # Multi-process (local launcher, SLURM, TPU pod): the only difference from a single process.
     distributed.initialize_from_env()
+    cache = enable_compilation_cache(_CONFIG.value)
+    logging.info("compilation cache: %s", cache or "off (config.compilation_cache_dir is empty)")
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except TrainingStopped as e:

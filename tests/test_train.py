@@ -159,6 +159,19 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     a, b = _restore_final(full), _restore_final(killed)
     for x, y in zip(_leaves(a), _leaves(b)):
         np.testing.assert_array_equal(x, y)
+
+    # Killed DURING the save of step 4 (its files written, not yet sealed or renamed into place): the resume goes on
+    # from step 2, the newest complete one, and ends bit-identical too.
+    in_save = tmp_path / "killed_in_save"
+    r = _run(in_save, "--config.preempt_in_save_at_step=4")
+    assert r.returncode == -9, (r.returncode, r.stderr[-3000:])
+    assert sorted(int(p.name) for p in (in_save / "checkpoints").iterdir() if p.name.isdigit()) == [2]
+    assert any(".orbax-checkpoint-tmp" in p.name for p in (in_save / "checkpoints").iterdir())  # the cut save
+    r = _run(in_save)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed from step 2" in r.stderr
+    for x, y in zip(_leaves(a), _leaves(_restore_final(in_save))):
+        np.testing.assert_array_equal(x, y)
     # And training did move the parameters (the comparison is not of two untouched inits).
     _, init = train.setup(tiny_config(), sh.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:1]))
     assert any(not np.array_equal(x, y) for x, y in zip(_leaves(init["params"]), _leaves(a["params"])))

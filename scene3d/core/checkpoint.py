@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from typing import Any
 
 from absl import logging
@@ -151,12 +152,20 @@ def verify_step(directory: str | os.PathLike, step: int) -> None:
             raise CorruptCheckpointError(directory, step, problem)
 
 
+# Step numbers (as strings) whose save kills the process before sealing (fault injection for the resume tests).
+_KILL_BEFORE_SEAL: dict[str, bool] = {}
+
+
 class _Sealed:
     """Mixin for an orbax item handler: after orbax finalises the item folder (all processes' files are there;
     it is still the temporary folder of the step), write its manifest."""
 
     def finalize(self, directory):
         super().finalize(directory)
+        if _KILL_BEFORE_SEAL.get(os.fspath(directory).split(os.sep)[-2].split(".")[0]):
+            # Simulated preemption inside a save (tests, ``Checkpointer(kill_in_save_step=...)``): the step's files
+            # are written but it is neither sealed nor renamed into place. A real SIGKILL, no cleanup.
+            os.kill(os.getpid(), signal.SIGKILL)
         write_manifest(os.fspath(directory))
 
 
@@ -254,7 +263,7 @@ class Checkpointer:
     """Async, keep-N checkpoints of (train state, grain iterator, meta) in ``directory``."""
 
     def __init__(self, directory: str | os.PathLike, *, keep: int | None = 3, async_save: bool = True,
-                 save_interval_steps: int = 1):
+                 save_interval_steps: int = 1, kill_in_save_step: int = 0):
         if keep is not None and keep < 1:
             raise ValueError(f"Checkpointer: keep must be >= 1 or None (keep all), got {keep}")
         if save_interval_steps < 1:
@@ -264,6 +273,10 @@ class Checkpointer:
             max_to_keep=keep, save_interval_steps=save_interval_steps,
             enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
+        # kill_in_save_step: SIGKILL this process while saving that step, after orbax wrote the step's files and
+        # before its manifests (tests of a preemption during a save; 0: never).
+        if kill_in_save_step:
+            _KILL_BEFORE_SEAL[str(int(kill_in_save_step))] = True
 
     # -- queries ---------------------------------------------------------------------------------------------
     def latest_step(self) -> int | None:

@@ -17,6 +17,7 @@ import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,9 @@ class LinearBaselines:
         c = flat - mu
         k = min(int(k), m - 1)
         if c.shape[1] > m:  # Gram trick: eigenvectors of C C^T (M x M) give the right singular vectors
-            w, u = np.linalg.eigh(c @ c.T)
-            order = np.argsort(w)[::-1][:k]
+            # Only the top k eigenpairs (LAPACK's subset driver): seconds instead of a minute at M = 4096.
+            w, u = scipy.linalg.eigh(c @ c.T, subset_by_index=[m - k, m - 1])
+            order = np.argsort(w)[::-1]
             s = np.sqrt(np.maximum(w[order], 0.0))
             keep = s > s[0] * 1e-10 if s.size and s[0] > 0 else np.zeros_like(s, bool)
             v = (u[:, order[keep]].T @ c) / s[keep][:, None]
