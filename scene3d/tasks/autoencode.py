@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from scene3d import losses
+from scene3d.tasks import base as task_base
 from scene3d.core.config import model_section
 from scene3d.core.dtypes import dtype as _dtype
 from scene3d.data import gs_pipeline, splat_io
@@ -223,20 +224,8 @@ class AutoencodeTask:
     def training_examples(self, count: int) -> np.ndarray:
         """(count, N, C) targets of training examples made exactly as training makes them (the train split's
         transforms, random crops / rotations drawn from ``seed``-derived generators), cycling over the scenes."""
-        from scene3d import data
-        src = data.get_source(self.config.data, "train")
-        transforms = data.get_transforms(self.config.data, "train")
-        if not len(src):
-            raise ValueError("config.metrics.baselines: the train split has no scenes")
-        seed = int(self.config.get("seed", 0))
-        out = []
-        for i in range(count):
-            ex = src[i % len(src)]
-            for t in transforms:
-                ex = (t.random_map(ex, np.random.default_rng([seed, 7919, i])) if hasattr(t, "random_map")
-                      else t.map(ex))
-            out.append(np.asarray(ex["gaussians"], np.float32)[:, self.offset:])
-        return np.stack(out)
+        return np.stack([np.asarray(ex["gaussians"], np.float32)[:, self.offset:]
+                         for ex in task_base.training_examples(self.config, count)])
 
     def baselines(self) -> LinearBaselines | None:
         """The trivial predictors (``scene3d.metrics.baselines``) fitted once on ``metrics.baselines`` training

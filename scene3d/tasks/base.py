@@ -1,9 +1,10 @@
 """The interface every task implements; the trainer knows nothing else about models or data."""
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import jax
+import numpy as np
 from flax import nnx
 
 
@@ -29,3 +30,21 @@ class Task(Protocol):
 
     # Optional: ``write_outputs(model, batch, rng, out_dir)`` writes files a person opens (e.g. decoded PLY
     # scenes) at every evaluation, on the primary process only.
+
+
+def training_examples(config, count: int, task_transforms=()) -> Iterator[dict]:
+    """``count`` training examples made exactly as training makes them, for the trivial baselines
+    (``scene3d.metrics.baselines``): the train split's data transforms then ``task_transforms``, each random choice
+    drawn from a ``[seed, 7919, i]`` generator (deterministic, independent of the loader), cycling over the scenes."""
+    from scene3d import data
+    src = data.get_source(config.data, "train")
+    transforms = list(data.get_transforms(config.data, "train")) + list(task_transforms)
+    if not len(src):
+        raise ValueError("config.metrics.baselines: the train split has no scenes")
+    seed = int(config.get("seed", 0))
+    for i in range(count):
+        ex = src[i % len(src)]
+        for t in transforms:
+            ex = (t.random_map(ex, np.random.default_rng([seed, 7919, i])) if hasattr(t, "random_map")
+                  else t.map(ex) if hasattr(t, "map") else t(ex))
+        yield ex

@@ -70,6 +70,7 @@ from scene3d.models import rae3d as rae3d_lib
 from scene3d.models import vit as vit_lib
 from scene3d.render import ply, video
 from scene3d.render.plots import signed_to_uint8 as uint8, view_rows
+from scene3d.tasks import base as task_base
 
 _MODEL_KEYS = frozenset({"name", "variant", "encoder_weights", "attn_impl", "scan", "remat", "dtype", "param_dtype"}
                         | {f for f in rae3d_lib.RAE3DConfig.__dataclass_fields__})
@@ -410,20 +411,9 @@ class RAE3DTask:
         """(M, H, W, 3) target views in [0, 1] of ``count`` training examples made exactly as training makes them
         (the train split's transforms, random view choices from ``seed``-derived generators), cycling over the
         scenes."""
-        from scene3d import data
-        src = data.get_source(self.config.data, "train")
-        transforms = data.get_transforms(self.config.data, "train") + self.data_transforms("train")
-        if not len(src):
-            raise ValueError("config.metrics.baselines: the train split has no scenes")
-        seed = int(self.config.get("seed", 0))
-        out = []
-        for i in range(count):
-            ex = src[i % len(src)]
-            for t in transforms:
-                ex = (t.random_map(ex, np.random.default_rng([seed, 7919, i])) if hasattr(t, "random_map")
-                      else t.map(ex) if hasattr(t, "map") else t(ex))
-            out.append(np.clip((np.asarray(ex["target_images"], np.float32) + 1.0) * 0.5, 0.0, 1.0))
-        return np.concatenate(out)
+        examples = task_base.training_examples(self.config, count, self.data_transforms("train"))
+        return np.concatenate([np.clip((np.asarray(ex["target_images"], np.float32) + 1.0) * 0.5, 0.0, 1.0)
+                               for ex in examples])
 
     def baselines(self) -> LinearBaselines | None:
         """The mean training image (``scene3d.metrics.baselines``: the mean example of the target views of
