@@ -46,6 +46,7 @@ def shared_data(shared_dir, name):
 # The heaviest test files first: with `--dist loadfile` (one worker per file, so module-scoped compiled fixtures
 # are built once) the two workers then pick the long files early and finish together.
 HEAVY_FIRST = ("tests/launch/", "tests/convert/", "tests/release/", "tests/test_colabs.py", "tests/tasks/",
+               "tests/test_gpu_check.py", "tests/metrics/", "tests/losses/",
                "tests/tools/", "tests/test_release.py", "tests/test_export.py", "tests/test_train.py",
                "tests/test_can3tok_variants.py", "tests/torch_port/", "tests/models/", "tests/test_sample.py",
                "tests/test_evaluate.py", "tests/test_reconstruct.py", "tests/data/", "tests/configs/",
