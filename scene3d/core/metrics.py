@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import socket
 import time
 from typing import Any, Mapping
 
@@ -30,7 +31,8 @@ from PIL import Image
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.plugins.text import metadata as text_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer import event_file_writer as tb_event_file_writer
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from scene3d.core import io as io_lib
 from scene3d.core import tree as tree_lib
@@ -111,6 +113,39 @@ def _truncate_jsonl(path: str, step: int) -> int:
     return len(lines) - len(keep)
 
 
+_EVENTS_PREFIX = "events.out.tfevents."
+
+
+def _event_file_stamp(logdir: str) -> int:
+    """The whole-second stamp for a new event file's name: now, or one past the newest event file already in
+    ``logdir``. TensorBoard reads a directory's event files in name order, and its own names (stamp, host, pid,
+    a per-process counter) sort wrongly for two writers within one second once the counter or pid gains a digit
+    (``.9`` after ``.10``): a resumed run's events would then be read first and purged by the older ones."""
+    newest = -1
+    for name in os.listdir(logdir):
+        if name.startswith(_EVENTS_PREFIX):
+            head = name[len(_EVENTS_PREFIX):].split(".", 1)[0]
+            if head.isdigit():
+                newest = max(newest, int(head))
+    return max(int(time.time()), newest + 1)
+
+
+class _EventFileWriter(tb_event_file_writer.EventFileWriter):
+    """TensorBoard's event file writer with a file name that sorts after every event file already in the folder."""
+
+    def __init__(self, logdir: str, flush_secs: float):  # pylint: disable=super-init-not-called
+        self._logdir = logdir
+        os.makedirs(logdir, exist_ok=True)
+        stamp = _event_file_stamp(logdir)
+        self._file_name = os.path.join(logdir, f"{_EVENTS_PREFIX}{stamp:010d}.{socket.gethostname()}.{os.getpid()}")
+        self._general_file_writer = open(self._file_name, "xb")
+        self._async_writer = tb_event_file_writer._AsyncWriter(  # pylint: disable=protected-access
+            RecordWriter(self._general_file_writer), 10, flush_secs)
+        self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
+                                       source_metadata=event_pb2.SourceMetadata(writer="scene3d")))
+        self.flush()
+
+
 class MetricWriter:
     """Scalars, images, text and hparams to JSONL/PNG files and TensorBoard event files in ``workdir``."""
 
@@ -121,7 +156,7 @@ class MetricWriter:
         self._jsonl = None
         if self.enabled:
             os.makedirs(self.workdir, exist_ok=True)
-            self._events = EventFileWriter(self.workdir, flush_secs=30)
+            self._events = _EventFileWriter(self.workdir, flush_secs=30)
             self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
 
     def truncate_after(self, step: int) -> int:

@@ -5,6 +5,7 @@ import json
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from scene3d.core import metrics as metrics_lib
 from scene3d.core.metrics import MetricWriter
 
 
@@ -51,3 +52,20 @@ def test_truncate_keeps_a_file_without_later_rows_untouched(tmp_path):
     assert (tmp_path / "metrics.jsonl").stat().st_ino != before  # rewritten through a temporary file + rename
     assert _rows(tmp_path / "metrics.jsonl") == [{"step": 1, "a": 3.0}]
     assert MetricWriter(tmp_path, enabled=False).truncate_after(0) == 0  # non-primary processes write nothing
+
+
+def test_event_files_sort_in_creation_order_within_one_second(tmp_path, monkeypatch):
+    # TensorBoard reads event files in name order. Three writers within the same second (frozen clock) and a
+    # leftover file whose stamp lies ahead of the clock: each new file still sorts after all earlier ones, so the
+    # resumed run's events are read last and win.
+    monkeypatch.setattr(metrics_lib.time, "time", lambda: 1_700_000_000.25)
+    (tmp_path / "events.out.tfevents.1700000003.otherhost.99999").write_bytes(b"")
+    names = []
+    for run in range(3):
+        with MetricWriter(tmp_path) as w:
+            w.write_scalars(run + 1, {"a": float(run)})
+        names.append(max(set(p.name for p in tmp_path.glob("events.out.tfevents.*")) - set(names)
+                         - {"events.out.tfevents.1700000003.otherhost.99999"}))
+    assert names == sorted(names)
+    assert names[0] > "events.out.tfevents.1700000003.otherhost.99999"
+    assert [n.split(".")[3] for n in names] == ["1700000004", "1700000005", "1700000006"]
