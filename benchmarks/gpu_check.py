@@ -20,10 +20,12 @@ the check goes on):
 - ``train``: one train step per family's large config in bf16 on ONE device, through the trainer's own builder
   (``scene3d.train.setup`` + ``compile_train_step``: params, Adam, EMA, the skip guards) on a synthetic batch of the
   config's shapes: init s, compile s, steps/s, examples/s, FLOPs per step, MFU against the measured peak, peak device
-  memory (``device.memory_stats()``) and the compiled program's memory. FLOPs: ``model_flops`` is XLA's count of
-  the step lowered with attn_impl='xla' and no remat (the model's arithmetic: XLA counts no FLOPs inside Pallas /
-  cuDNN custom calls, and remat recomputation is not model work); ``compiled_flops`` is the compiled program's
-  ``cost_analysis()`` as it runs (kernels uncounted, recomputation counted). MFU = model_flops x steps/s / peak.
+  memory (``device.memory_stats()``) and the compiled program's memory. FLOPs (benchmarks/flops.py): ``model_flops``
+  is the step traced with attn_impl='xla' and no remat, counted on its jaxpr with every scan's body x its length
+  (the model's arithmetic: kernels counted as their einsum, remat recomputation is not model work, scanned layers
+  counted per layer); ``compiled_flops`` is the compiled program's ``cost_analysis()`` as it runs (kernels
+  uncounted, recomputation counted; ``compiled_flops_xla``) times ``compiled_loop_factor``, the correction for XLA
+  counting a while loop's body once. MFU = model_flops x steps/s / peak.
   ``--remat`` per family (default in ``FAMILIES``); a compile that runs out of memory is retried once with
   remat='full' when time is left.
 - ``render``: the splat rasteriser (benchmarks/render_splat.py's ``time_render``) forward and backward at 1080p
@@ -462,24 +464,31 @@ def synthetic_batch(config, task, batch_size: int, seed: int = 0) -> dict:
             if np.asarray(examples[0][k]).dtype.kind in "biuf"}
 
 
-def _model_flops(config, s, state, gbatch) -> float:
-    """XLA's FLOP count of the train step lowered (not compiled) with attn_impl='xla' and no remat: the model's
-    arithmetic, kernels included, recomputation excluded."""
-    import jax
-    from flax import nnx
+def _flops():
+    """benchmarks/flops.py: the one FLOP counter of both benchmark scripts."""
+    return _load_bench("flops")
 
-    from scene3d import tasks, train
-    from scene3d.core import sharding as sh
+
+def _model_flops(config, s, state, gbatch) -> float:
+    """The model FLOPs of the train step: traced (not compiled) with attn_impl='xla' and no remat and counted on
+    its jaxpr with every scan's body x its length (``flops.step_flops``): the model's arithmetic, kernels included,
+    recomputation excluded, scanned layer stacks counted in full (XLA's cost analysis takes a loop body once)."""
     cx = copy.deepcopy(config)
     _set_everywhere(cx, "attn_impl", "xla")
     _set_everywhere(cx, "remat", "none")
-    task = tasks.get_task(cx)
-    graphdef = nnx.split(nnx.eval_shape(lambda: task.build_model(nnx.Rngs(int(cx.seed)))))[0]
-    step = train.make_train_step(cx, task, graphdef, s.tx, s.schedule)
+    return _flops().step_flops(cx, s, state, gbatch).flops
+
+
+def _compiled_loop_factor(s, state, gbatch) -> float:
+    """``flops.loop_factor`` of the step as compiled (its config's attention and remat): what XLA's
+    ``cost_analysis()`` of the compiled step is multiplied by so that scanned layers count once per layer."""
+    import jax
+
+    from scene3d import train
+    from scene3d.core import sharding as sh
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), gbatch)
     with sh.use_mesh(s.mesh, s.rules):
-        lowered = jax.jit(step).lower(train.abstract_like(state), abstract)
-    return float(lowered.cost_analysis().get("flops", float("nan")))
+        return _flops().loop_factor(s.step_fn, train.abstract_like(state), abstract)
 
 
 def family_config(family: str, smoke: bool, batch: int, remat: str):
@@ -563,7 +572,7 @@ def run_family(family: str, smoke: bool, deadline: float, report, *, batch: int 
                                   outputs=mem.output_size_in_bytes / 2**20,
                                   alias=getattr(mem, "alias_size_in_bytes", 0) / 2**20)
     cost = compiled.cost_analysis() or {}
-    row["compiled_flops"] = float(cost.get("flops", float("nan")))
+    row["compiled_flops"] = row["compiled_flops_xla"] = float(cost.get("flops", float("nan")))  # loop bodies once
     row["custom_calls"] = custom_call_counts(compiled.as_text())
     _check_cap(deadline, row)
 
@@ -596,6 +605,8 @@ def run_family(family: str, smoke: bool, deadline: float, report, *, batch: int 
     if time.time() < deadline - 10:
         try:
             row["model_flops"] = _model_flops(config, s, state, gbatch)
+            row["compiled_loop_factor"] = _compiled_loop_factor(s, state, gbatch)
+            row["compiled_flops"] = row["compiled_flops_xla"] * row["compiled_loop_factor"]
         except Exception as e:  # noqa: BLE001 - MFU then falls back to the compiled count
             row["model_flops_error"] = first_line(e)
     else:

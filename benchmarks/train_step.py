@@ -13,10 +13,11 @@ the two scripts count the same way):
   ``JAX_COMPILATION_CACHE_DIR`` set, a warm cache makes it small);
 - ``step_ms`` / ``steps_per_s`` / ``examples_per_s``: the median of ``--steps`` timed steps after one untimed step;
 - ``compiled_flops``: the compiled program's ``cost_analysis()`` (as run: remat recomputation counted, nothing inside
-  Pallas / cuDNN custom calls; per device, after SPMD partitioning); ``model_flops``: the step lowered with
-  attn_impl='xla' and no remat (the model's arithmetic). MFU = model_flops x steps/s / ``--peak_flops`` (FLOP/s of
-  all devices together; omitted without it). Both counts take a scanned layer stack once (XLA counts a while loop's
-  body once): a NOTE says so; ``--set model.scan=False`` gives the full count;
+  Pallas / cuDNN custom calls; per device, after SPMD partitioning) times ``compiled_loop_factor`` (XLA counts a
+  while loop's body once; ``compiled_flops_xla`` is its raw figure); ``model_flops``: the step traced with
+  attn_impl='xla' and no remat, counted on its jaxpr with every scan's body x its length (benchmarks/flops.py: the
+  model's arithmetic, scanned layer stacks in full, whole program). MFU = model_flops x steps/s / ``--peak_flops``
+  (FLOP/s of all devices together; omitted without it);
 - ``program_mib``: the compiled program's arguments / temporaries / outputs; ``peak_gib``: the device allocator's peak
   where the backend reports one (GPU, TPU), and on CPU ``peak_rss_gib``, the process's peak resident memory (compiler
   and runtime included).
@@ -106,7 +107,8 @@ def measure(config_arg: str, *, steps: int = 10, batch: int | None = None, peak_
                                   outputs=mem.output_size_in_bytes / 2**20)
     # per device: the SPMD-partitioned program one device runs (replicated work, e.g. Adam on replicated params,
     # counted on each)
-    row["compiled_flops"] = float((compiled.cost_analysis() or {}).get("flops", float("nan")))
+    row["compiled_flops"] = row["compiled_flops_xla"] = float(
+        (compiled.cost_analysis() or {}).get("flops", float("nan")))  # loop bodies once; corrected below
 
     state, metrics = compiled(state, gbatch)  # first step (allocation, transfers): not timed
     jax.block_until_ready(metrics)
@@ -124,15 +126,18 @@ def measure(config_arg: str, *, steps: int = 10, batch: int | None = None, peak_
         row["peak_gib"] = stats["peak_bytes_in_use"] / 2**30
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30  # Linux: KiB
 
+    row["compiled_loop_factor"] = gc._compiled_loop_factor(s, state, gbatch)
+    row["compiled_flops"] = row["compiled_flops_xla"] * row["compiled_loop_factor"]
     if model_flops:
         try:
             row["model_flops"] = gc._model_flops(config, s, state, gbatch)
         except Exception as e:  # noqa: BLE001 - MFU then uses the compiled count
             row["model_flops_error"] = gc.first_line(e)
-    if _scanned(config.model):
+    if row["compiled_loop_factor"] != 1.0:
         # XLA's cost analysis counts a while loop's body once: a scanned layer stack's FLOPs are under-counted by
-        # about its depth (flow_shapes runlocal: 1.6e9 scanned against 4.8e9 unrolled), and so is MFU.
-        row["flops_note"] = "model.scan=True: scanned layers counted once; rerun with --set model.scan=False"
+        # about its depth (flow_shapes runlocal: 1.6e9 scanned against 4.8e9 unrolled); both counts shown are full.
+        row["flops_note"] = (f"scanned layers: XLA's compiled count {row['compiled_flops_xla']:.4g} (loop bodies "
+                             f"once) x {row['compiled_loop_factor']:.3g}")
     flops = row.get("model_flops") or row.get("compiled_flops", 0.0) * jax.device_count()
     if peak_flops and flops and np.isfinite(flops):
         row["achieved_tflops"] = flops * row["steps_per_s"] / 1e12
@@ -159,7 +164,7 @@ def summary(row: dict) -> str:
         f"init / compile {row['init_s']:.1f} s / {row['compile_s']:.1f} s",
         f"step          {row['step_ms']:.1f} ms (median of {row['timed_steps']})   {row['steps_per_s']:.3g} steps/s   "
         f"{row['examples_per_s']:.3g} examples/s",
-        f"FLOPs/step    model {_g(row.get('model_flops'), '{:.4g}')}   compiled (per device) "
+        f"FLOPs/step    model {_g(row.get('model_flops'), '{:.4g}')}   compiled (per device, loops counted) "
         f"{_g(row.get('compiled_flops'), '{:.4g}')}",
         f"MFU           {_g(row.get('mfu'), '{:.1%}')}"
         + ("" if row.get("mfu") is not None else "   (no --peak_flops)"),
@@ -190,4 +195,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parent))  # scene3d and configs/ from this checkout, however it was started
     main()

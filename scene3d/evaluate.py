@@ -92,6 +92,7 @@ from flax import nnx
 
 from scene3d import data as data_lib
 from scene3d.core import chrono as chrono_lib
+from scene3d.core import compile_cache
 from scene3d.core import io
 from scene3d.core import metrics as metrics_lib
 from scene3d.core import runs
@@ -689,6 +690,7 @@ def _main_index(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    compile_cache.enable_for_run(args.workdir)  # before anything compiles: a second evaluation loads the programs
     if args.index is not None:
         return _main_index(args)
     try:

@@ -61,7 +61,7 @@ from scene3d import convert
 from scene3d import tasks as tasks_lib
 from scene3d.convert import engine
 from scene3d.core import config as config_lib
-from scene3d.core import io, runs
+from scene3d.core import compile_cache, io, runs
 from scene3d.core import sharding as sh
 from scene3d.nn.frozen import Frozen
 from scene3d.tasks import stage1
@@ -318,6 +318,7 @@ def import_run(import_from: str, layout: str, config_arg: str, workdir: str, *, 
         raise FileExistsError(f"--workdir {workdir!r} already holds checkpoints ({ckdir}); import into a new folder")
     state_dict = engine.load_state_dict(import_from)
     config = apply_overrides(config_lib.load_config(config_arg), list(overrides))
+    compile_cache.enable_compilation_cache(config)  # the step-0 state's sharded init, as scene3d.train would
     task = tasks_lib.get_task(config)
     abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
     module, part = select_part(abstract, part)
@@ -399,9 +400,10 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv=None) -> dict:
     args, overrides = parse_args(argv)
-    if args.import_from is not None:
+    if args.import_from is not None:  # (import_run turns the cache on with the config it is given)
         return import_run(args.import_from, args.layout, args.config, args.workdir, part=args.part,
                           overrides=overrides)
+    compile_cache.enable_for_run(args.workdir)  # before anything compiles
     return export_run(args.workdir, args.out, args.layout, step=args.step, params=args.params, part=args.part)
 
 

@@ -58,7 +58,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from scene3d.core import io, runs
+from scene3d.core import compile_cache, io, runs
 from scene3d.core import sharding as sh
 from scene3d.data import builtin, captures, gs_pipeline, multiview, splat_io
 from scene3d.geometry import cameras as cam_lib
@@ -335,6 +335,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    compile_cache.enable_for_run(args.workdir)  # before anything compiles: a second call loads the programs
     try:
         record = run(args)
     except (ValueError, FileNotFoundError) as e:

@@ -61,6 +61,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from scene3d.core import compile_cache
 from scene3d.core import sharding as sh
 from scene3d.data import splat_io
 from scene3d.geometry import cameras as cam_lib
@@ -423,6 +424,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    compile_cache.enable_for_run(args.workdir)  # before anything compiles: a second sampling loads the programs
     task, model, info = load_model(args.workdir, step=args.step, prefer_ema=not args.no_ema)
     out = args.out or os.path.join(args.workdir, "samples", str(info["step"]))
     result = SAMPLERS[family(task)](task, model, info, args, out)

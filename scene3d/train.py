@@ -38,6 +38,7 @@ from scene3d import data as data_lib
 from scene3d import tasks as tasks_lib
 from scene3d.core import checkpoint as ckpt_lib
 from scene3d.core import chrono as chrono_lib
+from scene3d.core import compile_cache
 from scene3d.core import config as config_lib
 from scene3d.core import distributed
 from scene3d.core import metrics as metrics_lib
@@ -51,40 +52,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Start-up: a persistent compilation cache
+# Start-up: a persistent compilation cache (its home is scene3d.core.compile_cache; these names are kept here)
 
-DEFAULT_COMPILATION_CACHE_DIR = "~/.cache/scene3d/jax_cache"
-
-
-def compilation_cache_dir(config, env=None) -> str | None:
-    """Where this run keeps compiled XLA programs between processes, or None (off).
-
-    An already set ``JAX_COMPILATION_CACHE_DIR`` wins and is used as is (tests, launchers and users who pin one
-    folder). Otherwise ``config.compilation_cache_dir`` (default ``~/.cache/scene3d/jax_cache``; empty string: off)
-    with a ``<jax version>-<backend>`` subfolder, so that an upgraded jax or another backend never reads entries
-    that a different compiler wrote (jax's cache keys include the version too; the folder keeps the old ones apart
-    and easy to delete)."""
-    env = os.environ if env is None else env
-    if env.get("JAX_COMPILATION_CACHE_DIR"):
-        return env["JAX_COMPILATION_CACHE_DIR"]
-    base = config.get("compilation_cache_dir", DEFAULT_COMPILATION_CACHE_DIR)
-    if not base:
-        return None
-    return os.path.join(os.path.expanduser(str(base)), f"{jax.__version__}-{jax.default_backend()}")
-
-
-def enable_compilation_cache(config) -> str | None:
-    """Turn on jax's persistent compilation cache for this process (before anything compiles) and return its
-    folder: a second run of the same config loads the train step, the sharded init and the eval programs instead of
-    compiling them again. Only programs that took at least a second to compile are stored (the many small ones
-    cost more to look up than to build), unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise."""
-    directory = compilation_cache_dir(config)
-    if directory is None:
-        return None
-    jax.config.update("jax_compilation_cache_dir", directory)
-    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    return directory
+DEFAULT_COMPILATION_CACHE_DIR = compile_cache.DEFAULT_COMPILATION_CACHE_DIR
+compilation_cache_dir = compile_cache.compilation_cache_dir
+enable_compilation_cache = compile_cache.enable_compilation_cache
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,12 +120,23 @@ def _replicated_like(tree, mesh):
     return jax.tree.map(lambda _: sh.replicated(mesh), tree)
 
 
-def create_state(config, task, mesh, rules):
-    """Create params (already sharded), optimiser state, EMA, step and RNG. Returns (graphdef, state, shardings)."""
+def create_state(config, task, mesh, rules, *, abstract: bool = False):
+    """Create params (already sharded), optimiser state, EMA, step and RNG. Returns (graphdef, state, shardings).
+
+    The sharded init (``sh.create_sharded_model``: one ``jit(init)``) is traced and compiled once per run, here.
+    ``abstract=True`` computes nothing: every leaf is a ``jax.ShapeDtypeStruct`` carrying its sharding, the target
+    a checkpoint is restored into (a resumed run: no init program, no pretrained weights read, no Adam init; the
+    restored state replaces all of it)."""
     seed = int(config.seed)
-    graphdef, variables = sh.create_sharded_model(lambda: task.build_model(nnx.Rngs(seed)), mesh, rules)
-    if hasattr(task, "restore_pretrained"):  # e.g. a frozen stage-1 tokenizer; a resume then overwrites all
-        variables = task.restore_pretrained(variables)
+    build = lambda: task.build_model(nnx.Rngs(seed))
+    if abstract:
+        graphdef, shapes = nnx.split(nnx.eval_shape(build))
+        variables = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                                 sh.state_shardings(shapes, mesh, rules))
+    else:
+        graphdef, variables = sh.create_sharded_model(build, mesh, rules)
+        if hasattr(task, "restore_pretrained"):  # e.g. a frozen stage-1 tokenizer; a resume then overwrites all
+            variables = task.restore_pretrained(variables)
     # Only nnx.Param is trained; every other variable (Frozen pretrained weights, buffers) is carried as state
     # with no gradient and no optimiser state.
     params, frozen = variables.filter(nnx.Param), variables.filter(nnx.Not(nnx.Param))
@@ -163,21 +146,26 @@ def create_state(config, task, mesh, rules):
     opt_shape = jax.eval_shape(tx.init, params)
     oshard = optax.tree_map_params(tx, lambda p, s: s, opt_shape, pshard, transform_non_params=lambda _: rep,
                                    is_leaf=lambda x: isinstance(x, nnx.Variable))
-    with sh.use_mesh(mesh, rules):
-        opt_state = jax.jit(tx.init, out_shardings=oshard)(params)
-    state = {
-        "params": params,
-        "opt_state": opt_state,
-        "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-        "skipped": jax.device_put(jnp.zeros((), jnp.int32), rep),
-        "rng": jax.device_put(jax.random.key_data(jax.random.key(seed + 1)), rep),
-    }
+    scalar = lambda: jnp.zeros((), jnp.int32)
+    rng_data = lambda: jax.random.key_data(jax.random.key(seed + 1))
+    if abstract:
+        shaped = lambda tree, shardings: jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+        opt_state = shaped(opt_shape, oshard)
+        made = {k: shaped(jax.eval_shape(f), rep) for k, f in (("step", scalar), ("skipped", scalar),
+                                                               ("rng", rng_data))}
+    else:
+        with sh.use_mesh(mesh, rules):
+            opt_state = jax.jit(tx.init, out_shardings=oshard)(params)
+        made = {k: jax.device_put(f(), rep) for k, f in (("step", scalar), ("skipped", scalar), ("rng", rng_data))}
+    state = {"params": params, "opt_state": opt_state, **made}
     shardings = {"params": pshard, "opt_state": oshard, "step": rep, "skipped": rep, "rng": rep}
     if jax.tree.leaves(frozen):
         state["frozen"] = frozen
         shardings["frozen"] = jax.tree.map(lambda x: x.sharding, frozen)
     if config.get("ema_decay", 0.0):
-        state["ema"] = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=pshard)(params)
+        state["ema"] = (params if abstract else
+                        jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=pshard)(params))
         shardings["ema"] = pshard
     return graphdef, state, shardings, tx, schedule
 
@@ -278,14 +266,15 @@ def compile_train_step(s: "Setup", state, batch):
                        donate_argnums=(0,)).lower(state, batch).compile()
 
 
-def setup(config, mesh=None) -> tuple[Setup, dict]:
-    """Mesh, task, sharded state and the jitted step for a config."""
+def setup(config, mesh=None, *, abstract: bool = False) -> tuple[Setup, dict]:
+    """Mesh, task, sharded state and the jitted step for a config (``abstract``: the state as sharded
+    ``jax.ShapeDtypeStruct``s, nothing computed: the target of a restore, :func:`create_state`)."""
     nnx.use_eager_sharding(False)  # a per-thread flag: runs may start in any thread (e.g. a notebook's)
     mesh = sh.make_mesh(dict(config.mesh)) if mesh is None else mesh
     rules = sh.rules_from_config(config.sharding.get("rules") if "sharding" in config else None)
     task = tasks_lib.get_task(config)
     with sh.use_mesh(mesh, rules):
-        graphdef, state, shardings, tx, schedule = create_state(config, task, mesh, rules)
+        graphdef, state, shardings, tx, schedule = create_state(config, task, mesh, rules, abstract=abstract)
     step_fn = make_train_step(config, task, graphdef, tx, schedule)
     ekey = "ema" if "ema" in state else "params"
     return Setup(task, graphdef, tx, schedule, mesh, rules, shardings, step_fn, ekey), state
@@ -433,21 +422,26 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     primary = jax.process_index() == 0
     if primary:
         config_lib.config_to_json(config, runs.config_path(workdir))
-    s, state = setup(config, mesh)
-    streak = SkipStreak(int(config.get("max_skipped_steps", 100) or 0))
-    writer = metrics_lib.MetricWriter(workdir, enabled=primary)
-    logging.info("mesh: %s", sh.describe(s.mesh))
-    logging.info("trainable parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
-    if "frozen" in state:
-        logging.info("frozen variables (no gradient, no optimiser state): %s",
-                     f"{sum(x.size for x in jax.tree.leaves(state['frozen'])):,}")
-
-    data_iter = data_iterator(config, task=s.task, split="train")
     ckpt = ckpt_lib.Checkpointer(runs.checkpoint_dir(workdir), keep=int(config.get("keep_ckpts", 3)),
                                  async_save=bool(config.get("async_checkpoint", True)),
                                  kill_in_save_step=int(config.get("preempt_in_save_at_step", 0) or 0))
+    writer = None
     try:
-        if ckpt.latest_step() is not None:
+        # A run that resumes builds its state abstractly (no init program, no pretrained weights, no Adam init):
+        # the checkpoint replaces all of it. A fresh run compiles the sharded init once, here; evaluations and
+        # checkpoints reuse the state.
+        resuming = ckpt.latest_step() is not None
+        s, state = setup(config, mesh, abstract=resuming)
+        streak = SkipStreak(int(config.get("max_skipped_steps", 100) or 0))
+        writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+        logging.info("mesh: %s", sh.describe(s.mesh))
+        logging.info("trainable parameters:\n%s", metrics_lib.parameter_overview(state["params"]))
+        if "frozen" in state:
+            logging.info("frozen variables (no gradient, no optimiser state): %s",
+                         f"{sum(x.size for x in jax.tree.leaves(state['frozen'])):,}")
+
+        data_iter = data_iterator(config, task=s.task, split="train")
+        if resuming:
             try:
                 latest, state, _ = ckpt.restore_latest_good(abstract_state=abstract_like(state), data_iter=data_iter,
                                                             require_data=False)
@@ -463,8 +457,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
         state = _loop(config, s, state, first_step, data_iter, ckpt, writer, streak, workdir, primary)
     finally:
         ckpt.close()  # waits for a save in flight
-        writer.flush()
-        writer.close()
+        if writer is not None:
+            writer.flush()
+            writer.close()
     return state
 
 
