@@ -197,10 +197,16 @@ def mean_tensor_norm(grads) -> jax.Array:
     return jnp.mean(jnp.concatenate(norms))
 
 
-def all_finite(tree) -> jax.Array:
-    """One boolean: every floating-point leaf of ``tree`` is finite (integer leaves, e.g. Adam's count, pass)."""
-    flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+def all_finite(*trees) -> jax.Array:
+    """One boolean: every floating-point leaf of ``trees`` is finite (integer leaves, e.g. Adam's count, pass).
+
+    The per-leaf flags are combined by sorting them, not by a reduction: XLA rewrites a reduction over stacked
+    scalars into a chain of ``and`` and copies that chain into every consumer's fusion, and the train step's
+    consumers are one select per state leaf, so leaves^2 operations (26k for a 160-leaf model, 80 % of its compile
+    time). A sort is never duplicated into a fusion."""
+    flags = [jnp.all(jnp.isfinite(x)).astype(jnp.int32) for tree in trees for x in jax.tree.leaves(tree)
+             if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.sort(jnp.stack(flags))[0] == 1 if flags else jnp.bool_(True)
 
 
 def make_train_step(config, task, graphdef, tx, schedule):
@@ -225,7 +231,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         gnorm = optax.global_norm(grads)
-        ok = jnp.isfinite(gnorm) & jnp.isfinite(loss)
+        ok = jnp.isfinite(gnorm) & jnp.isfinite(loss)  # scalars: combined once, below, with the per-leaf flags
         extra = {}
         if max_gnorm > 0:
             if skip_kind == "mean_tensor":
@@ -234,7 +240,7 @@ def make_train_step(config, task, graphdef, tx, schedule):
             else:
                 ok &= gnorm <= max_gnorm
         updates, new_opt = tx.update(grads, state["opt_state"], params)
-        ok &= all_finite(updates) & all_finite(new_opt)
+        ok = all_finite(updates, new_opt, [jnp.where(ok, 0.0, jnp.nan)])
         new_params = optax.apply_updates(params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         out = dict(state)
