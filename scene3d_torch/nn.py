@@ -239,10 +239,12 @@ def combined_mask(mask, kv_lengths, lk: int, device=None) -> torch.Tensor | None
     return mask
 
 
-def attention(q, k, v, *, mask=None, kv_lengths=None, scale: float | None = None) -> torch.Tensor:
+def attention(q, k, v, *, mask=None, kv_lengths=None, scale: float | None = None, sdpa: bool = False) -> torch.Tensor:
     """softmax(q k^T scale) v, q (B, Lq, H, D), k/v (B, Lk, Hk, D) (grouped kv heads), fp32 softmax.
 
     mask: bool broadcastable to (B, H, Lq, Lk), True = attend; rows with no key give zeros (scene3d.kernels).
+    sdpa: unmasked calls go through ``F.scaled_dot_product_attention`` in fp32 (PyTorch's fused CPU / GPU kernels,
+    no materialised scores; equal up to float rounding), e.g. for training-speed comparisons.
     """
     b, lq, h, d = q.shape
     lk, hk = k.shape[1], k.shape[2]
@@ -251,6 +253,10 @@ def attention(q, k, v, *, mask=None, kv_lengths=None, scale: float | None = None
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if hk != h:
         k, v = k.repeat_interleave(h // hk, dim=2), v.repeat_interleave(h // hk, dim=2)
+    if sdpa and mask is None and kv_lengths is None:
+        out = F.scaled_dot_product_attention(q.float().transpose(1, 2), k.float().transpose(1, 2),
+                                             v.float().transpose(1, 2), scale=scale)
+        return out.transpose(1, 2).to(q.dtype)
     logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
     m = combined_mask(mask, kv_lengths, lk, q.device)
     if m is not None:
@@ -280,6 +286,7 @@ class Attention(nn.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"Attention: num_heads {num_heads} must be a multiple of num_kv_heads {num_kv_heads}")
         self.head_layout = head_layout
+        self.sdpa = False  # set True for F.scaled_dot_product_attention on unmasked calls (see attention)
         self.dim, self.kv_dim = dim, dim if kv_dim is None else kv_dim
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.q = linear(dim, num_heads * head_dim, qkv_bias)
@@ -318,7 +325,7 @@ class Attention(nn.Module):
             q = q_rope(q)
         if k_rope is not None:
             k = k_rope(k)
-        o = attention(q, k, v, mask=mask, kv_lengths=kv_lengths)
+        o = attention(q, k, v, mask=mask, kv_lengths=kv_lengths, sdpa=self.sdpa)
         if self.head_layout == "release":
             o = o.transpose(1, 2).contiguous()  # (B, H, Lq, D) memory read as (B, Lq, H * D)
         return self.out(o.reshape(b, lq, self.num_heads * self.head_dim))

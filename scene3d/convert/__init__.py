@@ -21,8 +21,9 @@ LAYOUTS: dict[type, dict[str, engine.Layout]] = {
     SceneTok: {"official": scenetok.LAYOUT},
     SceneGen: {"official": scenegen.LAYOUT},
     ImageVAE: {"official": image_vae.LAYOUT},
-    **{cls: {"torch_port": torch_port.LAYOUT} for cls in torch_port.SPECS},
 }
+for _cls in torch_port.SPECS:  # a class may have both (Can3Tok, SceneTok)
+    LAYOUTS.setdefault(_cls, {})["torch_port"] = torch_port.LAYOUT
 
 
 def layouts_of(model_or_class) -> list[str]:

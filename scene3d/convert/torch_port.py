@@ -38,9 +38,11 @@ from flax import nnx
 
 from scene3d.convert import engine
 from scene3d.core import io
+from scene3d.models.can3tok import Can3Tok
 from scene3d.models.dit3d import DiT3D
 from scene3d.models.latent_dit import LatentDiT
 from scene3d.models.rae3d import RAE3D
+from scene3d.models.scenetok import SceneTok
 from scene3d.models.vit import ViT
 from scene3d.nn.norm import LayerNorm, RMSNorm
 from scene3d.nn.transformer import Stack
@@ -49,6 +51,9 @@ _NORM_TYPES = (LayerNorm, RMSNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)
 # The classes scene3d_torch ports -> their constructor kwargs (the spec scene3d_torch.build reads).
 SPECS = {LatentDiT: lambda m: dict(m.spec_kwargs), DiT3D: lambda m: dict(m.spec_kwargs),
          RAE3D: lambda m: dataclasses.asdict(m.config), ViT: lambda m: dataclasses.asdict(m.config)}
+SPECS[Can3Tok] = lambda m: dict(m.config, variant=m.variant, head_layout=m.head_layout)
+SPECS[SceneTok] = lambda m: dict(variant=m.compressor.variant, compressor=m.compressor.config,
+                                 decoder=m.decoder.config)
 
 
 # Training-only submodules scene3d_torch does not port (the rae3d task's GAN discriminator heads).

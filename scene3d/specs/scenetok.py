@@ -1,12 +1,15 @@
-"""SceneTok sizes: compressor and decoder defaults of the release and the named variants."""
+"""SceneTok sizes: compressor and decoder defaults of the release and the named variants, and the jax-free rules
+shared by ``scene3d.models.scenetok`` and its PyTorch port ``scene3d_torch.scenetok`` (config resolution, the 3D
+RoPE channel split)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 RAY_KINDS = ("official", "plucker", "origin_direction")
 TIMESTEP_INPUTS = ("official", "scaled")
+PREDICTIONS = ("v", "x")  # the decoder outputs the velocity or the clean latent x0
 TORCH_RMS_EPS = float(np.finfo(np.float32).eps)  # torch.nn.RMSNorm(eps=None) in float32
 
 COMPRESSOR_BASE: dict[str, Any] = dict(
@@ -60,3 +63,32 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 
 COMPRESSOR_KEYS = frozenset(VARIANTS["tiny"]["compressor"])
 DECODER_KEYS = frozenset(VARIANTS["tiny"]["decoder"])
+
+
+def resolve(kind: str, variant: str, overrides: Mapping[str, Any], keys: frozenset | None = None) -> dict[str, Any]:
+    """The ``kind`` ('compressor' | 'decoder') config of ``variant`` with ``overrides`` applied (lists -> tuples);
+    ValueError for an unknown variant / key, a bad ray_kind or a width not divisible by the heads."""
+    keys = (COMPRESSOR_KEYS if kind == "compressor" else DECODER_KEYS) if keys is None else keys
+    if variant not in VARIANTS:
+        raise ValueError(f"SceneTok {kind}: unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    unknown = set(overrides) - keys
+    if unknown:
+        raise ValueError(f"SceneTok {kind}: unknown config keys {sorted(unknown)}; known: {sorted(keys)}")
+    c = dict(VARIANTS[variant][kind], **overrides)
+    c = {k: (tuple(v) if isinstance(v, list) else v) for k, v in c.items()}
+    if c["ray_kind"] not in RAY_KINDS:
+        raise ValueError(f"SceneTok {kind}: ray_kind must be one of {RAY_KINDS}, got {c['ray_kind']!r}")
+    if c["width"] % c["heads"]:
+        raise ValueError(f"SceneTok {kind}: width {c['width']} is not divisible by heads {c['heads']}")
+    return c
+
+
+def rope_split_3d(head_dim: int) -> tuple[int, int, int]:
+    """Channels per (view, row, col) axis of the release's 3D RoPE: d = head_dim / 2 pair counts split
+    d%3 == 0 -> (d/3,)*3; 1 -> (d/3+1, d/3, d/3); 2 -> (d/3, d/3+1, d/3+1); twice that many channels each."""
+    if head_dim % 2:
+        raise ValueError(f"3D RoPE: head_dim must be even, got {head_dim}")
+    d = head_dim // 2
+    q, r = divmod(d, 3)
+    counts = {0: (q, q, q), 1: (q + 1, q, q), 2: (q, q + 1, q + 1)}[r]
+    return tuple(2 * c for c in counts)
