@@ -19,6 +19,8 @@ MODELS: dict[str, tuple[str, str]] = {
     "DiT3D": ("scene3d_torch.dit3d", "DiT3D"),
     "RAE3D": ("scene3d_torch.rae3d", "RAE3D"),
     "ViT": ("scene3d_torch.vit", "ViT"),
+    "Can3Tok": ("scene3d_torch.can3tok", "Can3Tok"),
+    "SceneTok": ("scene3d_torch.scenetok", "SceneTok"),
 }
 
 

@@ -58,14 +58,17 @@ def set_attention_impl(module: nn.Module, impl: str) -> nn.Module:
 # ------------------------------------------------------------------------------------------------- cameras
 
 
-def as_intrinsics4(intrinsics: torch.Tensor, lead: tuple, name: str) -> torch.Tensor:
+def as_intrinsics4(intrinsics: torch.Tensor, lead: tuple | None = None, name: str = "intrinsics") -> torch.Tensor:
     """(…, 4) normalised intrinsics from (…, 4) or a normalised (…, 3, 3) K; leading shape ``lead`` checked."""
     k = torch.as_tensor(intrinsics).float()
-    if tuple(k.shape) == tuple(lead) + (3, 3):
+    is_k = tuple(k.shape[-2:]) == (3, 3)
+    pre = tuple(k.shape[:-2]) if is_k else tuple(k.shape[:-1])
+    if (not is_k and tuple(k.shape[-1:]) != (4,)) or (lead is not None and pre != tuple(lead)):
+        want = "(..., 4)" if lead is None else str(tuple(lead) + (4,))
+        raise ValueError(f"{name}: intrinsics must be {want} (fx/W, fy/H, cx/W, cy/H) or a normalised 3x3 K, "
+                         f"got {tuple(k.shape)}")
+    if is_k:
         return torch.stack([k[..., 0, 0], k[..., 1, 1], k[..., 0, 2], k[..., 1, 2]], -1)
-    if tuple(k.shape) != tuple(lead) + (4,):
-        raise ValueError(f"{name}: intrinsics must be {tuple(lead) + (4,)} (fx/W, fy/H, cx/W, cy/H) or a normalised "
-                         f"3x3 K, got {tuple(k.shape)}")
     return k
 
 

@@ -30,6 +30,8 @@ JAX_HOMES = {
     "scene3d_torch.latent_dit": ("scene3d.models.latent_dit",),
     "scene3d_torch.rae3d": ("scene3d.models.rae3d",),
     "scene3d_torch.vit": ("scene3d.models.vit",),
+    "scene3d_torch.scenetok": ("scene3d.models.scenetok", "scene3d.tasks.scenetok"),
+    "scene3d_torch.can3tok": ("scene3d.models.can3tok", "scene3d.tasks.autoencode"),
 }
 
 # Objects of scene3d_torch with no JAX original: "module.name" -> reason.
@@ -38,6 +40,17 @@ PORT_ONLY = {
     "scene3d_torch.build": "rebuilds a torch model from an export spec",
     "scene3d_torch.load": "reads an export (safetensors + sidecar spec)",
     "scene3d_torch.nn.linear": "torch.nn.Linear factory; JAX layers use nn.linear.dense with logical axis names",
+    "scene3d_torch.scenetok.ATTN_IMPLS": "torch attention kernels (F.scaled_dot_product_attention or the einsum)",
+    "scene3d_torch.scenetok.set_attention_impl": "switches the torch attention kernel of every Attention in a model",
+    "scene3d_torch.scenetok.rope_2d": "builds the torch RoPE function from rope_2d_positions' layout (the JAX "
+                                      "model builds its tables inline); compared by tests/torch_port/"
+                                      "test_scenetok_torch.py",
+    "scene3d_torch.scenetok.rope_3d": "as rope_2d, for rope_3d_positions",
+    "scene3d_torch.scenetok.train_loss": "SceneTok.loss with every random draw passed in (the speed comparison "
+                                         "feeds both sides the same draws); equal to it in "
+                                         "tests/torch_port/test_scenetok_torch.py",
+    "scene3d_torch.scenetok.BATCH_KEYS": "the inputs train_loss reads",
+    "scene3d_torch.scenetok.LOSS_WEIGHTINGS": "train_loss's loss_weighting choices (the JAX task's, as arguments)",
 }
 # Tables of framework functions (one per side by nature): compared by behaviour below.
 FUNCTION_TABLES = {"scene3d_torch.nn.ACTIVATIONS", "scene3d_torch.nn.NORMS"}
@@ -71,6 +84,7 @@ FRAMEWORK_PARAMS = {
     "scan": "jax.lax.scan over layers (a compile-time choice)",
     "remat": "rematerialisation policy (training only)",
     "stop_gradient": "gradient through a frozen tower (training only)",
+    "sdpa": "torch attention kernel choice (F.scaled_dot_product_attention), as impl / attn_impl in JAX",
 }
 
 _VAR = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
