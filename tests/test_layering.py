@@ -17,7 +17,7 @@ ALLOWED = {
     "render": {"core", "geometry"},
     "models": {"core", "specs", "nn", "geometry", "diffusion"},
     "convert": {"core", "specs", "models", "nn", "geometry"},
-    "losses": {"core", "geometry", "nn", "render"},
+    "losses": {"core", "specs", "geometry", "nn", "render"},
     "metrics": {"core", "geometry", "render"},
     "data": {"core", "geometry", "render"},
     "tasks": {"core", "specs", "geometry", "nn", "diffusion", "models", "convert", "losses", "metrics", "render",

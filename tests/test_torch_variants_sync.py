@@ -31,7 +31,7 @@ JAX_HOMES = {
     "scene3d_torch.rae3d": ("scene3d.models.rae3d",),
     "scene3d_torch.vit": ("scene3d.models.vit",),
     "scene3d_torch.scenetok": ("scene3d.models.scenetok", "scene3d.tasks.scenetok"),
-    "scene3d_torch.can3tok": ("scene3d.models.can3tok", "scene3d.tasks.autoencode"),
+    "scene3d_torch.can3tok": ("scene3d.models.can3tok", "scene3d.losses.reconstruction", "scene3d.nn.gaussian"),
 }
 
 # Objects of scene3d_torch with no JAX original: "module.name" -> reason.
@@ -51,6 +51,11 @@ PORT_ONLY = {
                                          "tests/torch_port/test_scenetok_torch.py",
     "scene3d_torch.scenetok.BATCH_KEYS": "the inputs train_loss reads",
     "scene3d_torch.scenetok.LOSS_WEIGHTINGS": "train_loss's loss_weighting choices (the JAX task's, as arguments)",
+    "scene3d_torch.can3tok.ATTENTION": "torch attention kernels of the port (F.scaled_dot_product_attention or the "
+                                       "einsum)",
+    "scene3d_torch.can3tok.loss": "AutoencodeTask.loss with the posterior noise passed in (the speed comparison "
+                                  "feeds both sides the same draws); equal to it in "
+                                  "tests/torch_port/test_can3tok_torch.py",
 }
 # Tables of framework functions (one per side by nature): compared by behaviour below.
 FUNCTION_TABLES = {"scene3d_torch.nn.ACTIVATIONS", "scene3d_torch.nn.NORMS"}
@@ -60,6 +65,12 @@ PORT_IRRELEVANT: dict[str, dict[str, str]] = {
     "scene3d_torch.nn.attention()": {
         "return_lse": "the JAX RAE3D read combines view blocks by their log-sum-exp; the port reads all views in "
                       "one masked attention and never asks for it",
+    },
+    "scene3d_torch.can3tok.diagonal_gaussian_kl()": {
+        "axes": "the port's posterior always sums the KL over the last axis (the JAX default)",
+    },
+    "scene3d_torch.can3tok.Can3Tok()": {
+        "attention": "torch attention kernel choice (sdpa | einsum), as attn_impl in JAX",
     },
     "scene3d_torch.geometry.ray_map()": {
         "patch_mode": "the models call ray_map with the default 'center'; the port implements that mode only",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-RECON_LOSSES = ("mse", "sse", "l2_batch")
+from scene3d.specs.can3tok import RECON_LOSSES
 
 
 def _diff(pred, target):

@@ -39,3 +39,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 CONFIG_KEYS = frozenset(VARIANTS["tiny"])
+
+# Reconstruction losses over raw Gaussian channels (scene3d.losses.reconstruction, the port's loss).
+RECON_LOSSES = ("mse", "sse", "l2_batch")
