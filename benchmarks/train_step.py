@@ -25,7 +25,6 @@ the two scripts count the same way):
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.util
 import pathlib
 import resource
@@ -49,24 +48,13 @@ def _gpu_check():
 
 
 def _override(config, assignment: str) -> None:
-    """``key.sub=value`` (value a Python literal, else a string) on the config, like ``--config.key.sub=value``."""
-    key, sep, text = assignment.partition("=")
+    """``key.sub=value`` (value a Python literal, else a string) on the config: the ``--config.key.sub=value`` of
+    ``scene3d.export.apply_overrides``."""
+    key, sep, _ = assignment.partition("=")
     if not sep or not key:
         raise ValueError(f"--set: expected key=value, got {assignment!r}")
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    *path, leaf = key.split(".")
-    node = config
-    with config.unlocked():
-        for name in path:
-            if name not in node:
-                raise ValueError(f"--set {assignment!r}: the config has no {key!r}")
-            node = node[name]
-        if leaf not in node:
-            raise ValueError(f"--set {assignment!r}: the config has no {key!r}")
-        node[leaf] = value
+    from scene3d import export
+    export.apply_overrides(config, [f"--config.{assignment}"])
 
 
 def measure(config_arg: str, *, steps: int = 10, batch: int | None = None, peak_flops: float | None = None,
@@ -144,11 +132,6 @@ def measure(config_arg: str, *, steps: int = 10, batch: int | None = None, peak_
         row["mfu"] = flops * row["steps_per_s"] / float(peak_flops)
         row["mfu_flops"] = "model_flops" if row.get("model_flops") else "compiled_flops"
     return row
-
-
-def _scanned(section) -> bool:
-    """Whether any (nested) config section scans its layers."""
-    return any(_scanned(v) if hasattr(v, "keys") else (k == "scan" and bool(v)) for k, v in section.items())
 
 
 def _g(x, fmt="{:.3g}"):

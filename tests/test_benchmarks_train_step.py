@@ -49,4 +49,3 @@ def test_override_errors_name_the_key(bench):
         bench._override(config, "model.nope=1")
     with pytest.raises(ValueError, match="key=value"):
         bench._override(config, "model.depth")
-    assert bench._scanned(config.model)
